@@ -1,0 +1,23 @@
+"""Settings of one simulated cluster, shared by the API server, the controllers and the data plane."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ClusterConfig:
+    nodes: list[str] = field(default_factory=lambda: ["node1", "node2"])
+    host: str = "127.0.0.1"
+    port: int = 0                       # 0: any free port
+    pod_startup_seconds: float = 0.5    # Pending/ContainerCreating -> Running on every node
+    node_cpu: str = "4"
+    node_memory: str = "8Gi"
+    max_pods: int = 110
+    max_grace_seconds: float = 2.0      # cap on terminationGracePeriodSeconds so tests stay fast
+    state_dir: str | None = None        # persist objects here; None keeps them in memory
+    work_dir: str | None = None         # volumes, process logs, PostgreSQL data; a temp dir when None
+    heartbeat_seconds: float = 10.0     # node Lease renewals and Ready condition updates
+    node_monitor_grace_seconds: float = 40.0
+    kubernetes_version: str = "v1.32.4"
+    run_processes: bool = True          # data plane: real processes for known images
+    images_file: str | None = None      # extra image table entries (YAML), merged over the built-in one

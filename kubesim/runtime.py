@@ -1,0 +1,79 @@
+"""The contract between the kubelet controller and whatever runs a pod's containers.
+
+The kubelet (controllers/kubelet.py) owns the pod lifecycle as the API shows it; a ContainerRuntime
+owns what happens on the machine. ``SimulatedRuntime`` runs nothing (control plane only); the data plane
+(kubesim/dataplane/) provides ``ProcessRuntime``, which starts real processes for known images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class ContainerStatus:
+    """What the runtime knows of one container right now."""
+    name: str
+    running: bool = True
+    ready: bool = True                 # readiness probe verdict (True when there is no probe)
+    exit_code: int | None = None       # set once the process has exited
+    reason: str | None = None          # e.g. "ErrImagePull", "CrashLoopBackOff", "Error", "Completed"
+    message: str | None = None
+    restart_count: int = 0
+    image_id: str = ""
+
+
+@dataclass
+class PodSandbox:
+    """A started pod as the runtime keeps it; the kubelet only reads it through the runtime."""
+    uid: str
+    ip: str
+    containers: dict[str, ContainerStatus] = field(default_factory=dict)
+
+
+class ContainerRuntime(Protocol):
+    def pull(self, pod: dict, node: str) -> str | None:
+        """None when every image can be had, else the failure message (the kubelet reports ErrImagePull)."""
+
+    def start_pod(self, pod: dict, node: str, pod_ip: str) -> PodSandbox:
+        """Start the pod's containers; returns at once, containers may still be starting."""
+
+    def status(self, pod_uid: str) -> PodSandbox | None:
+        """Current container states, with probes evaluated; None when the runtime has no such pod."""
+
+    def stop_pod(self, pod_uid: str, grace_seconds: float) -> None:
+        """SIGTERM, then SIGKILL once grace_seconds have passed; blocks until everything is gone."""
+
+    def logs(self, pod_uid: str, container: str, tail_lines: int | None = None) -> str:
+        """The container's stdout and stderr so far."""
+
+    def close(self) -> None:
+        """Stop every pod; nothing may be left running."""
+
+
+class SimulatedRuntime:
+    """Runs nothing: every container starts at once and is Ready (the control-plane-only cluster)."""
+
+    def __init__(self) -> None:
+        self._pods: dict[str, PodSandbox] = {}
+
+    def pull(self, pod: dict, node: str) -> str | None:
+        return None
+
+    def start_pod(self, pod: dict, node: str, pod_ip: str) -> PodSandbox:
+        sandbox = PodSandbox(pod["metadata"]["uid"], pod_ip, {
+            c["name"]: ContainerStatus(c["name"]) for c in pod["spec"].get("containers", [])})
+        self._pods[sandbox.uid] = sandbox
+        return sandbox
+
+    def status(self, pod_uid: str) -> PodSandbox | None:
+        return self._pods.get(pod_uid)
+
+    def stop_pod(self, pod_uid: str, grace_seconds: float) -> None:
+        self._pods.pop(pod_uid, None)
+
+    def logs(self, pod_uid: str, container: str, tail_lines: int | None = None) -> str:
+        return ""
+
+    def close(self) -> None:
+        self._pods.clear()
