@@ -18,6 +18,9 @@ class ClusterConfig:
     work_dir: str | None = None         # volumes, process logs, PostgreSQL data; a temp dir when None
     heartbeat_seconds: float = 10.0     # node Lease renewals and Ready condition updates
     node_monitor_grace_seconds: float = 40.0
+    default_toleration_seconds: int = 300   # NoExecute not-ready/unreachable eviction delay (DefaultTolerationSeconds)
+    image_pull_backoff_seconds: float = 10.0  # first ImagePullBackOff delay; doubles up to 300 s like the kubelet
+    probe_poll_seconds: float = 0.15    # how often the kubelet reads container states and probe verdicts
     kubernetes_version: str = "v1.32.4"
     run_processes: bool = True          # data plane: real processes for known images
     images_file: str | None = None      # extra image table entries (YAML), merged over the built-in one

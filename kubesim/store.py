@@ -92,6 +92,10 @@ class Watch:
             self.closed = True
         return event
 
+    def pending(self) -> bool:
+        """Whether events are queued and not yet taken with next()."""
+        return not self._queue.empty()
+
     def close(self) -> None:
         self._store._unwatch(self)
         self._queue.put(None)

@@ -1,0 +1,1 @@
+"""kubesim's HTTP Kubernetes API server (see server.ApiServer)."""

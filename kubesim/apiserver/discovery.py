@@ -1,0 +1,66 @@
+"""Discovery documents (/api, /apis, /api/v1, /apis/<g>/<v>) built from kubesim/resources.py.
+
+Only the legacy (unaggregated) form is served: clients asking for aggregated discovery get
+application/json and fall back to it, as they do with older servers.
+"""
+from __future__ import annotations
+
+from ..resources import RESOURCE_TYPES, by_group_version, groups
+
+# Subresource -> (verbs, kind, group, version); group/version None: the parent's.
+SUBRESOURCES = {
+    "status": (("get", "patch", "update"), None, None, None),
+    "scale": (("get", "patch", "update"), "Scale", "autoscaling", "v1"),
+    "eviction": (("create",), "Eviction", "policy", "v1"),
+    "binding": (("create",), "Binding", "", "v1"),
+    "log": (("get",), "Pod", "", "v1"),
+    "finalize": (("update",), None, None, None),
+}
+
+
+def api_versions(server_address: str) -> dict:
+    return {"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]}
+
+
+def _group(name: str, versions: list[str]) -> dict:
+    gvs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
+    return {"name": name, "versions": gvs, "preferredVersion": gvs[0]}
+
+
+def api_group_list() -> dict:
+    return {"kind": "APIGroupList", "apiVersion": "v1",
+            "groups": [_group(name, versions) for name, versions in groups().items()]}
+
+
+def api_group(name: str) -> dict | None:
+    versions = groups().get(name)
+    return dict(_group(name, versions), kind="APIGroup", apiVersion="v1") if versions else None
+
+
+def api_resource_list(group: str, version: str) -> dict | None:
+    types = by_group_version(group, version)
+    if not types:
+        return None
+    resources = []
+    for rt in types.values():
+        entry = {"name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced, "kind": rt.kind,
+                 "verbs": list(rt.verbs)}
+        if rt.short_names:
+            entry["shortNames"] = list(rt.short_names)
+        if rt.categories:
+            entry["categories"] = list(rt.categories)
+        resources.append(entry)
+        for sub in rt.subresources:
+            verbs, kind, sub_group, sub_version = SUBRESOURCES[sub]
+            sub_entry = {"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced,
+                         "kind": kind or rt.kind, "verbs": list(verbs)}
+            if sub_group is not None:
+                sub_entry.update(group=sub_group, version=sub_version)
+            resources.append(sub_entry)
+    gv = f"{group}/{version}" if group else version
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+
+
+def all_group_versions() -> list[str]:
+    return sorted({rt.api_version for rt in RESOURCE_TYPES})

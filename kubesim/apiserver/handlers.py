@@ -1,0 +1,589 @@
+"""REST semantics of every resource: get/list/create/update/patch/delete/deletecollection, the
+subresources (status, scale, log, eviction, binding, finalize), dry runs, defaulting, validation,
+managedFields, and the JSON/Table encodings."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import yaml
+
+from .. import errors
+from ..config import ClusterConfig
+from ..resources import PODS, SERVICES, ResourceType
+from ..store import copy_json
+from . import patch as patches, protobuf
+from .allocators import ServiceAllocator
+from .defaults import apply_defaults
+from .managed import ManagedFields
+from .routing import ResourceRoute, truthy
+from .schemas import Schemas
+from .selectors import matcher
+from .tables import table
+from .validation import check_object, check_schema
+from .watch import WatchStream, write_chunk
+
+JSON = "application/json"
+SERIALIZED_CACHE_SIZE = 50_000
+PATCH_RETRIES = 5
+# Delete answers with the object for these (upstream's ReturnDeletedObject), a Status for the rest.
+RETURNS_DELETED_OBJECT = {"pods", "services", "namespaces"}
+FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
+BODY_TYPES = ("application/json", "application/yaml", "application/x-yaml", "text/yaml", "*/*",
+              "application/vnd.kubernetes.protobuf", "application/apply-patch+yaml")
+
+
+@dataclass
+class Response:
+    code: int
+    body: bytes
+    content_type: str = JSON
+    headers: dict = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, obj, code: int = 200, headers: dict | None = None) -> "Response":
+        return cls(code, json.dumps(obj, separators=(",", ":")).encode(), JSON, headers or {})
+
+    @classmethod
+    def status(cls, error: errors.ApiError) -> "Response":
+        return cls.json(error.status(), error.code, dict(error.headers))
+
+
+@dataclass
+class Request:
+    method: str
+    route: ResourceRoute
+    query: dict
+    headers: dict
+    body: bytes
+
+    @property
+    def rt(self) -> ResourceType:
+        return self.route.rt
+
+    def header(self, name: str) -> str:
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), "")
+
+    @property
+    def dry_run(self) -> bool:
+        value = self.query.get("dryRun")
+        if value not in (None, "", "All"):
+            raise errors.bad_request(f'Invalid dry run value "{value}": valid values are "All"')
+        return value == "All"
+
+    @property
+    def wants_table(self) -> bool:
+        return "as=Table" in self.header("Accept")
+
+    @property
+    def field_manager(self) -> str:
+        manager = self.query.get("fieldManager")
+        if manager:
+            return manager
+        agent = self.header("User-Agent") or "unknown"
+        return agent.split("/", 1)[0]  # upstream's default manager: the user agent's program name
+
+    @property
+    def field_validation(self) -> str:
+        value = self.query.get("fieldValidation") or "Warn"
+        if value not in FIELD_VALIDATION:
+            raise errors.bad_request(f'fieldValidation: Invalid value: "{value}": fieldValidation must be one '
+                                     f'of "Ignore", "Warn", or "Strict"')
+        return value
+
+
+def decode_body(request: Request) -> object:
+    content_type = request.header("Content-Type").split(";")[0].strip()
+    if content_type and content_type not in BODY_TYPES:
+        raise errors.ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
+                              f"accepted media types include: {', '.join(BODY_TYPES)}")
+    if content_type == protobuf.CONTENT_TYPE:
+        return protobuf.decode(request.body)
+    try:
+        if "yaml" in content_type:
+            return yaml.safe_load(request.body or b"")
+        return json.loads(request.body or b"null")
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise errors.bad_request(f"the object provided is unrecognized or malformed: {e}") from e
+
+
+class ResourceHandlers:
+    def __init__(self, store, config: ClusterConfig, runtime=None):
+        self.store = store
+        self.config = config
+        self.runtime = runtime
+        self.schemas = Schemas(config.kubernetes_version)
+        self.managed = ManagedFields(self.schemas)
+        self.strategic = patches.StrategicMerge(self.schemas)
+        self.services = ServiceAllocator(store)
+        self._serialized: dict[tuple, bytes] = {}
+        self._serialized_lock = threading.Lock()
+
+    # ---- encoding ------------------------------------------------------------------------------------
+    def encode(self, rt: ResourceType, obj: dict) -> bytes:
+        """JSON of a stored (shared, never mutated) object, cached per resourceVersion."""
+        meta = obj["metadata"]
+        key = (rt.key, meta.get("namespace"), meta.get("name"), meta.get("resourceVersion"), meta.get("uid"))
+        data = self._serialized.get(key)
+        if data is None:
+            data = json.dumps(obj, separators=(",", ":")).encode()
+            with self._serialized_lock:
+                if len(self._serialized) >= SERIALIZED_CACHE_SIZE:
+                    del self._serialized[next(iter(self._serialized))]
+                self._serialized[key] = data
+        return data
+
+    def _object_response(self, request: Request, obj: dict, code: int = 200, headers: dict | None = None):
+        if request.wants_table:
+            return Response.json(table(request.rt.key, [obj], {"resourceVersion": obj["metadata"].get(
+                "resourceVersion", "")}, request.query.get("includeObject")), code, headers)
+        return Response.json(obj, code, headers)
+
+    # ---- dispatch ------------------------------------------------------------------------------------
+    def handle(self, request: Request) -> Response:
+        route = request.route
+        sub = route.subresource
+        if sub in SUBRESOURCE_HANDLERS:
+            return SUBRESOURCE_HANDLERS[sub](self, request)
+        return VERB_HANDLERS[route.verb](self, request)
+
+    # ---- reads ---------------------------------------------------------------------------------------
+    def get(self, request: Request) -> Response:
+        route = request.route
+        obj = self.store.get(route.rt, route.namespace, route.name)
+        return self._object_response(request, obj)
+
+    def list(self, request: Request) -> Response:
+        rt, query = request.rt, request.query
+        objs, rv = self.store.snapshot(rt, request.route.namespace)
+        matches = matcher(query.get("labelSelector"), query.get("fieldSelector"), rt.key)
+        if matches is not None:
+            objs = [o for o in objs if matches(o)]
+        objs, list_meta = self._page(objs, rv, query)
+        if request.wants_table:
+            return Response.json(table(rt.key, objs, list_meta, query.get("includeObject")))
+        head = json.dumps({"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": list_meta},
+                          separators=(",", ":")).encode()
+        body = head[:-1] + b',"items":[' + b",".join(self.encode(rt, o) for o in objs) + b"]}"
+        return Response(200, body)
+
+    @staticmethod
+    def _page(objs: list[dict], rv: int, query: dict) -> tuple[list[dict], dict]:
+        list_meta = {"resourceVersion": str(rv)}
+        token = query.get("continue")
+        if token:
+            try:
+                state = json.loads(base64.urlsafe_b64decode(token.encode()))
+                after = tuple(state["after"])
+                list_meta["resourceVersion"] = state["rv"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise errors.bad_request(f"continue key is not valid: {e}") from e
+            objs = [o for o in objs if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > after]
+        limit = query.get("limit")
+        if limit and limit.isdigit() and 0 < int(limit) < len(objs):
+            objs, rest = objs[:int(limit)], len(objs) - int(limit)
+            last = objs[-1]["metadata"]
+            state = {"rv": list_meta["resourceVersion"], "after": [last.get("namespace", ""), last["name"]]}
+            list_meta["continue"] = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+            list_meta["remainingItemCount"] = rest
+        return objs, list_meta
+
+    def watch(self, request: Request, register, unregister) -> WatchStream:
+        rt, query = request.rt, request.query
+        field_selector = query.get("fieldSelector")
+        if request.route.name:
+            name_term = f"metadata.name={request.route.name}"
+            field_selector = f"{field_selector},{name_term}" if field_selector else name_term
+        matches = matcher(query.get("labelSelector"), field_selector, rt.key)
+        if request.wants_table:
+            def encode(obj):
+                return json.dumps(table(rt.key, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                                        query.get("includeObject")), separators=(",", ":")).encode()
+        else:
+            def encode(obj):
+                return self.encode(rt, obj)
+        return WatchStream(self.store, rt, request.route.namespace, query, matches, encode, register, unregister)
+
+    # ---- writes --------------------------------------------------------------------------------------
+    def _body_object(self, request: Request) -> dict:
+        obj = decode_body(request)
+        if not isinstance(obj, dict):
+            raise errors.bad_request("the object provided is unrecognized or malformed: expected an object")
+        rt = request.rt
+        api_version, kind = obj.get("apiVersion"), obj.get("kind")
+        if api_version and api_version != rt.api_version and not request.route.subresource:
+            raise errors.bad_request(f"the API version in the data ({api_version}) does not match the expected "
+                                     f"API version ({rt.api_version})")
+        if kind and kind != rt.kind and not request.route.subresource:
+            raise errors.bad_request(f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
+        meta = obj.get("metadata")
+        if meta is None:
+            meta = obj["metadata"] = {}
+        if not isinstance(meta, dict):
+            raise errors.bad_request("the object provided is unrecognized or malformed: metadata must be an object")
+        self._check_scope(request, meta)
+        return obj
+
+    @staticmethod
+    def _check_scope(request: Request, meta: dict) -> None:
+        route = request.route
+        if route.rt.namespaced:
+            if meta.get("namespace") and meta["namespace"] != route.namespace:
+                raise errors.bad_request("the namespace of the provided object does not match the namespace sent "
+                                         "on the request")
+            meta["namespace"] = route.namespace
+        if route.name and meta.get("name") and meta["name"] != route.name:
+            raise errors.bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL "
+                                     f"({route.name})")
+        if route.name:
+            meta["name"] = route.name
+
+    def _admit(self, request: Request, obj: dict, old: dict | None) -> dict:
+        """Schema check (unknown fields per fieldValidation), defaults, semantic validation; returns headers."""
+        rt = request.rt
+        obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+        unknown = check_schema(rt, obj, self.config.kubernetes_version)
+        headers = {}
+        if unknown:
+            mode = request.field_validation
+            if mode == "Strict":
+                raise errors.bad_request("strict decoding error: " + ", ".join(f'unknown field "{f}"' for f in unknown))
+            if mode == "Warn":
+                headers["Warning"] = ", ".join(f'299 - "unknown field \\"{f}\\""' for f in unknown)
+        apply_defaults(rt.key, obj, creating=old is None,
+                       toleration_seconds=getattr(self.config, "default_toleration_seconds", 300))
+        if rt is SERVICES:
+            self.services.allocate(obj, old)
+        check_object(rt, obj, old)
+        return headers
+
+    def create(self, request: Request) -> Response:
+        obj = self._body_object(request)
+        return self._create(request, obj)
+
+    def _create(self, request: Request, obj: dict, manager_tracked: bool = False) -> Response:
+        rt = request.rt
+        with self.services.lock if rt is SERVICES else contextlib.nullcontext():
+            headers = self._admit(request, obj, None)
+            if not manager_tracked:
+                obj["metadata"].pop("managedFields", None)
+                self.managed.track_update(rt, None, obj, request.field_manager)
+            created = self.store.create(rt, obj, dry_run=request.dry_run)
+        return self._object_response(request, created, 201, headers)
+
+    def update(self, request: Request) -> Response:
+        obj = self._body_object(request)
+        route = request.route
+        old = self.store.get(route.rt, route.namespace, route.name)
+        return self._update(request, old, obj)
+
+    def _update(self, request: Request, old: dict, obj: dict, manager_tracked: bool = False) -> Response:
+        rt = request.rt
+        headers = self._admit(request, obj, old)
+        if not manager_tracked:
+            obj["metadata"]["managedFields"] = old["metadata"].get("managedFields") or []
+            self.managed.track_update(rt, old, obj, request.field_manager)
+        updated = self.store.update(rt, obj, dry_run=request.dry_run)
+        return self._object_response(request, updated, 200, headers)
+
+    def patch(self, request: Request) -> Response:
+        content_type = request.header("Content-Type").split(";")[0].strip()
+        if content_type not in patches.PATCH_TYPES:
+            raise errors.unsupported_media_type(content_type)
+        if content_type == patches.APPLY:
+            return self._apply(request)
+        if truthy(request.query.get("force")):
+            raise errors.bad_request("force: Invalid value: true: may not be specified for non-apply patch")
+        document = patches.parse_json_body(request.body)
+        route = request.route
+        for attempt in range(PATCH_RETRIES):
+            old = self.store.get(route.rt, route.namespace, route.name)
+            patched = self._patched(request, content_type, document, old)
+            if not isinstance(patched, dict):
+                raise errors.bad_request("the patch produced something that is not an object")
+            given_rv = (patched.get("metadata") or {}).get("resourceVersion")
+            patched.setdefault("metadata", {})
+            self._check_scope(request, patched["metadata"])
+            patched["metadata"]["resourceVersion"] = given_rv or old["metadata"]["resourceVersion"]
+            try:
+                return self._update(request, old, patched)
+            except errors.ApiError as e:  # lost a race with another writer: retry like the apiserver
+                if e.code != 409 or e.reason != "Conflict" or given_rv != old["metadata"]["resourceVersion"] \
+                        and given_rv or attempt == PATCH_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _patched(self, request: Request, content_type: str, document, current: dict) -> dict:
+        schema = self.schemas.for_resource(request.rt)
+        if content_type == patches.MERGE:
+            if not isinstance(document, dict):
+                raise errors.bad_request("merge patch must be a JSON object")
+            return patches.merge_patch(current, document)
+        if content_type == patches.JSON:
+            return patches.json_patch(current, document)
+        return self.strategic.apply(current, document, schema)
+
+    def _apply(self, request: Request) -> Response:
+        rt, route = request.rt, request.route
+        manager = request.query.get("fieldManager")
+        if not manager:
+            raise errors.bad_request("PATCH, application/apply-patch+yaml: fieldManager is required for apply "
+                                     "requests")
+        config = self._body_object(request)
+        if not config.get("apiVersion") or not config.get("kind"):
+            raise errors.bad_request("apiVersion and kind must be set in the applied configuration")
+        force = truthy(request.query.get("force"))
+        for attempt in range(PATCH_RETRIES):
+            live = self.store.find(rt, route.namespace, route.name)
+            merged = self.managed.apply(rt, live, config, manager, force)
+            try:
+                if live is None:
+                    return self._create(request, merged, manager_tracked=True)
+                merged["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+                return self._update(request, live, merged, manager_tracked=True)
+            except errors.ApiError as e:
+                if e.code != 409 or e.reason not in ("Conflict", "AlreadyExists") or attempt == PATCH_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def delete(self, request: Request) -> Response:
+        route = request.route
+        options = self._delete_options(request)
+        result = self.store.delete(route.rt, route.namespace, route.name, **options)
+        return self._deleted_response(request, result)
+
+    def _deleted_response(self, request: Request, obj: dict) -> Response:
+        rt = request.rt
+        still_there = self.store.find(rt, request.route.namespace, obj["metadata"]["name"]) is not None
+        if still_there or rt.key in RETURNS_DELETED_OBJECT or request.dry_run:
+            return Response.json(obj)
+        details = {"name": obj["metadata"]["name"], "kind": rt.plural, "uid": obj["metadata"].get("uid")}
+        if rt.group:
+            details["group"] = rt.group
+        return Response.json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                              "details": details})
+
+    def _delete_options(self, request: Request) -> dict:
+        body = decode_body(request) if request.body.strip() else {}
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise errors.bad_request("the object provided is unrecognized or malformed: DeleteOptions")
+        query = request.query
+        grace = body.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+        propagation = body.get("propagationPolicy", query.get("propagationPolicy"))
+        orphan = body.get("orphanDependents", query.get("orphanDependents"))
+        if propagation is None and (orphan is True or isinstance(orphan, str) and truthy(orphan)):
+            propagation = "Orphan"
+        if propagation not in (None, "Orphan", "Background", "Foreground"):
+            raise errors.invalid("DeleteOptions", "", [{"reason": "FieldValueNotSupported",
+                                 "field": "propagationPolicy", "message": f'Unsupported value: "{propagation}": '
+                                 f'supported values: "Foreground", "Background", "Orphan", "nil"'}])
+        dry_run = body.get("dryRun") == ["All"] or request.dry_run
+        try:
+            grace = int(grace) if grace not in (None, "") else None
+        except (TypeError, ValueError):
+            raise errors.bad_request(f"gracePeriodSeconds: invalid value {grace!r}")
+        return {"grace_period": grace, "propagation": propagation, "preconditions": body.get("preconditions"),
+                "dry_run": dry_run}
+
+    def deletecollection(self, request: Request) -> Response:
+        rt, query = request.rt, request.query
+        options = self._delete_options(request)
+        objs, rv = self.store.snapshot(rt, request.route.namespace)
+        matches = matcher(query.get("labelSelector"), query.get("fieldSelector"), rt.key)
+        deleted = []
+        for obj in objs:
+            if matches is None or matches(obj):
+                meta = obj["metadata"]
+                try:
+                    deleted.append(self.store.delete(rt, meta.get("namespace"), meta["name"], **options))
+                except errors.ApiError as e:
+                    if e.code != 404:
+                        raise
+        return Response.json({"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
+                              "metadata": {"resourceVersion": str(self.store.resource_version)}, "items": deleted})
+
+    # ---- subresources --------------------------------------------------------------------------------
+    def status(self, request: Request) -> Response:
+        route = request.route
+        if route.verb == "get":
+            return self.get(request)
+        old = self.store.get(route.rt, route.namespace, route.name)
+        if route.verb == "update":
+            obj = self._body_object(request)
+        else:
+            content_type = request.header("Content-Type").split(";")[0].strip()
+            if content_type not in patches.PATCH_TYPES or content_type == patches.APPLY:
+                raise errors.unsupported_media_type(content_type)
+            obj = self._patched(request, content_type, patches.parse_json_body(request.body), old)
+            obj.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
+            self._check_scope(request, obj["metadata"])
+        obj["metadata"]["managedFields"] = old["metadata"].get("managedFields") or []
+        self.managed.track_update(route.rt, old, obj, request.field_manager, "status")
+        updated = self.store.update(route.rt, obj, subresource="status", dry_run=request.dry_run)
+        if obj["metadata"]["managedFields"] != old["metadata"].get("managedFields"):
+            updated = self._store_managed_fields(route, updated, obj["metadata"]["managedFields"], request.dry_run)
+        return Response.json(updated)
+
+    def _store_managed_fields(self, route, obj: dict, managed_fields: list, dry_run: bool) -> dict:
+        if dry_run:
+            obj["metadata"]["managedFields"] = managed_fields
+            return obj
+        return self.store.mutate(route.rt, route.namespace, route.name,
+                                 lambda o: o["metadata"].__setitem__("managedFields", managed_fields))
+
+    def scale(self, request: Request) -> Response:
+        route = request.route
+        current = self.store.get(route.rt, route.namespace, route.name)
+        if route.verb == "get":
+            return Response.json(self._scale_view(current))
+        view = self._scale_view(current)
+        if route.verb == "update":
+            body = decode_body(request)
+            if not isinstance(body, dict):
+                raise errors.bad_request("the object provided is unrecognized or malformed: Scale")
+            new_view = body
+        else:
+            content_type = request.header("Content-Type").split(";")[0].strip()
+            if content_type not in patches.PATCH_TYPES or content_type == patches.APPLY:
+                raise errors.unsupported_media_type(content_type)
+            document = patches.parse_json_body(request.body)
+            new_view = (patches.merge_patch(view, document) if content_type != patches.JSON
+                        else patches.json_patch(view, document))
+        replicas = (new_view.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or replicas < 0:
+            raise errors.invalid("Scale", route.name, [{"reason": "FieldValueInvalid", "field": "spec.replicas",
+                                 "message": f"Invalid value: {json.dumps(replicas)}: must be greater than or equal "
+                                            f"to 0"}], "autoscaling")
+        obj = copy_json(current)
+        obj["spec"]["replicas"] = replicas
+        obj["metadata"]["resourceVersion"] = (new_view.get("metadata") or {}).get("resourceVersion") \
+            or current["metadata"]["resourceVersion"]
+        self.managed.track_update(route.rt, current, obj, request.field_manager, None)
+        updated = self.store.update(route.rt, obj, dry_run=request.dry_run)
+        return Response.json(self._scale_view(updated))
+
+    @staticmethod
+    def _scale_view(obj: dict) -> dict:
+        meta = obj["metadata"]
+        selector = (obj.get("spec") or {}).get("selector") or {}
+        terms = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                             if k in meta},
+                "spec": {"replicas": obj.get("spec", {}).get("replicas", 0)},
+                "status": {"replicas": (obj.get("status") or {}).get("replicas", 0), "selector": ",".join(terms)}}
+
+    def _log_target(self, request: Request) -> tuple[dict, str]:
+        route = request.route
+        pod = self.store.get(PODS, route.namespace, route.name)
+        containers = [c["name"] for c in pod["spec"].get("containers") or []]
+        init = [c["name"] for c in pod["spec"].get("initContainers") or []]
+        container = request.query.get("container")
+        if not container:
+            if len(containers) != 1:
+                raise errors.bad_request(f"a container name must be specified for pod {route.name}, choose one of: "
+                                         f"[{' '.join(containers)}]" + (f" or one of the init containers: "
+                                                                         f"[{' '.join(init)}]" if init else ""))
+            container = containers[0]
+        elif container not in containers + init:
+            raise errors.bad_request(f"container {container} is not valid for pod {route.name}")
+        status = pod.get("status") or {}
+        states = next((cs for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses")
+                                                                                or []) if cs.get("name") == container),
+                      {})
+        started = {"running", "terminated"} & set(states.get("state") or {}) or (states.get("lastState") or {})
+        if not started:  # what the kubelet answers before the container ever ran
+            reason = ((states.get("state") or {}).get("waiting") or {}).get("reason") or "ContainerCreating"
+            raise errors.bad_request(f'container "{container}" in pod "{route.name}" is waiting to start: {reason}')
+        return pod, container
+
+    def _read_logs(self, pod: dict, container: str, tail: int | None) -> str:
+        if self.runtime is None:
+            return ""
+        return self.runtime.logs(pod["metadata"]["uid"], container, tail) or ""
+
+    def log(self, request: Request) -> Response:
+        pod, container = self._log_target(request)
+        tail = request.query.get("tailLines")
+        text = self._read_logs(pod, container, int(tail) if tail and tail.isdigit() else None)
+        return Response(200, text.encode(), "text/plain")
+
+    def follow_logs(self, request: Request, http) -> None:
+        """Stream new log output until the pod is gone or stops running, or the client leaves."""
+        pod, container = self._log_target(request)
+        tail = request.query.get("tailLines")
+        sent = self._read_logs(pod, container, int(tail) if tail and tail.isdigit() else None)
+        http.send_response(200)
+        http.send_header("Content-Type", "text/plain")
+        http.send_header("Transfer-Encoding", "chunked")
+        http.end_headers()
+        total = len(self._read_logs(pod, container, None))
+        try:
+            if sent:
+                write_chunk(http.wfile, sent.encode())
+            while True:
+                time.sleep(0.2)
+                current = self.store.find(PODS, pod["metadata"].get("namespace"), pod["metadata"]["name"])
+                text = self._read_logs(pod, container, None)
+                if len(text) > total:
+                    write_chunk(http.wfile, text[total:].encode())
+                    total = len(text)
+                if current is None or current["metadata"]["uid"] != pod["metadata"]["uid"] or \
+                        (current.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    break
+            write_chunk(http.wfile, b"")
+        except OSError:
+            http.close_connection = True
+
+    def eviction(self, request: Request) -> Response:
+        route = request.route
+        body = decode_body(request) or {}
+        if not isinstance(body, dict):
+            raise errors.bad_request("the object provided is unrecognized or malformed: Eviction")
+        self.store.get(PODS, route.namespace, route.name)
+        options = body.get("deleteOptions") or {}
+        if request.dry_run:
+            options = dict(options, dryRun=["All"])
+        from ..controllers.disruption import evict  # lazily: the controllers import the store, not the server
+        evict(self.store, route.namespace, route.name, options)
+        return Response.json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}, 201)
+
+    def binding(self, request: Request) -> Response:
+        route = request.route
+        body = decode_body(request)
+        target = ((body or {}).get("target") or {}).get("name") if isinstance(body, dict) else None
+        if not target:
+            raise errors.invalid("Binding", route.name, [{"reason": "FieldValueRequired", "field": "target.name",
+                                                          "message": "Required value"}])
+
+        def bind(pod: dict) -> None:
+            if pod["spec"].get("nodeName"):
+                raise errors.conflict("pods/binding", route.name, f'pod {route.name} is already assigned to node '
+                                      f'"{pod["spec"]["nodeName"]}"')
+            pod["spec"]["nodeName"] = target
+        if not request.dry_run:
+            self.store.mutate(PODS, route.namespace, route.name, bind)
+        return Response.json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201},
+                             201)
+
+    def finalize(self, request: Request) -> Response:
+        route = request.route
+        body = self._body_object(request)
+        finalizers = (body.get("spec") or {}).get("finalizers") or []
+        updated = self.store.mutate(route.rt, None, route.name,
+                                    lambda ns: ns.setdefault("spec", {}).__setitem__("finalizers", finalizers))
+        return Response.json(updated)
+
+
+VERB_HANDLERS = {"get": ResourceHandlers.get, "list": ResourceHandlers.list, "create": ResourceHandlers.create,
+                 "update": ResourceHandlers.update, "patch": ResourceHandlers.patch,
+                 "delete": ResourceHandlers.delete, "deletecollection": ResourceHandlers.deletecollection}
+SUBRESOURCE_HANDLERS = {"status": ResourceHandlers.status, "scale": ResourceHandlers.scale,
+                        "log": ResourceHandlers.log, "eviction": ResourceHandlers.eviction,
+                        "binding": ResourceHandlers.binding, "finalize": ResourceHandlers.finalize}

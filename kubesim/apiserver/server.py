@@ -1,0 +1,189 @@
+"""The HTTP front of kubesim: a ThreadingHTTPServer that real Kubernetes clients talk to.
+
+Routing and the request log live here; the REST semantics of resources are in handlers.py.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .. import errors
+from ..config import ClusterConfig
+from . import discovery, openapi
+from .handlers import Request, Response, ResourceHandlers
+from .routing import not_found, resolve, truthy
+from .watch import BOOKMARK_SECONDS
+
+log = logging.getLogger("kubesim.apiserver")
+REQUEST_LOG_SIZE = 100_000
+HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "kubesim"
+
+    def _serve(self) -> None:
+        self.server.api._serve(self)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+    def log_message(self, format, *args) -> None:  # the request log replaces http.server's stderr lines
+        pass
+
+
+class ApiServer:
+    def __init__(self, store, config: ClusterConfig, faults=None, runtime=None):
+        self.store = store
+        self.config = config
+        self.faults = faults
+        self.runtime = runtime
+        self.handlers = ResourceHandlers(store, config, runtime)
+        self.request_log: deque[dict] = deque(maxlen=REQUEST_LOG_SIZE)
+        self.bookmark_seconds = BOOKMARK_SECONDS  # how often watches with allowWatchBookmarks get one
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._watches: set = set()
+        self._watches_lock = threading.Lock()
+        self.url = ""
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> str:
+        self._httpd = _HTTPServer((self.config.host, self.config.port), _Handler)
+        self._httpd.api = self
+        host, port = self._httpd.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="kubesim-apiserver", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        with self._watches_lock:
+            for watch in list(self._watches):
+                watch.close()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+        self._httpd = None
+
+    def clear_request_log(self) -> None:
+        self.request_log.clear()
+
+    def _register_watch(self, watch) -> None:
+        with self._watches_lock:
+            self._watches.add(watch)
+
+    def _unregister_watch(self, watch) -> None:
+        with self._watches_lock:
+            self._watches.discard(watch)
+
+    # ---- one request ---------------------------------------------------------------------------------
+    def _serve(self, http: BaseHTTPRequestHandler) -> None:
+        started = time.monotonic()
+        url = urlsplit(http.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        entry = {"method": http.command, "path": url.path, "query": query, "status": 0, "ms": 0.0, "verb": "",
+                 "resource": "", "subresource": None, "namespace": None, "name": None,
+                 "user_agent": http.headers.get("User-Agent", "")}
+        try:
+            length = int(http.headers.get("Content-Length") or 0)
+            body = http.rfile.read(length) if length > 0 else b""
+            response = self._route(http, url.path, query, body, entry)
+        except errors.ApiError as e:
+            response = Response.status(e)
+        except Exception as e:  # a bug must not take the server down; report it like the apiserver does
+            log.error("internal error serving %s %s: %s", http.command, http.path, traceback.format_exc())
+            response = Response.status(errors.ApiError(500, "InternalError", f"Internal error occurred: {e}"))
+        if response is not None:  # None: a stream that already wrote itself
+            self._write(http, response)
+            entry["status"] = response.code
+        else:
+            entry["status"] = 200
+        entry["ms"] = round((time.monotonic() - started) * 1000, 3)
+        self.request_log.append(entry)
+
+    @staticmethod
+    def _write(http: BaseHTTPRequestHandler, response: Response) -> None:
+        http.send_response(response.code)
+        http.send_header("Content-Type", response.content_type)
+        http.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers.items():
+            http.send_header(name, value)
+        if "Cache-Control" not in response.headers:
+            http.send_header("Cache-Control", "no-cache, private")
+        http.end_headers()
+        if http.command != "HEAD":
+            http.wfile.write(response.body)
+
+    def _route(self, http, path: str, query: dict, body: bytes, entry: dict) -> Response | None:
+        parts = [unquote(p) for p in path.strip("/").split("/") if p]
+        if path in ("/version", "/version/"):
+            return Response.json(self._version())
+        if path.rstrip("/") in HEALTH_PATHS or any(path.startswith(p + "/") for p in HEALTH_PATHS):
+            return Response(200, b"ok", "text/plain; charset=utf-8")
+        if parts[:1] == ["openapi"]:
+            return openapi.serve(parts[1:], query, self.config.kubernetes_version)
+        if parts == ["api"]:
+            return Response.json(discovery.api_versions(self.url.split("//", 1)[-1]))
+        if parts == ["apis"]:
+            return Response.json(discovery.api_group_list())
+        if parts[:1] == ["api"] and len(parts) >= 2:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) == 2:
+            document = discovery.api_group(parts[1])
+            if document is None:
+                raise not_found()
+            return Response.json(document)
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise not_found()
+        if not rest:
+            document = discovery.api_resource_list(group, version)
+            if document is None:
+                raise not_found()
+            return Response.json(document)
+        route = resolve(http.command, group, version, rest, query)
+        entry.update(verb=route.verb, resource=route.rt.key, subresource=route.subresource,
+                     namespace=route.namespace, name=route.name)
+        if self.faults is not None:
+            fault = self.faults.api_fault(route.verb, route.rt.key)
+            if fault is not None:
+                raise fault
+            delay = self.faults.api_latency(route.verb, route.rt.key)
+            if delay:
+                time.sleep(delay)
+        request = Request(http.command, route, query, dict(http.headers.items()), body)
+        if route.verb == "watch":
+            stream = self.handlers.watch(request, self._register_watch, self._unregister_watch)
+            stream.bookmark_seconds = self.bookmark_seconds
+            stream.serve(http)
+            return None
+        if route.subresource == "log" and truthy(query.get("follow")):
+            self.handlers.follow_logs(request, http)
+            return None
+        return self.handlers.handle(request)
+
+    def _version(self) -> dict:
+        version = self.config.kubernetes_version
+        major, minor = version.lstrip("v").split(".")[:2]
+        return {"major": major, "minor": minor, "gitVersion": version,
+                "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23.6", "compiler": "gc",
+                "platform": "linux/amd64", "emulationMajor": major, "emulationMinor": minor,
+                "minCompatibilityMajor": major, "minCompatibilityMinor": minor}

@@ -1,0 +1,130 @@
+"""A whole simulated cluster in this process: store, API server, controllers and data plane."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+
+import yaml
+
+from .config import ClusterConfig
+from .resources import NAMESPACES, STORAGECLASSES
+from .store import Store
+
+log = logging.getLogger("kubesim")
+
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+# The two kinds of storage a move has to reckon with: network-attached (data follows the pod) and
+# node-local (data stays on its node), like a cloud disk class and local-path on kind/k3s.
+STORAGE_CLASSES = (
+    {"metadata": {"name": "standard",
+                  "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+     "provisioner": "kubesim.io/network", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
+     "allowVolumeExpansion": True},
+    {"metadata": {"name": "local-path"},
+     "provisioner": "rancher.io/local-path", "reclaimPolicy": "Delete",
+     "volumeBindingMode": "WaitForFirstConsumer"},
+)
+
+
+def kubeconfig_document(url: str, context: str = "kubesim") -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": [{"name": context, "cluster": {"server": url}}],
+        "users": [{"name": f"{context}-admin", "user": {"token": "kubesim-admin"}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": f"{context}-admin",
+                                                   "namespace": "default"}}],
+        "current-context": context,
+    }
+
+
+class Cluster:
+    """Start with ``with Cluster(nodes=["node1", "node2"]) as cluster:``; stops everything on exit."""
+
+    def __init__(self, config: ClusterConfig | None = None, kubeconfig_path: str | None = None,
+                 **overrides):
+        self.config = dataclasses.replace(config or ClusterConfig(), **overrides)
+        self._own_work_dir = self.config.work_dir is None
+        if self._own_work_dir:
+            self.config.work_dir = tempfile.mkdtemp(prefix="kubesim-")
+        self.kubeconfig_path = kubeconfig_path or os.path.join(self.config.work_dir, "kubeconfig")
+        self.store: Store | None = None
+        self.api = None
+        self.controllers = None
+        self.dataplane = None
+        self.faults = None
+        self.url: str | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> "Cluster":
+        from .apiserver.server import ApiServer
+        from .controllers import ControllerManager
+        from .dataplane import DataPlane
+        from .faults import FaultRegistry
+        from .runtime import SimulatedRuntime
+
+        self.store = Store(self.config.state_dir)
+        self._seed()
+        self.faults = FaultRegistry()
+        if self.config.run_processes:
+            self.dataplane = DataPlane(self.store, self.config, self.faults)
+            runtime = self.dataplane.runtime
+        else:
+            runtime = SimulatedRuntime()
+        self.runtime = runtime
+        self.controllers = ControllerManager(self.store, self.config, runtime, self.faults)
+        self.api = ApiServer(self.store, self.config, faults=self.faults, runtime=runtime)
+        self.url = self.api.start()
+        if self.dataplane:
+            self.dataplane.start()
+        self.controllers.start()
+        self.write_kubeconfig(self.kubeconfig_path)
+        log.info("kubesim serving %s with nodes %s; kubeconfig %s", self.url, ",".join(self.config.nodes),
+                 self.kubeconfig_path)
+        return self
+
+    def stop(self) -> None:
+        for part in (self.controllers, self.dataplane, self.api):
+            if part is not None:
+                part.stop()
+        if self.store is not None:
+            self.store.close()
+        if self._own_work_dir and self.config.work_dir:
+            shutil.rmtree(self.config.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> "Cluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- helpers for tests and the CLI ------------------------------------------------------------------
+    @property
+    def request_log(self) -> list[dict]:
+        return self.api.request_log
+
+    def clear_request_log(self) -> None:
+        self.api.clear_request_log()
+
+    def writes(self) -> list[dict]:
+        """Requests that could change the cluster (anything but reads), as the request log saw them."""
+        return [r for r in self.request_log if r["method"] in ("POST", "PUT", "PATCH", "DELETE")]
+
+    def write_kubeconfig(self, path: str) -> str:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            yaml.safe_dump(kubeconfig_document(self.url), f, sort_keys=False)
+        return path
+
+    def _seed(self) -> None:
+        """What a fresh cluster has before anyone uses it (kept when a --state-dir already holds it)."""
+        for name in SYSTEM_NAMESPACES:
+            if self.store.find(NAMESPACES, None, name) is None:
+                self.store.create(NAMESPACES, {"metadata": {"name": name,
+                                                            "labels": {"kubernetes.io/metadata.name": name}}})
+        for sc in STORAGE_CLASSES:
+            if self.store.find(STORAGECLASSES, None, sc["metadata"]["name"]) is None:
+                self.store.create(STORAGECLASSES, sc)

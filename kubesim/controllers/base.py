@@ -1,0 +1,171 @@
+"""What every controller shares: a deduplicating work queue fed by store listeners, one worker thread,
+delayed requeues on one shared timer thread, and a clean stop."""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Hashable, Iterable
+
+from .. import errors
+from ..config import ClusterConfig
+from ..resources import ResourceType
+from ..store import Event, Store
+
+log = logging.getLogger("kubesim.controllers")
+
+
+class Timers:
+    """One thread that runs callbacks at their deadlines, for every controller and kubelet."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="kubesim-timers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def call_later(self, seconds: float, fn: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + max(0.0, seconds), next(self._seq), fn))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if self._stopped:
+                    return
+                _, _, fn = heapq.heappop(self._heap)
+            try:
+                fn()
+            except Exception:  # a timer callback must never kill the shared thread
+                log.exception("timer callback failed")
+
+
+@dataclass
+class Context:
+    """Everything a controller may use; built once by the ControllerManager."""
+    store: Store
+    config: ClusterConfig
+    runtime: object
+    faults: object | None
+    timers: Timers
+    cache: "object"      # controllers.cache.Cache
+    events: "object"     # controllers.events.EventRecorder
+
+    def fault(self, method: str, default, *args):
+        """Ask the fault registry, tolerating its absence or an older version without the method."""
+        fn = getattr(self.faults, method, None) if self.faults is not None else None
+        return fn(*args) if fn is not None else default
+
+
+class Controller:
+    """Subclasses set ``name`` and ``watches`` ({resource type: keys_for(event)}) and implement sync(key)."""
+
+    name = "controller"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.config = ctx.config
+        self.cache = ctx.cache
+        self.events = ctx.events
+        self._queue: deque[Hashable] = deque()
+        self._pending: set[Hashable] = set()
+        self._failures: dict[Hashable, int] = {}
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    # ---- wiring ----------------------------------------------------------------------------------
+    def watches(self) -> dict[str, Callable[[Event], Iterable[Hashable]]]:
+        """Resource key -> function mapping a store event to the keys to sync (runs under the store lock)."""
+        return {}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"kubesim-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def join(self, timeout: float = 10) -> None:
+        if self._thread is not None and self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # ---- queue -----------------------------------------------------------------------------------
+    def enqueue(self, key: Hashable) -> None:
+        with self._cond:
+            if key in self._pending or self._stopped:
+                return
+            self._pending.add(key)
+            self._queue.append(key)
+            self._cond.notify()
+
+    def enqueue_all(self, keys: Iterable[Hashable]) -> None:
+        for key in keys:
+            self.enqueue(key)
+
+    def requeue_after(self, key: Hashable, seconds: float) -> None:
+        self.ctx.timers.call_later(seconds, lambda: self.enqueue(key))
+
+    def initial_keys(self) -> Iterable[Hashable]:
+        """Keys to sync once at start (objects that existed before the controller did)."""
+        return ()
+
+    def sync(self, key: Hashable) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        self.enqueue_all(self.initial_keys())
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                key = self._queue.popleft()
+                self._pending.discard(key)
+            try:
+                self.sync(key)
+                self._failures.pop(key, None)
+            except errors.ApiError as e:
+                # conflicts and races with deletions are expected: retry soon, with backoff
+                self._retry(key, e if e.code not in (404, 409) else None)
+            except Exception as e:
+                self._retry(key, e)
+
+    def _retry(self, key: Hashable, error: Exception | None) -> None:
+        if error is not None:
+            log.warning("%s: sync %s failed: %r", self.name, key, error, exc_info=not isinstance(error, errors.ApiError))
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        self.requeue_after(key, min(0.005 * 2 ** failures, 5.0))
+
+
+def obj_key(obj: dict) -> tuple[str, str]:
+    meta = obj["metadata"]
+    return meta.get("namespace", ""), meta["name"]
+
+
+def same_keys(event: Event) -> list[tuple[str, str]]:
+    """The object itself is the key (the usual case)."""
+    return [obj_key(event.object)]

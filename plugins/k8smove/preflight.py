@@ -1,0 +1,160 @@
+"""Checks made before any write: conf, nodes (labels, readiness, cordon, taints, room) and placement.
+
+Every problem found is collected, so one failed run names all of them; nothing here writes.
+"""
+from __future__ import annotations
+
+import json
+
+from kubernetes.client import ApiClient
+from kubernetes.utils.quantity import parse_quantity
+
+from k8smove import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, K8sMoveError, kube, release_selector
+from k8smove.labels import check_selector, matches, selector_string, split_label_changes
+from k8smove.render import render_manifests
+
+BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
+
+
+def check_conf_keys(conf: dict, allowed) -> None:
+    if unknown := sorted(set(conf) - set(allowed)):
+        raise K8sMoveError(f"unknown conf key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def labels_after_changes(nodes: list[dict], label_nodes: dict) -> dict[str, dict]:
+    """Node name -> labels as they will be once LabelNodes has run; raises naming an unknown node."""
+    labels = {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in nodes}
+    for node, changes in label_nodes.items():
+        if node not in labels:
+            raise K8sMoveError(f"label_nodes: node {node!r} not found (nodes: {', '.join(sorted(labels))})")
+        to_set, to_remove = split_label_changes(f"label_nodes.{node}", changes)
+        for key in to_remove:
+            labels[node].pop(key, None)
+        labels[node].update(to_set)
+    return labels
+
+
+def _requests(pod_spec: dict) -> dict[str, object]:
+    total = {"cpu": parse_quantity(0), "memory": parse_quantity(0)}
+    for container in pod_spec.get("containers", []):
+        for resource, amount in ((container.get("resources") or {}).get("requests") or {}).items():
+            if resource in total:
+                total[resource] += parse_quantity(amount)
+    return total
+
+
+def _tolerated(taint: dict, tolerations: list[dict]) -> bool:
+    for toleration in tolerations:
+        if toleration.get("effect") not in (None, "", taint.get("effect")):
+            continue
+        if toleration.get("operator") == "Exists":
+            if toleration.get("key") in (None, "", taint.get("key")):
+                return True
+        elif toleration.get("key") == taint.get("key") and toleration.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def node_problems(node: dict, pod_spec: dict, used: dict) -> list[str]:
+    """Why a pod with ``pod_spec`` cannot run on ``node`` now ([] if it can)."""
+    problems = []
+    conditions = {c["type"]: c for c in node.get("status", {}).get("conditions") or []}
+    if conditions.get("Ready", {}).get("status") != "True":
+        problems.append("not Ready")
+    if node.get("spec", {}).get("unschedulable"):
+        problems.append("cordoned (unschedulable)")
+    for taint in node.get("spec", {}).get("taints") or []:
+        if taint.get("effect") in BLOCKING_TAINT_EFFECTS and not _tolerated(taint, pod_spec.get("tolerations") or []):
+            problems.append(f"taint {taint.get('key')}={taint.get('value', '')}:{taint['effect']} not tolerated")
+    allocatable = node.get("status", {}).get("allocatable") or {}
+    for resource, wanted in _requests(pod_spec).items():
+        if resource in allocatable:
+            free = parse_quantity(allocatable[resource]) - used.get(resource, 0)
+            if wanted > free:
+                problems.append(f"insufficient {resource}: requests {wanted}, free {free}")
+    return problems
+
+
+def _used_by_node(pods: list[dict], release: str) -> dict[str, dict]:
+    """Requests of running/pending pods per node, the release's own pods excepted (they are replaced)."""
+    used: dict[str, dict] = {}
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        node = pod.get("spec", {}).get("nodeName")
+        if not node or pod.get("status", {}).get("phase") in ("Succeeded", "Failed") or \
+                matches({LABEL_INSTANCE: release, LABEL_MANAGED_BY: MANAGED_BY}, labels):
+            continue
+        totals = used.setdefault(node, {})
+        for resource, amount in _requests(pod["spec"]).items():
+            totals[resource] = totals.get(resource, 0) + amount
+    return used
+
+
+def check_targets(nodes: list[dict], node_labels: dict[str, dict], pods: list[dict], release: str,
+                  target: dict, manifests: list[dict]) -> list[str]:
+    """Names of the nodes ``target`` selects; raises unless every workload fits on at least one of them."""
+    selected = [n for n in nodes if matches(target, node_labels[n["metadata"]["name"]])]
+    if not selected:
+        raise K8sMoveError(f"node_label {selector_string(target)} matches no node")
+    used = _used_by_node(pods, release)
+    problems = []
+    for manifest in manifests:
+        if manifest["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod_spec = manifest["spec"]["template"]["spec"]
+        verdicts = {n["metadata"]["name"]: node_problems(n, pod_spec, used.get(n["metadata"]["name"], {}))
+                    for n in selected}
+        if all(verdicts.values()):
+            problems.append(f"{manifest['kind']} {manifest['metadata']['name']} fits on no target node: " +
+                            "; ".join(f"{node}: {', '.join(p)}" for node, p in verdicts.items()))
+    if problems:
+        raise K8sMoveError("; ".join(problems))
+    return sorted(n["metadata"]["name"] for n in selected)
+
+
+def _nodes_matching(selector: dict, node_labels: dict[str, dict]) -> set[str]:
+    return {name for name, labels in node_labels.items() if matches(selector, labels)}
+
+
+def check_source_and_target(sources: dict[str, dict], target: dict, node_labels: dict[str, dict]) -> None:
+    """Source and target must select disjoint nodes, unless the selector is unchanged (then nothing moves)."""
+    target_nodes = _nodes_matching(target, node_labels)
+    for component, source in sources.items():
+        if source == target:
+            continue
+        if overlap := _nodes_matching(source, node_labels) & target_nodes:
+            raise K8sMoveError(
+                f"node_label {selector_string(target)}: source and target are the same node(s) "
+                f"{', '.join(sorted(overlap))} ({component} runs on {selector_string(source)} now)")
+
+
+def recorded_release(api: ApiClient, namespace: str, release: str, components) -> tuple[dict, dict[str, dict]]:
+    """(values the release was deployed with, component -> its current nodeSelector); raises if absent."""
+    configmap = kube.get(api, {"apiVersion": "v1", "kind": "ConfigMap",
+                               "metadata": {"namespace": namespace, "name": f"{release}-k8smove"}})
+    if configmap is None:
+        raise K8sMoveError(f"release {release!r} not found in namespace {namespace!r} (deploy_app it first)")
+    values = json.loads(configmap["data"]["values.json"])
+    workloads = kube.list_objects(api, "apps/v1", "Deployment", namespace, release_selector(release))
+    sources = {}
+    for workload in workloads:
+        component = workload["metadata"]["labels"].get(LABEL_COMPONENT)
+        if component in components:
+            sources[component] = workload["spec"]["template"]["spec"].get("nodeSelector") or {}
+    if missing := sorted(set(components) - set(sources)):
+        raise K8sMoveError(f"release {release!r}: component(s) {', '.join(missing)} not found")
+    return values, sources
+
+
+def preflight(api: ApiClient, values: dict, components, label_nodes: dict | None = None,
+              sources: dict[str, dict] | None = None) -> dict:
+    """Check everything a deploy (``label_nodes``) or migration (``sources``) needs; returns the plan."""
+    check_selector("node_label", values["node_label"])
+    nodes = kube.list_objects(api, "v1", "Node")
+    node_labels = labels_after_changes(nodes, label_nodes or {})
+    pods = kube.list_objects(api, "v1", "Pod")
+    manifests = render_manifests(values, components)
+    target_nodes = check_targets(nodes, node_labels, pods, values["release"], values["node_label"], manifests)
+    check_source_and_target(sources or {}, values["node_label"], node_labels)
+    return {"values": values, "components": list(components), "target_nodes": target_nodes,
+            "sources": sources or {}}

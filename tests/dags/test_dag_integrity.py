@@ -1,0 +1,98 @@
+"""DagBag integrity: the DAGs import cleanly and fast, and their params are the contract."""
+from __future__ import annotations
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.exceptions import ParamValidationError
+from airflow.serialization.serialized_objects import DagSerialization
+
+from airflow_env import ROOT
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+
+
+def test_dag_ids(dagbag):
+    assert {"deploy_app", "migrate_app"} <= set(dagbag.dag_ids)
+
+
+def test_every_dag_file_parses_in_under_100ms(dagbag):
+    slow = {s.file: s.duration.total_seconds() for s in dagbag.dagbag_stats if s.duration.total_seconds() >= 0.1}
+    assert slow == {}
+
+
+@pytest.mark.parametrize("dag_id", ["deploy_app", "migrate_app"])
+def test_dag_declares_docs_tags_and_one_run_at_a_time(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    assert dag.doc_md and dag_id in dag.doc_md
+    assert "k8smove" in dag.tags
+    assert dag.max_active_runs == 1
+    assert dag.schedule is None
+
+
+def test_chains(dagbag):
+    deploy = dagbag.dags["deploy_app"]
+    order = ["preflight", "label_nodes", "render", "apply", "wait_ready", "verify_endpoint"]
+    for upstream, downstream in zip(order, order[1:]):
+        assert downstream in deploy.get_task(upstream).downstream_task_ids
+    migrate = dagbag.dags["migrate_app"]
+    order = ["preflight", "render", "apply", "wait_ready", "verify_source_empty", "verify_endpoint"]
+    for upstream, downstream in zip(order, order[1:]):
+        assert downstream in migrate.get_task(upstream).downstream_task_ids
+    rollback = migrate.get_task("rollback")
+    assert rollback.trigger_rule == "one_failed"
+    assert rollback.upstream_task_ids == {"apply", "wait_ready", "verify_source_empty", "verify_endpoint"}
+
+
+def test_params_have_schemas_and_valid_defaults(dagbag):
+    for dag_id in ("deploy_app", "migrate_app"):
+        params = dagbag.dags[dag_id].params
+        for name in params:
+            assert params.get_param(name).schema.get("type"), f"{dag_id}.{name} has no JSON schema type"
+        params.validate()
+
+
+def validate(dag, conf):
+    """What a trigger (UI form, CLI, REST API) does before creating the run: merge conf into the serialized
+    DAG's params and validate them."""
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    serialized.params.deep_merge(conf).validate()
+
+
+@pytest.mark.parametrize("dag_id,conf,field", [
+    ("deploy_app", {"node_label": {"demo": "node1\n  hostNetwork: true"}}, "node_label"),
+    ("deploy_app", {"node_label": {"bad key!": "x"}}, "node_label"),
+    ("deploy_app", {"node_label": {}}, "node_label"),
+    ("deploy_app", {"label_nodes": {"node1": {"demo": "{{ 7 * 7 }}"}}}, "label_nodes"),
+    ("deploy_app", {"label_nodes": {"Node_1": {"demo": "x"}}}, "label_nodes"),
+    ("deploy_app", {"external_ip": "300.1.1.1"}, "external_ip"),
+    ("deploy_app", {"external_ip": "example.com"}, "external_ip"),
+    ("deploy_app", {"port": 0}, "port"),
+    ("deploy_app", {"port": 70000}, "port"),
+    ("deploy_app", {"port": "8080"}, "port"),
+    ("deploy_app", {"images": {"app": "x", "db": "y", "extra": "z"}}, "images"),
+    ("deploy_app", {"storage": {"class": "standard", "size": "lots"}}, "storage"),
+    ("deploy_app", {"replicas": 0}, "replicas"),
+    ("deploy_app", {"release": "Demo_1"}, "release"),
+    ("deploy_app", {"namespace": "-x"}, "namespace"),
+    ("migrate_app", {"node_label": {"demo": "a b"}}, "node_label"),
+    ("migrate_app", {"timeout_seconds": 1}, "timeout_seconds"),
+    ("migrate_app", {"components": ["app", "cache"]}, "components"),
+    ("migrate_app", {"components": []}, "components"),
+])
+def test_invalid_conf_is_refused_at_trigger_time_naming_the_field(dagbag, dag_id, conf, field):
+    with pytest.raises(ParamValidationError, match=f"Invalid input for param {field}"):
+        validate(dagbag.dags[dag_id], conf)
+
+
+def test_valid_conf_is_accepted(dagbag):
+    validate(dagbag.dags["deploy_app"], {
+        "label_nodes": {"node1": {"demo": "node1", "old-": None}}, "node_label": {"demo": "node1"},
+        "external_ip": "10.0.0.5", "port": 8080, "storage": {"class": "standard", "size": "2Gi"}})
+    validate(dagbag.dags["migrate_app"], {"node_label": {"demo": "node2"}, "components": ["db"]})

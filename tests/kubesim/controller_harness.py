@@ -1,0 +1,47 @@
+"""A Store with the ControllerManager running on it, seeded like kubesim.cluster does, for controller tests."""
+from __future__ import annotations
+
+import time
+
+from kubesim.config import ClusterConfig
+from kubesim.controllers import ControllerManager
+from kubesim.resources import NAMESPACES, STORAGECLASSES
+from kubesim.runtime import SimulatedRuntime
+from kubesim.store import Store
+
+STORAGE_CLASSES = (
+    {"metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+     "provisioner": "kubesim.io/network", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"},
+    {"metadata": {"name": "local-path"}, "provisioner": "rancher.io/local-path", "reclaimPolicy": "Delete",
+     "volumeBindingMode": "WaitForFirstConsumer"},
+)
+
+
+def seeded_store() -> Store:
+    store = Store()
+    for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
+        store.create(NAMESPACES, {"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
+    for sc in STORAGE_CLASSES:
+        store.create(STORAGECLASSES, sc)
+    return store
+
+
+def fast_config(tmp_path, **overrides) -> ClusterConfig:
+    values = dict(nodes=["node1", "node2"], pod_startup_seconds=0.1, max_grace_seconds=0.2, heartbeat_seconds=0.3,
+                  node_monitor_grace_seconds=1.0, work_dir=str(tmp_path), probe_poll_seconds=0.05)
+    values.update(overrides)
+    return ClusterConfig(**values)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start_manager(store: Store, config: ClusterConfig, runtime=None, faults=None) -> ControllerManager:
+    return ControllerManager(store, config, runtime or SimulatedRuntime(), faults).start()

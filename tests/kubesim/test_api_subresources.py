@@ -1,0 +1,173 @@
+"""Subresources (status, scale, binding, eviction, log), server-side apply and patches through the real
+kubernetes client, and Table output."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from kubesim.resources import DEPLOYMENTS, PODS
+from kubesim.runtime import SimulatedRuntime
+
+from manifests import manifest
+from api_harness import api, client  # noqa: F401  (fixtures)
+from test_api_errors import request
+
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+
+
+def test_status_subresource_changes_only_status(api, client):
+    core = k8s.CoreV1Api(client)
+    pod = core.create_namespaced_pod("default", manifest("pods", "p"))
+    pod.status.phase = "Running"
+    pod.spec.containers[0].image = "ignored:1"
+    updated = core.replace_namespaced_pod_status("p", "default", pod)
+    assert updated.status.phase == "Running" and updated.spec.containers[0].image == "nginx:1.27"
+    patched = core.patch_namespaced_pod_status("p", "default", {"status": {"podIP": "127.1.0.5"}})
+    assert patched.status.pod_ip == "127.1.0.5" and patched.status.phase == "Running"
+    managers = {(e.manager, e.subresource) for e in patched.metadata.managed_fields}
+    assert ("OpenAPI-Generator", "status") in managers
+    pod = core.read_namespaced_pod("p", "default")
+    pod.status.phase = "Failed"
+    assert core.replace_namespaced_pod("p", "default", pod).status.phase == "Running"  # main resource ignores it
+
+
+def test_scale_subresource(api, client):
+    apps = k8s.AppsV1Api(client)
+    apps.create_namespaced_deployment("default", manifest("apps/deployments", "web"))
+    scale = apps.read_namespaced_deployment_scale("web", "default")
+    assert scale.spec.replicas == 1 and scale.status.selector == "app=demo"
+    scale.spec.replicas = 4
+    assert apps.replace_namespaced_deployment_scale("web", "default", scale).spec.replicas == 4
+    assert apps.patch_namespaced_deployment_scale("web", "default", {"spec": {"replicas": 2}}).spec.replicas == 2
+    deployment = api.store.get(DEPLOYMENTS, "default", "web")
+    assert deployment["spec"]["replicas"] == 2 and deployment["metadata"]["generation"] == 3
+    with pytest.raises(ApiException) as invalid:
+        apps.patch_namespaced_deployment_scale("web", "default", {"spec": {"replicas": -1}})
+    assert invalid.value.status == 422
+
+
+def test_binding_sets_the_node(api, client):
+    core = k8s.CoreV1Api(client)
+    core.create_namespaced_pod("default", manifest("pods", "p"))
+    body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node",
+                                                                                          "name": "node2"}}
+    status, _ = request(api, "POST", "/api/v1/namespaces/default/pods/p/binding", json.dumps(body))
+    assert status == 201 and api.store.get(PODS, "default", "p")["spec"]["nodeName"] == "node2"
+    status, again = request(api, "POST", "/api/v1/namespaces/default/pods/p/binding", json.dumps(body))
+    assert status == 409 and "already assigned" in again["message"]
+
+
+def test_eviction_respects_disruption_budgets(api, client):
+    core, policy = k8s.CoreV1Api(client), k8s.PolicyV1Api(client)
+    for name in ("a", "b"):
+        pod = manifest("pods", name, labels={"app": "demo"})
+        core.create_namespaced_pod("default", pod)
+    core.create_namespaced_pod_eviction("a", "default", {"metadata": {"name": "a", "namespace": "default"}})
+    assert api.store.find(PODS, "default", "a") is None
+    policy.create_namespaced_pod_disruption_budget("default", manifest("policy/poddisruptionbudgets", "pdb"))
+    # What the disruption controller would report: b is the one healthy pod the budget needs.
+    policy.patch_namespaced_pod_disruption_budget_status("pdb", "default", {"status": {
+        "observedGeneration": 1, "disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1,
+        "expectedPods": 1}})
+    core.patch_namespaced_pod_status("b", "default", {"status": {"phase": "Running", "conditions": [{"type": "Ready",
+                                                                                   "status": "True"}]}})
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod_eviction("b", "default", {"metadata": {"name": "b", "namespace": "default"}})
+    assert refused.value.status == 429 and json.loads(refused.value.body)["reason"] == "TooManyRequests"
+    assert api.store.find(PODS, "default", "b") is not None
+
+
+def test_logs_come_from_the_runtime(api, client):
+    class Runtime(SimulatedRuntime):
+        def logs(self, pod_uid, container, tail_lines=None):
+            lines = [f"{container} line {i}" for i in range(5)]
+            return "\n".join(lines[-tail_lines:] if tail_lines else lines) + "\n"
+
+    api.server.handlers.runtime = Runtime()
+    core = k8s.CoreV1Api(client)
+    core.create_namespaced_pod("default", manifest("pods", "p"))
+    with pytest.raises(ApiException) as waiting:
+        core.read_namespaced_pod_log("p", "default")
+    assert waiting.value.status == 400 and "is waiting to start: ContainerCreating" in waiting.value.body
+    core.patch_namespaced_pod_status("p", "default", {"status": {"containerStatuses": [
+        {"name": "app", "image": "nginx:1.27", "imageID": "", "ready": True, "restartCount": 0,
+         "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}})
+    response = core.read_namespaced_pod_log("p", "default", tail_lines=2, _preload_content=False)
+    assert response.data == b"app line 3\napp line 4\n" and response.headers["Content-Type"] == "text/plain"
+    assert api.kubectl("logs", "p").stdout.splitlines()[0] == "app line 0"
+
+
+def test_server_side_apply_with_the_client(api, client):
+    apps = k8s.AppsV1Api(client)
+    config = manifest("apps/deployments", "web")
+    created = apps.patch_namespaced_deployment("web", "default", config, field_manager="deployer",
+                                               _content_type="application/apply-patch+yaml")
+    assert created.metadata.managed_fields[0].manager == "deployer"
+    assert created.metadata.managed_fields[0].operation == "Apply"
+    apps.patch_namespaced_deployment("web", "default", {"spec": {"replicas": 3}}, field_manager="scaler")
+    with pytest.raises(ApiException) as conflict:
+        apps.patch_namespaced_deployment("web", "default", config, field_manager="deployer",
+                                         _content_type="application/apply-patch+yaml")
+    status = json.loads(conflict.value.body)
+    assert conflict.value.status == 409 and status["reason"] == "Conflict"
+    assert status["details"]["causes"] == [{"reason": "FieldManagerConflict", "field": ".spec.replicas",
+                                            "message": 'conflict with "scaler" using apps/v1'}]
+    forced = apps.patch_namespaced_deployment("web", "default", config, field_manager="deployer", force=True,
+                                              _content_type="application/apply-patch+yaml")
+    assert forced.spec.replicas == 1
+    trimmed = json.loads(json.dumps(config))
+    trimmed["spec"]["template"]["metadata"]["labels"]["extra"] = "x"
+    del trimmed["spec"]["replicas"]
+    applied = apps.patch_namespaced_deployment("web", "default", trimmed, field_manager="deployer",
+                                               _content_type="application/apply-patch+yaml")
+    assert applied.spec.template.metadata.labels == {"app": "demo", "extra": "x"}
+    with pytest.raises(ApiException) as no_manager:
+        apps.patch_namespaced_deployment("web", "default", config, _content_type="application/apply-patch+yaml")
+    assert no_manager.value.status == 400 and "fieldManager is required" in no_manager.value.body
+
+
+def test_strategic_merge_directives(api, client):
+    apps = k8s.AppsV1Api(client)
+    deployment = manifest("apps/deployments", "web")
+    pod_spec = deployment["spec"]["template"]["spec"]
+    pod_spec["containers"][0]["env"] = [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+    pod_spec["tolerations"] = [{"key": "old", "operator": "Exists"}]
+    deployment["metadata"]["finalizers"] = ["example.com/a"]
+    apps.create_namespaced_deployment("default", deployment)
+    patched = apps.patch_namespaced_deployment("web", "default", {
+        "metadata": {"finalizers": ["example.com/b"], "labels": {"x": "y"}},
+        "spec": {"template": {"spec": {
+            "$setElementOrder/containers": [{"name": "app"}],
+            "containers": [{"name": "app", "env": [{"name": "A", "$patch": "delete"}, {"name": "C", "value": "3"}]}],
+            "tolerations": [{"key": "new", "operator": "Exists"}]}}}})
+    assert patched.metadata.finalizers == ["example.com/a", "example.com/b"]
+    pod_spec = patched.spec.template.spec
+    assert [(e.name, e.value) for e in pod_spec.containers[0].env] == [("B", "2"), ("C", "3")]
+    assert [t.key for t in pod_spec.tolerations] == ["new"]  # no merge key: the list is replaced
+    replaced = apps.patch_namespaced_deployment("web", "default",
+                                                {"metadata": {"labels": {"$patch": "replace", "z": "1"}}})
+    assert replaced.metadata.labels == {"z": "1"}
+
+
+def test_tables(api, client):
+    core = k8s.CoreV1Api(client)
+    core.create_namespaced_pod("default", manifest("pods", "p"))
+    status, table = request(api, "GET", "/api/v1/namespaces/default/pods", accept=TABLE)
+    assert status == 200 and table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
+    assert [(c["name"], c["priority"]) for c in table["columnDefinitions"]] == [
+        ("Name", 0), ("Ready", 0), ("Status", 0), ("Restarts", 0), ("Age", 0), ("IP", 1), ("Node", 1),
+        ("Nominated Node", 1), ("Readiness Gates", 1)]
+    assert table["rows"][0]["cells"][:4] == ["p", "0/1", "Pending", "0"]
+    assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+    _, full = request(api, "GET", "/api/v1/namespaces/default/pods/p?includeObject=Object", accept=TABLE)
+    assert full["rows"][0]["object"]["kind"] == "Pod"
+    _, bare = request(api, "GET", "/api/v1/namespaces/default/pods?includeObject=None", accept=TABLE)
+    assert "object" not in bare["rows"][0]
+    request(api, "POST", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            json.dumps(manifest("discovery.k8s.io/endpointslices", "s")))
+    _, generic = request(api, "GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices", accept=TABLE)
+    assert [c["name"] for c in generic["columnDefinitions"]] == ["Name", "Age"]
+    assert generic["rows"][0]["cells"][0] == "s"

@@ -1,0 +1,207 @@
+"""Scheduler and kubelet: upstream-worded FailedScheduling, cordon/taints/resources, node registration,
+lease heartbeats, pod status shape, readiness delay, graceful termination, NotReady nodes."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kubesim.resources import EVENTS, LEASES, NODES, PODS
+from kubesim.runtime import SimulatedRuntime
+
+from controller_harness import fast_config, seeded_store, start_manager, wait_for
+
+
+class NodeFaults:
+    """The two fault-registry methods the controllers ask about."""
+
+    def __init__(self):
+        self.down = set()
+
+    def node_not_ready(self, node):
+        return node in self.down
+
+    def extra_startup_seconds(self, node):
+        return 0.0
+
+
+@pytest.fixture
+def faults():
+    return NodeFaults()
+
+
+@pytest.fixture
+def cluster(tmp_path, faults):
+    store = seeded_store()
+    manager = start_manager(store, fast_config(tmp_path), faults=faults)
+    wait_for(lambda: len(store.list(NODES)) == 2, what="nodes")
+    yield store, manager
+    manager.stop()
+
+
+def pod(name, **spec):
+    body = {"metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+            "spec": dict({"containers": [{"name": "c", "image": "demo/app:1"}]}, **spec)}
+    return body
+
+
+def phase(store, name):
+    return store.get(PODS, "default", name).get("status", {}).get("phase")
+
+
+def is_ready(store, name):
+    p = store.find(PODS, "default", name)
+    return p is not None and any(c["type"] == "Ready" and c["status"] == "True"
+                                 for c in p.get("status", {}).get("conditions", []))
+
+
+def failed_scheduling(store, name):
+    return [e["message"] for e in store.list(EVENTS, "default")
+            if e["reason"] == "FailedScheduling" and e["involvedObject"]["name"] == name]
+
+
+def test_node_registration_and_lease(cluster):
+    store, _ = cluster
+    node = store.get(NODES, None, "node1")
+    assert node["metadata"]["labels"]["kubernetes.io/hostname"] == "node1"
+    assert node["status"]["addresses"][0] == {"type": "InternalIP", "address": "127.0.1.1"}
+    assert node["status"]["capacity"]["pods"] == "110"
+    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == ("True", "KubeletReady", "kubelet is posting ready status")
+    first = store.get(LEASES, "kube-node-lease", "node1")["spec"]["renewTime"]
+    wait_for(lambda: store.get(LEASES, "kube-node-lease", "node1")["spec"]["renewTime"] != first, what="lease renewal")
+
+
+def test_selector_matching_no_ready_schedulable_node_stays_pending_with_upstream_message(cluster):
+    store, _ = cluster
+    store.mutate(NODES, None, "node2", lambda n: n["spec"].update(unschedulable=True))
+    store.create(PODS, pod("p", nodeSelector={"disk": "ssd"}))
+    expected = ("0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, "
+                "1 node(s) were unschedulable. preemption: 0/2 nodes are available: "
+                "2 Preemption is not helpful for scheduling.")
+    wait_for(lambda: expected in failed_scheduling(store, "p"), what="FailedScheduling event")
+    p = store.get(PODS, "default", "p")
+    assert p["status"]["phase"] == "Pending" and not p["spec"].get("nodeName")
+    scheduled = next(c for c in p["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert (scheduled["status"], scheduled["reason"], scheduled["message"]) == ("False", "Unschedulable", expected)
+    # the cordon shows as the upstream taint, and uncordoning plus labelling lets the pod in
+    wait_for(lambda: any(t["key"] == "node.kubernetes.io/unschedulable"
+                         for t in store.get(NODES, None, "node2")["spec"].get("taints", [])), what="cordon taint")
+    store.mutate(NODES, None, "node2", lambda n: (n["spec"].pop("unschedulable"),
+                                                    n["metadata"]["labels"].update(disk="ssd")))
+    wait_for(lambda: store.get(PODS, "default", "p")["spec"].get("nodeName") == "node2", what="bound after uncordon")
+    wait_for(lambda: is_ready(store, "p"), what="ready")
+
+
+def test_resources_and_taints_are_filtered_with_upstream_reasons(cluster):
+    store, _ = cluster
+    store.mutate(NODES, None, "node1", lambda n: n["spec"].update(taints=[{"key": "dedicated", "value": "db",
+                                                                          "effect": "NoSchedule"}]))
+    big = pod("big", containers=[{"name": "c", "image": "x", "resources": {"requests": {"cpu": "5", "memory": "1Gi"}}}])
+    store.create(PODS, big)
+    expected = ("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: db}. "
+                "preemption: 0/2 nodes are available: 1 No preemption victims found for incoming pod, "
+                "1 Preemption is not helpful for scheduling.")
+    wait_for(lambda: expected in failed_scheduling(store, "big"), what="FailedScheduling")
+    store.create(PODS, pod("tolerant", tolerations=[{"key": "dedicated", "operator": "Equal", "value": "db",
+                                                     "effect": "NoSchedule"}],
+                           nodeSelector={"kubernetes.io/hostname": "node1"}))
+    wait_for(lambda: store.get(PODS, "default", "tolerant")["spec"].get("nodeName") == "node1", what="tolerated")
+
+
+def test_required_node_affinity_operators(cluster):
+    store, _ = cluster
+    store.mutate(NODES, None, "node2", lambda n: n["metadata"]["labels"].update(gen="5"))
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["3"]},
+                              {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["node1"]}]}]}}}
+    store.create(PODS, pod("aff", affinity=affinity))
+    wait_for(lambda: store.get(PODS, "default", "aff")["spec"].get("nodeName") == "node2", what="affinity")
+    by_name = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node1"]}]}]}}}
+    store.create(PODS, pod("field", affinity=by_name))
+    wait_for(lambda: store.get(PODS, "default", "field")["spec"].get("nodeName") == "node1", what="matchFields")
+
+
+def test_pod_status_readiness_delay_and_graceful_termination(cluster):
+    store, _ = cluster
+    body = pod("web", containers=[{"name": "c", "image": "demo/app:1",
+                                   "readinessProbe": {"initialDelaySeconds": 1, "httpGet": {"port": 80}}}])
+    store.create(PODS, body)
+    wait_for(lambda: phase(store, "web") == "Running", what="running")
+    started = time.monotonic()
+    p = store.get(PODS, "default", "web")
+    assert p["status"]["podIP"].startswith("127.10") and p["status"]["hostIP"].startswith("127.0.1.")
+    cs = p["status"]["containerStatuses"][0]
+    assert "running" in cs["state"] and cs["restartCount"] == 0 and cs["containerID"].startswith("kubesim://")
+    assert not is_ready(store, "web")
+    wait_for(lambda: is_ready(store, "web"), what="ready after initialDelaySeconds")
+    assert time.monotonic() - started >= 0.5
+    store.delete(PODS, "default", "web")
+    p = store.find(PODS, "default", "web")
+    assert p is None or p["metadata"].get("deletionTimestamp")
+    wait_for(lambda: store.find(PODS, "default", "web") is None, what="removal after grace")
+    reasons = [e["reason"] for e in store.list(EVENTS, "default") if e["involvedObject"]["name"] == "web"]
+    for reason in ("Scheduled", "Pulling", "Pulled", "Created", "Started", "Killing"):
+        assert reason in reasons
+
+
+def test_pod_ips_are_unique_per_node(cluster):
+    store, _ = cluster
+    for i in range(6):
+        store.create(PODS, pod(f"p{i}", nodeSelector={"kubernetes.io/hostname": "node1"}))
+    wait_for(lambda: all(phase(store, f"p{i}") == "Running" for i in range(6)), what="running")
+    ips = [store.get(PODS, "default", f"p{i}")["status"]["podIP"] for i in range(6)]
+    assert len(set(ips)) == 6 and all(ip.startswith("127.101.") for ip in ips)
+
+
+def test_not_ready_node_is_tainted_and_its_pods_marked_not_ready(cluster, faults):
+    store, _ = cluster
+    store.create(PODS, pod("victim", nodeSelector={"kubernetes.io/hostname": "node1"},
+                           tolerations=[{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                                         "effect": "NoExecute", "tolerationSeconds": 1}]))
+    wait_for(lambda: is_ready(store, "victim"), what="ready")
+    faults.down.add("node1")
+    wait_for(lambda: not is_ready(store, "victim"), timeout=5, what="pod marked not ready")
+    node = store.get(NODES, None, "node1")
+    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["message"]) == ("Unknown", "Kubelet stopped posting node status.")
+    wait_for(lambda: {(t["key"], t["effect"]) for t in store.get(NODES, None, "node1")["spec"].get("taints", [])} ==
+             {("node.kubernetes.io/unreachable", "NoSchedule"), ("node.kubernetes.io/unreachable", "NoExecute")},
+             what="unreachable taints")
+    wait_for(lambda: (store.find(PODS, "default", "victim") or {}).get("metadata", {}).get("deletionTimestamp"),
+             timeout=5, what="eviction after tolerationSeconds")
+    faults.down.clear()
+    wait_for(lambda: not store.get(NODES, None, "node1")["spec"].get("taints"), timeout=5, what="taints removed")
+    wait_for(lambda: store.find(PODS, "default", "victim") is None, timeout=5, what="evicted pod removed")
+
+
+def test_add_node_at_runtime(cluster):
+    store, manager = cluster
+    manager.add_node("node3")
+    wait_for(lambda: store.find(NODES, None, "node3") is not None, what="node3 registered")
+    assert store.get(NODES, None, "node3")["status"]["addresses"][0]["address"] == "127.0.1.3"
+    store.create(PODS, pod("on3", nodeSelector={"kubernetes.io/hostname": "node3"}))
+    wait_for(lambda: is_ready(store, "on3"), what="pod on node3 ready")
+    assert store.get(PODS, "default", "on3")["status"]["podIP"].startswith("127.103.")
+
+
+class FailingPulls(SimulatedRuntime):
+    def pull(self, pod, node):
+        return 'rpc error: code = NotFound desc = failed to pull and unpack image "nope:1"'
+
+
+def test_image_pull_failure_shows_err_image_pull_then_backoff(tmp_path):
+    store = seeded_store()
+    manager = start_manager(store, fast_config(tmp_path, image_pull_backoff_seconds=0.2), runtime=FailingPulls())
+    try:
+        store.create(PODS, pod("bad", containers=[{"name": "c", "image": "nope:1"}]))
+        waiting = lambda: ((store.get(PODS, "default", "bad").get("status", {}).get("containerStatuses") or [{}])[0]
+                           .get("state", {}).get("waiting", {}).get("reason"))
+        wait_for(lambda: waiting() == "ErrImagePull", what="ErrImagePull")
+        wait_for(lambda: waiting() == "ImagePullBackOff", what="ImagePullBackOff")
+        messages = [e["message"] for e in store.list(EVENTS, "default") if e["reason"] == "Failed"]
+        assert any(m.startswith('Failed to pull image "nope:1": rpc error') for m in messages)
+        assert "Error: ImagePullBackOff" in messages
+    finally:
+        manager.stop()

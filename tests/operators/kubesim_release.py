@@ -1,0 +1,49 @@
+"""Helpers for tests that deploy the demo release on kubesim through the real clients."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+
+from k8smove.params import DEPLOY_PARAMS
+
+_addresses = itertools.count(1)
+RENDER_KEYS = ("namespace", "release", "node_label", "external_ip", "port", "images", "replicas", "storage")
+LABEL_NODES = {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}}
+
+
+def unique_external_ip() -> str:
+    """A loopback address no other test (or agent on this machine) is using, so :8080 is free on it."""
+    return f"127.77.{os.getpid() % 250}.{next(_addresses) % 250 + 1}"
+
+
+def deploy_values(**overrides) -> dict:
+    values = {key: DEPLOY_PARAMS[key]["default"] for key in RENDER_KEYS}
+    return {**values, "external_ip": unique_external_ip(), **overrides}
+
+
+def wait(kubeconfig: str, namespace: str, release: str, workloads: list[dict], timeout: float) -> dict:
+    """k8smove.watching.wait_for_rollout over a kubernetes_asyncio client from the kubeconfig."""
+    from kubernetes_asyncio import config
+    from kubernetes_asyncio.client import ApiClient, Configuration
+
+    from k8smove.watching import wait_for_rollout
+
+    async def run():
+        configuration = Configuration()
+        await config.load_kube_config(kubeconfig, client_configuration=configuration)
+        async with ApiClient(configuration) as api:
+            return await wait_for_rollout(api, namespace, release, workloads, timeout)
+    return asyncio.run(run())
+
+
+def pods_by_component(kube_client, release: str = "demo", namespace: str = "default") -> dict[str, list[str]]:
+    """component -> nodes of its pods that are not terminating."""
+    from kubernetes.client import CoreV1Api
+
+    placement: dict[str, list[str]] = {}
+    for pod in CoreV1Api(kube_client).list_namespaced_pod(
+            namespace, label_selector=f"app.kubernetes.io/instance={release}").items:
+        if pod.metadata.deletion_timestamp is None:
+            placement.setdefault(pod.metadata.labels["app.kubernetes.io/component"], []).append(pod.spec.node_name)
+    return {component: sorted(nodes) for component, nodes in placement.items()}

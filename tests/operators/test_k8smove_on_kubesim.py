@@ -1,0 +1,257 @@
+"""The logic behind each operator, against kubesim through the real kubernetes / kubernetes_asyncio clients."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+from kubernetes.client import AppsV1Api, CoreV1Api
+
+from k8smove import K8sMoveError
+from k8smove.apply import apply_manifests, record_prior_state, restore_prior_state
+from k8smove.nodes import label_nodes
+from k8smove.preflight import preflight, recorded_release
+from k8smove.render import render_manifests
+from k8smove.rollout import RolloutTracker, workloads_in
+from k8smove.verify import pods_left_on_sources, verify_endpoint, verify_source_empty
+from kubesim_release import LABEL_NODES, deploy_values, pods_by_component, wait
+
+
+def deploy(cluster, kube_client, values, components=("app", "db")):
+    label_nodes(kube_client, LABEL_NODES)
+    manifests = render_manifests(values, components)
+    apply_manifests(kube_client, manifests)
+    assert wait(cluster.kubeconfig_path, "default", values["release"], workloads_in(manifests), 60) == {
+        "status": "success"}
+    return manifests
+
+
+def clear_request_log(cluster, kube_client):
+    """Forget the requests so far. kubesim logs a request after answering it, so one more request on the
+    client's connection first makes sure the previous one is in the log before it is cleared."""
+    CoreV1Api(kube_client).read_namespace("default")
+    clear_request_log(cluster, kube_client)
+
+
+# ---- LabelNodes ----------------------------------------------------------------------------------------
+
+def test_label_nodes_sets_removes_and_is_idempotent(cluster, kube_client):
+    core = CoreV1Api(kube_client)
+    assert label_nodes(kube_client, {"node1": {"demo": "node1", "old": "x"}}) == {
+        "node1": {"demo": "node1", "old": "x"}}
+    clear_request_log(cluster, kube_client)
+    assert label_nodes(kube_client, {"node1": {"demo": "node1", "old": "x"}}) == {}
+    assert cluster.writes() == []
+    assert label_nodes(kube_client, {"node1": {"old-": None}}) == {"node1": {"old": None}}
+    labels = core.read_node("node1").metadata.labels
+    assert labels["demo"] == "node1" and "old" not in labels
+
+
+def test_label_nodes_unknown_node_fails_naming_it_and_writes_nothing(cluster, kube_client):
+    clear_request_log(cluster, kube_client)
+    with pytest.raises(K8sMoveError, match="node 'node9' not found"):
+        label_nodes(kube_client, {"node1": {"demo": "node1"}, "node9": {"demo": "x"}})
+    assert cluster.writes() == []
+
+
+# ---- Preflight -----------------------------------------------------------------------------------------
+
+def cordon(kube_client, node):
+    CoreV1Api(kube_client).patch_node(node, {"spec": {"unschedulable": True}})
+
+
+def taint(kube_client, node):
+    CoreV1Api(kube_client).patch_node(node, {"spec": {"taints": [
+        {"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}})
+
+
+@pytest.mark.parametrize("prepare,values,label_changes,message", [
+    (None, {}, {"node7": {"demo": "x"}}, "label_nodes: node 'node7' not found"),
+    (None, {"node_label": {"demo": "node3"}}, LABEL_NODES, "node_label demo=node3 matches no node"),
+    (cordon, {}, LABEL_NODES, "node1: cordoned"),
+    (taint, {}, LABEL_NODES, "node1: taint dedicated=db:NoSchedule not tolerated"),
+    (None, {"replicas": 1, "images": {"app": "kubesim-demo-app:1.0", "db": "postgres:16"}},
+     {"node1": {"demo": "x\n  hostNetwork: true"}}, "label_nodes.node1: invalid label value"),
+])
+def test_preflight_refuses_and_writes_nothing(cluster, kube_client, prepare, values, label_changes, message):
+    if prepare:
+        prepare(kube_client, "node1")
+    clear_request_log(cluster, kube_client)
+    with pytest.raises(K8sMoveError, match=message):
+        preflight(kube_client, deploy_values(**values), ["app", "db"], label_nodes=label_changes)
+    assert cluster.writes() == []
+
+
+def test_preflight_passes_with_labels_still_to_set(cluster, kube_client):
+    plan = preflight(kube_client, deploy_values(), ["app", "db"], label_nodes=LABEL_NODES)
+    assert plan["target_nodes"] == ["node1"]
+
+
+def test_preflight_of_a_migration(cluster, kube_client):
+    clear_request_log(cluster, kube_client)
+    with pytest.raises(K8sMoveError, match="release 'demo' not found"):
+        recorded_release(kube_client, "default", "demo", ["app", "db"])
+    values = deploy_values()
+    deploy(cluster, kube_client, values)
+    recorded, sources = recorded_release(kube_client, "default", "demo", ["app", "db"])
+    assert recorded["external_ip"] == values["external_ip"] and "node_label" not in recorded
+    assert sources == {"app": {"demo": "node1"}, "db": {"demo": "node1"}}
+    CoreV1Api(kube_client).patch_node("node1", {"metadata": {"labels": {"zone": "a"}}})
+    clear_request_log(cluster, kube_client)
+    with pytest.raises(K8sMoveError, match="source and target are the same node.*node1"):
+        preflight(kube_client, {**recorded, "node_label": {"zone": "a"}}, ["app", "db"], sources=sources)
+    assert preflight(kube_client, {**recorded, "node_label": {"demo": "node2"}}, ["app", "db"],
+                     sources=sources)["target_nodes"] == ["node2"]
+    assert cluster.writes() == []
+
+
+# ---- ApplyResources ------------------------------------------------------------------------------------
+
+def live_versions(kube_client, manifests):
+    from k8smove import kube
+
+    return {kube.ref(m): (kube.get(kube_client, m)["metadata"].get("generation"),
+                          kube.get(kube_client, m)["metadata"]["resourceVersion"]) for m in manifests}
+
+
+def test_apply_creates_then_a_second_identical_apply_changes_nothing(cluster, kube_client):
+    values = deploy_values()
+    manifests = render_manifests(values, ["app", "db"])
+    label_nodes(kube_client, LABEL_NODES)
+    first = apply_manifests(kube_client, manifests)
+    assert {r["result"] for r in first} == {"created"}
+    assert all(r["query"].get("fieldManager") in ("k8smove", ["k8smove"]) or "fieldManager=k8smove" in
+               json.dumps(r["query"]) for r in cluster.writes() if r["resource"] != "nodes")
+    assert wait(cluster.kubeconfig_path, "default", "demo", workloads_in(manifests), 60)["status"] == "success"
+    before = live_versions(kube_client, manifests)
+    second = apply_manifests(kube_client, manifests)
+    assert {r["result"] for r in second} == {"unchanged", "unchanged (create-only)"}
+    assert live_versions(kube_client, manifests) == before
+
+
+def test_secret_is_generated_once_and_never_rotated(cluster, kube_client):
+    manifests = render_manifests(deploy_values(), ["db"])
+    masked = []
+    results = apply_manifests(kube_client, manifests, on_secret=masked.append)
+    secret = CoreV1Api(kube_client).read_namespaced_secret("demo-db", "default")
+    password = base64.b64decode(secret.data["password"]).decode()
+    assert masked == [password] and len(password) >= 24
+    prior = record_prior_state(kube_client, manifests)
+    apply_manifests(kube_client, manifests, on_secret=masked.append)
+    assert CoreV1Api(kube_client).read_namespaced_secret("demo-db", "default").data == secret.data
+    assert masked == [password]
+    assert password not in json.dumps(results) + json.dumps(prior)
+
+
+def test_dry_run_applies_nothing_and_logs_the_diff(cluster, kube_client, caplog):
+    values = deploy_values()
+    label_nodes(kube_client, LABEL_NODES)
+    apply_manifests(kube_client, render_manifests(values, ["app"]))
+    moved = render_manifests({**values, "node_label": {"demo": "node2"}}, ["app"])
+    before = live_versions(kube_client, moved)
+    caplog.set_level("INFO", logger="k8smove.apply")
+    results = apply_manifests(kube_client, moved, dry_run=True)
+    assert {"object": "Deployment default/demo-app", "result": "configured (dry run)"} in results
+    assert live_versions(kube_client, moved) == before
+    assert "-        demo: node1" in caplog.text and "+        demo: node2" in caplog.text
+    assert all("dryRun=All" in json.dumps(r["query"]) or "All" in json.dumps(r["query"])
+               for r in cluster.writes() if r["resource"] != "nodes" and r["verb"] == "patch"
+               and r["name"] == "demo-app" and r is cluster.writes()[-1])
+
+
+# ---- WaitReady -----------------------------------------------------------------------------------------
+
+def test_wait_notices_ready_within_100ms(cluster, kube_client):
+    """Time from the cluster state being complete (seen in the store) to the watch-driven wait returning."""
+    seen = []
+    cluster.store.add_listener(lambda event: seen.append((time.monotonic(), event.resource.kind, event.type,
+                                                          event.object)))
+    values = deploy_values()
+    label_nodes(kube_client, LABEL_NODES)
+    manifests = render_manifests(values, ["app", "db"])
+    apply_manifests(kube_client, manifests)
+    result = wait(cluster.kubeconfig_path, "default", "demo", workloads_in(manifests), 60)
+    returned = time.monotonic()
+    assert result == {"status": "success"}
+    tracker = RolloutTracker(workloads_in(manifests))
+    complete_at = None
+    for at, kind, event_type, obj in list(seen):
+        if kind in ("Pod", "Deployment", "StatefulSet", "Node"):
+            tracker.observe(kind, event_type, obj)
+            if complete_at is None and not tracker.pending():
+                complete_at = at
+    assert complete_at is not None
+    assert returned - complete_at <= 0.1, f"noticed {returned - complete_at:.3f}s after Ready"
+
+
+def test_wait_timeout_reports_the_clusters_reason(cluster, kube_client):
+    cluster.faults.add("image-pull-error", image="kubesim-demo-app:*", message="registry unreachable")
+    label_nodes(kube_client, LABEL_NODES)
+    manifests = render_manifests(deploy_values(), ["app"])
+    apply_manifests(kube_client, manifests)
+    result = wait(cluster.kubeconfig_path, "default", "demo", workloads_in(manifests), 3)
+    assert result["status"] == "timeout"
+    assert result["pending"] and result["pending"][0].startswith("Deployment demo-app")
+    assert any("ErrImagePull" in r or "ImagePullBackOff" in r for r in result["reasons"]), result["reasons"]
+
+
+def test_wait_timeout_reports_failed_scheduling(cluster, kube_client):
+    manifests = render_manifests(deploy_values(node_label={"demo": "nowhere"}), ["app"])
+    apply_manifests(kube_client, manifests)
+    result = wait(cluster.kubeconfig_path, "default", "demo", workloads_in(manifests), 2)
+    assert result["status"] == "timeout"
+    assert any("node" in r and ("selector" in r or "affinity" in r) for r in result["reasons"]), result["reasons"]
+
+
+# ---- Migration, VerifySourceEmpty, VerifyEndpoint, Rollback --------------------------------------------
+
+def test_migration_moves_everything_and_the_endpoint_answers(cluster, kube_client):
+    values = deploy_values()
+    deploy(cluster, kube_client, values)
+    url = f"http://{values['external_ip']}:{values['port']}/"
+    assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node1"
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+    sources = {"app": {"demo": "node1"}, "db": {"demo": "node1"}}
+    moved = render_manifests({**values, "node_label": {"demo": "node2"}}, ["app", "db"])
+    apply_manifests(kube_client, moved)
+    assert wait(cluster.kubeconfig_path, "default", "demo", workloads_in(moved), 60)["status"] == "success"
+    assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
+    verify_source_empty(kube_client, "default", "demo", sources, {"demo": "node2"})
+    assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node2"
+
+
+def test_verify_source_empty_names_pods_left(cluster, kube_client):
+    deploy(cluster, kube_client, deploy_values())
+    sources = {"app": {"demo": "node1"}}
+    assert pods_left_on_sources(kube_client, "default", "demo", sources, {"demo": "node2"})
+    with pytest.raises(K8sMoveError, match=r"pods still on the source node\(s\): demo-app-.* on node1"):
+        verify_source_empty(kube_client, "default", "demo", sources, {"demo": "node2"})
+
+
+def test_verify_endpoint_fails_within_its_deadline_with_the_last_answer():
+    started = time.monotonic()
+    with pytest.raises(K8sMoveError, match="did not answer with status 200 within 1.0s.*last answer: None"):
+        verify_endpoint("http://127.77.250.250:9/", deadline_seconds=1.0)
+    assert time.monotonic() - started < 3
+
+
+def test_rollback_restores_the_prior_state(cluster, kube_client):
+    values = deploy_values()
+    deploy(cluster, kube_client, values)
+    app_before = AppsV1Api(kube_client).read_namespaced_deployment("demo-app", "default")
+    moved = render_manifests({**values, "node_label": {"demo": "node2"}, "images": {
+        "app": "kubesim-demo-app:2.0-broken", "db": "postgres:16"}}, ["app"])
+    cluster.faults.add("image-pull-error", image="kubesim-demo-app:2.0-broken")
+    prior = record_prior_state(kube_client, moved)
+    apply_manifests(kube_client, moved)
+    assert wait(cluster.kubeconfig_path, "default", "demo", workloads_in(moved), 2)["status"] == "timeout"
+    restored = restore_prior_state(kube_client, prior)
+    assert {"object": "Deployment default/demo-app", "result": "restored"} in restored
+    source_workloads = workloads_in([e["object"] for e in prior if "object" in e])
+    assert source_workloads == [{"kind": "Deployment", "name": "demo-app", "node_selector": {"demo": "node1"}}]
+    assert wait(cluster.kubeconfig_path, "default", "demo", source_workloads, 60)["status"] == "success"
+    app_after = AppsV1Api(kube_client).read_namespaced_deployment("demo-app", "default")
+    assert app_after.spec.template.spec.node_selector == {"demo": "node1"}
+    assert app_after.spec.template.spec.containers[0].image == app_before.spec.template.spec.containers[0].image
+    assert pods_by_component(kube_client)["app"] == ["node1"]

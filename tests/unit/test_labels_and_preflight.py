@@ -1,0 +1,107 @@
+"""Label syntax, selector matching and the node checks Preflight makes (pure functions)."""
+from __future__ import annotations
+
+import pytest
+
+from k8smove import K8sMoveError
+from k8smove.labels import check_selector, label_problem, matches, split_label_changes
+from k8smove.preflight import (
+    check_conf_keys,
+    check_source_and_target,
+    check_targets,
+    labels_after_changes,
+    node_problems,
+)
+
+
+def node(name, labels=None, ready=True, unschedulable=False, taints=None, cpu="4", memory="8Gi"):
+    return {"metadata": {"name": name, "labels": labels or {}},
+            "spec": {"unschedulable": unschedulable, "taints": taints or []},
+            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                       "allocatable": {"cpu": cpu, "memory": memory}}}
+
+
+def workload(name="demo-app", cpu="100m", memory="64Mi", tolerations=None):
+    return {"kind": "Deployment", "metadata": {"name": name}, "spec": {"template": {"spec": {
+        "tolerations": tolerations or [],
+        "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": memory}}}]}}}}
+
+
+@pytest.mark.parametrize("key,value,ok", [
+    ("demo", "node1", True), ("example.com/zone", "a-b_c.d", True), ("demo", "", True),
+    ("demo", "x\n  hostNetwork: true", False), ("-bad", "v", False), ("a/b/c", "v", False),
+    ("demo", "a" * 64, False), ("demo", "{{ 7 }}", False), ("Example.com/zone", "v", False),
+])
+def test_label_syntax(key, value, ok):
+    assert (label_problem(key, value) is None) is ok
+
+
+def test_selector_must_be_non_empty_and_valid():
+    with pytest.raises(K8sMoveError, match="node_label: must be a non-empty map"):
+        check_selector("node_label", {})
+    with pytest.raises(K8sMoveError, match="node_label: invalid label value"):
+        check_selector("node_label", {"demo": "bad value"})
+
+
+def test_split_label_changes_reads_kubectl_removal_syntax():
+    assert split_label_changes("f", {"a": "1", "b-": None}) == ({"a": "1"}, ["b"])
+
+
+def test_matches():
+    assert matches({"demo": "node1"}, {"demo": "node1", "x": "y"})
+    assert not matches({"demo": "node1"}, {"demo": "node2"})
+    assert not matches({"demo": "node1"}, None)
+
+
+def test_unknown_conf_keys_are_named():
+    with pytest.raises(K8sMoveError, match="unknown conf key.*node_lable"):
+        check_conf_keys({"node_lable": {}}, ["node_label"])
+
+
+def test_labels_after_changes_and_unknown_node():
+    nodes = [node("node1", {"old": "x"}), node("node2")]
+    assert labels_after_changes(nodes, {"node1": {"demo": "node1", "old-": None}}) == {
+        "node1": {"demo": "node1"}, "node2": {}}
+    with pytest.raises(K8sMoveError, match="node 'node3' not found"):
+        labels_after_changes(nodes, {"node3": {"demo": "x"}})
+
+
+@pytest.mark.parametrize("n,problem", [
+    (node("n", ready=False), "not Ready"),
+    (node("n", unschedulable=True), "cordoned"),
+    (node("n", taints=[{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]), "taint dedicated=gpu"),
+    (node("n", cpu="50m"), "insufficient cpu"),
+    (node("n", memory="10Mi"), "insufficient memory"),
+])
+def test_node_problems(n, problem):
+    assert any(problem in p for p in node_problems(n, workload()["spec"]["template"]["spec"], {}))
+
+
+def test_tolerated_taint_and_prefer_no_schedule_are_fine():
+    spec = workload(tolerations=[{"key": "dedicated", "operator": "Exists"}])["spec"]["template"]["spec"]
+    tainted = node("n", taints=[{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"},
+                                {"key": "soft", "effect": "PreferNoSchedule"}])
+    assert node_problems(tainted, spec, {}) == []
+
+
+def test_check_targets_counts_other_pods_but_not_the_release():
+    nodes = [node("node1", {"demo": "node1"}, cpu="1")]
+    labels = {"node1": {"demo": "node1"}}
+    other = {"metadata": {"labels": {}}, "spec": {"nodeName": "node1", "containers": [
+        {"resources": {"requests": {"cpu": "950m"}}}]}, "status": {"phase": "Running"}}
+    ours = {"metadata": {"labels": {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/managed-by": "k8smove"}},
+            "spec": {"nodeName": "node1", "containers": [{"resources": {"requests": {"cpu": "900m"}}}]},
+            "status": {"phase": "Running"}}
+    assert check_targets(nodes, labels, [ours], "demo", {"demo": "node1"}, [workload()]) == ["node1"]
+    with pytest.raises(K8sMoveError, match="demo-app fits on no target node: node1: insufficient cpu"):
+        check_targets(nodes, labels, [other], "demo", {"demo": "node1"}, [workload()])
+    with pytest.raises(K8sMoveError, match="node_label demo=node9 matches no node"):
+        check_targets(nodes, labels, [], "demo", {"demo": "node9"}, [workload()])
+
+
+def test_source_and_target():
+    labels = {"node1": {"demo": "node1", "kubernetes.io/hostname": "node1"}, "node2": {"demo": "node2"}}
+    check_source_and_target({"app": {"demo": "node1"}}, {"demo": "node2"}, labels)
+    check_source_and_target({"app": {"demo": "node1"}}, {"demo": "node1"}, labels)   # unchanged: no-op
+    with pytest.raises(K8sMoveError, match="source and target are the same node.*node1"):
+        check_source_and_target({"app": {"demo": "node1"}}, {"kubernetes.io/hostname": "node1"}, labels)
