@@ -12,8 +12,9 @@ network-attached volume.
 2. **render** → 3. **apply** (records the prior state) → 4. **wait_ready** on the target →
 5. **verify_source_empty** → 6. **verify_endpoint**.
 
-If a task from **apply** on fails, **rollback** restores the recorded state, waits until it is Ready on
-the source again, and the run ends failed with the original reason in the failed task's log.
+If a task from **apply** on fails, **rollback** restores the recorded state and waits until it is Ready
+on the source again; **fail_run_if_any_failed** then ends the run failed (the original reason is in the
+failed task's log).
 
 Example conf: `{"node_label": {"demo": "node2"}}`.
 """
@@ -21,6 +22,7 @@ from airflow.sdk import DAG, chain
 
 from k8smove.params import MIGRATE_PARAMS
 from operators.apply import ApplyResources
+from operators.outcome import FailRunIfAnyFailed
 from operators.params import dag_params
 from operators.preflight import Preflight
 from operators.render import RenderTemplates
@@ -75,3 +77,6 @@ with DAG(
     # (availability probe, DB writer): they go alongside wait_ready, upstream of rollback.
     chain(preflight, render, apply, wait_ready, verify_source_empty, verify_endpoint)
     [apply, wait_ready, verify_source_empty, verify_endpoint] >> rollback
+    # rollback is the only leaf: without this the run would end "success" after a failure.
+    [preflight, render, apply, wait_ready, verify_source_empty, verify_endpoint, rollback] >> FailRunIfAnyFailed(
+        task_id="fail_run_if_any_failed")

@@ -1,6 +1,7 @@
 """Settings of one simulated cluster, shared by the API server, the controllers and the data plane."""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 
@@ -24,3 +25,10 @@ class ClusterConfig:
     kubernetes_version: str = "v1.32.4"
     run_processes: bool = True          # data plane: real processes for known images
     images_file: str | None = None      # extra image table entries (YAML), merged over the built-in one
+    # Third octet of node (127.0.N.n), pod (127.1xx.N.k) and ClusterIP (127.96-99.N.k) addresses; 0 picks
+    # one at random so that two clusters on one machine do not answer on each other's addresses.
+    network_id: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.network_id:
+            self.network_id = random.randint(2, 254)

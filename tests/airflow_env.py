@@ -8,8 +8,10 @@ conftest: ``from airflow_env import airflow_home, airflow_cli  # noqa: F401`` (f
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 HOME = tempfile.mkdtemp(prefix="k8smove-airflow-")
+atexit.register(shutil.rmtree, HOME, ignore_errors=True)
 
 
 def airflow_environ(kubeconfig: str | None = None) -> dict[str, str]:

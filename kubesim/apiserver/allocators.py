@@ -1,4 +1,4 @@
-"""Service ClusterIP (127.96.0.0/16, loopback so the data plane can bind them) and NodePort allocation."""
+"""Service ClusterIP (127.96-99.<network_id>.x, loopback so the data plane can bind them) and NodePort allocation."""
 from __future__ import annotations
 
 import ipaddress
@@ -7,7 +7,7 @@ import threading
 from .. import errors
 from ..resources import SERVICES
 
-CLUSTER_IP_RANGE = ipaddress.ip_network("127.96.0.0/16")
+SERVICE_CIDR = ipaddress.ip_network("127.96.0.0/14")   # requested ClusterIPs may be anywhere in it
 NODE_PORT_RANGE = range(30000, 32768)
 NEEDS_NODE_PORT = ("NodePort", "LoadBalancer")
 
@@ -15,8 +15,10 @@ NEEDS_NODE_PORT = ("NodePort", "LoadBalancer")
 class ServiceAllocator:
     """Fills spec.clusterIP(s) and nodePorts of a new Service; callers hold .lock until it is stored."""
 
-    def __init__(self, store):
+    def __init__(self, store, network_id: int):
         self.store = store
+        self.ranges = [ipaddress.ip_network(f"127.{96 + i}.{network_id}.0/24") for i in range(4)]
+        self.addresses = [str(ip) for net in self.ranges for ip in net.hosts()]
         self.lock = threading.Lock()
         self._next_ip = 1
 
@@ -55,13 +57,14 @@ class ServiceAllocator:
                 used_ports.add(port["nodePort"])
 
     def _free_ip(self, used: set) -> str:
-        size = CLUSTER_IP_RANGE.num_addresses - 2
+        size = len(self.addresses)
         for step in range(size):
-            candidate = str(CLUSTER_IP_RANGE[1 + (self._next_ip - 1 + step) % size])
+            candidate = self.addresses[(self._next_ip - 1 + step) % size]
             if candidate not in used:
                 self._next_ip = (self._next_ip + step) % size + 1
                 return candidate
-        raise errors.ApiError(500, "InternalError", "range is full: no ClusterIPs left in 127.96.0.0/16")
+        raise errors.ApiError(500, "InternalError", "range is full: no ClusterIPs left in "
+                              + ", ".join(map(str, self.ranges)))
 
     @staticmethod
     def _check_requested_ip(ip: str, used: set) -> None:
@@ -71,10 +74,10 @@ class ServiceAllocator:
         except ValueError:
             raise errors.invalid("Service", "", [dict(field, message=f'Invalid value: "{ip}": must be a valid IP '
                                                                        f'address, (e.g. 10.9.8.7 or 2001:db8::ffff)')])
-        if address not in CLUSTER_IP_RANGE:
+        if address not in SERVICE_CIDR:
             raise errors.invalid("Service", "", [dict(field, message=f'Invalid value: ["{ip}"]: failed to '
                                  f'allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range '
-                                 f'of valid IPs is {CLUSTER_IP_RANGE}')])
+                                 f'of valid IPs is {SERVICE_CIDR}')])
         if ip in used:
             raise errors.invalid("Service", "", [dict(field, message=f'Invalid value: ["{ip}"]: failed to '
                                  f'allocate IP {ip}: provided IP is already allocated')])

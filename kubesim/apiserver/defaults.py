@@ -5,6 +5,8 @@ missing; a callable receives the current value (MISSING when absent) and returns
 """
 from __future__ import annotations
 
+import base64
+
 from typing import Any, Callable
 
 MISSING = object()
@@ -166,10 +168,21 @@ def _template_defaults(workload: dict) -> None:
                 container.setdefault("imagePullPolicy", _pull_policy_for(container))
 
 
+def _secret_defaults(secret: dict) -> None:
+    """stringData is write-only: the server folds it into data (base64) as upstream does."""
+    string_data = secret.pop("stringData", None)
+    if isinstance(string_data, dict):
+        data = secret.get("data") if isinstance(secret.get("data"), dict) else {}
+        data.update({k: base64.b64encode(str(v).encode()).decode() for k, v in string_data.items()})
+        secret["data"] = data
+    secret.setdefault("type", "Opaque")
+
+
 # Defaults that depend on several fields at once.
 COMPUTED: dict[str, Callable[[dict], None]] = {
     "pods": _pod_defaults,
     "services": _service_defaults,
+    "secrets": _secret_defaults,
     "apps/deployments": _template_defaults,
     "apps/replicasets": _template_defaults,
     "apps/statefulsets": _template_defaults,

@@ -1,11 +1,8 @@
-"""Discovery documents (/api, /apis, /api/v1, /apis/<g>/<v>) built from kubesim/resources.py.
-
-Only the legacy (unaggregated) form is served: clients asking for aggregated discovery get
-application/json and fall back to it, as they do with older servers.
-"""
+"""Discovery documents (/api, /apis, /api/v1, /apis/<g>/<v>) built from kubesim/resources.py, in the
+legacy form and, for clients that ask for it, the aggregated apidiscovery.k8s.io/v2 form."""
 from __future__ import annotations
 
-from ..resources import RESOURCE_TYPES, by_group_version, groups
+from ..resources import by_group_version, groups
 
 # Subresource -> (verbs, kind, group, version); group/version None: the parent's.
 SUBRESOURCES = {
@@ -62,5 +59,44 @@ def api_resource_list(group: str, version: str) -> dict | None:
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
 
-def all_group_versions() -> list[str]:
-    return sorted({rt.api_version for rt in RESOURCE_TYPES})
+# ---- aggregated discovery (apidiscovery.k8s.io/v2), what kubectl 1.32 asks for first ----------------
+AGGREGATED_CONTENT_TYPE = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
+
+def wants_aggregated(accept: str) -> bool:
+    return any("as=APIGroupDiscoveryList" in part and "v=v2" in part.replace(" ", "").split(";")
+               for part in accept.split(","))
+
+
+def _resource_discovery(rt) -> dict:
+    entry = {"resource": rt.plural, "responseKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
+             "scope": "Namespaced" if rt.namespaced else "Cluster", "singularResource": rt.singular,
+             "verbs": list(rt.verbs)}
+    if rt.short_names:
+        entry["shortNames"] = list(rt.short_names)
+    if rt.categories:
+        entry["categories"] = list(rt.categories)
+    subresources = []
+    for sub in rt.subresources:
+        verbs, kind, sub_group, sub_version = SUBRESOURCES[sub]
+        subresources.append({"subresource": sub, "verbs": list(verbs),
+                             "responseKind": {"group": rt.group if sub_group is None else sub_group,
+                                              "version": sub_version or rt.version, "kind": kind or rt.kind}})
+    if subresources:
+        entry["subresources"] = subresources
+    return entry
+
+
+def aggregated_discovery(core: bool) -> dict:
+    """/api (core) or /apis as an APIGroupDiscoveryList."""
+    names = [""] if core else list(groups())
+    items = []
+    for name in names:
+        versions = ["v1"] if core else groups()[name]
+        metadata = {"creationTimestamp": None} if core else {"name": name, "creationTimestamp": None}
+        items.append({"metadata": metadata, "versions": [
+            {"version": version, "freshness": "Current",
+             "resources": [_resource_discovery(rt) for rt in by_group_version(name, version).values()]}
+            for version in versions]})
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {},
+            "items": items}

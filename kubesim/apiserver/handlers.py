@@ -24,15 +24,18 @@ from .routing import ResourceRoute, truthy
 from .schemas import Schemas
 from .selectors import matcher
 from .tables import table
-from .validation import check_object, check_schema
+from .validation import check_object, check_schema, prune
 from .watch import WatchStream, write_chunk
 
 JSON = "application/json"
 SERIALIZED_CACHE_SIZE = 50_000
 PATCH_RETRIES = 5
+LOG_POLL_SECONDS = 0.2
 # Delete answers with the object for these (upstream's ReturnDeletedObject), a Status for the rest.
 RETURNS_DELETED_OBJECT = {"pods", "services", "namespaces"}
 FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
+# What the eviction and binding subresources answer.
+CREATED_STATUS = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 BODY_TYPES = ("application/json", "application/yaml", "application/x-yaml", "text/yaml", "*/*",
               "application/vnd.kubernetes.protobuf", "application/apply-patch+yaml")
 
@@ -111,6 +114,27 @@ def decode_body(request: Request) -> object:
         raise errors.bad_request(f"the object provided is unrecognized or malformed: {e}") from e
 
 
+def object_with_metadata(obj, what: str = "the object provided") -> dict:
+    """obj as a JSON object whose metadata is an object (created when missing); 400 otherwise."""
+    if not isinstance(obj, dict):
+        raise errors.bad_request(f"{what} is unrecognized or malformed: expected a JSON object")
+    if obj.get("metadata") is None:
+        obj["metadata"] = {}
+    if not isinstance(obj["metadata"], dict):
+        raise errors.bad_request(f"{what} is unrecognized or malformed: metadata must be an object")
+    return obj
+
+
+def _optional_int(value, name: str) -> int | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    raise errors.bad_request(f"{name}: invalid value {value!r}: must be an integer")
+
+
 class ResourceHandlers:
     def __init__(self, store, config: ClusterConfig, runtime=None):
         self.store = store
@@ -119,7 +143,7 @@ class ResourceHandlers:
         self.schemas = Schemas(config.kubernetes_version)
         self.managed = ManagedFields(self.schemas)
         self.strategic = patches.StrategicMerge(self.schemas)
-        self.services = ServiceAllocator(store)
+        self.services = ServiceAllocator(store, config.network_id)
         self._serialized: dict[tuple, bytes] = {}
         self._serialized_lock = threading.Lock()
 
@@ -210,9 +234,7 @@ class ResourceHandlers:
 
     # ---- writes --------------------------------------------------------------------------------------
     def _body_object(self, request: Request) -> dict:
-        obj = decode_body(request)
-        if not isinstance(obj, dict):
-            raise errors.bad_request("the object provided is unrecognized or malformed: expected an object")
+        obj = object_with_metadata(decode_body(request))
         rt = request.rt
         api_version, kind = obj.get("apiVersion"), obj.get("kind")
         if api_version and api_version != rt.api_version and not request.route.subresource:
@@ -220,12 +242,7 @@ class ResourceHandlers:
                                      f"API version ({rt.api_version})")
         if kind and kind != rt.kind and not request.route.subresource:
             raise errors.bad_request(f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
-        meta = obj.get("metadata")
-        if meta is None:
-            meta = obj["metadata"] = {}
-        if not isinstance(meta, dict):
-            raise errors.bad_request("the object provided is unrecognized or malformed: metadata must be an object")
-        self._check_scope(request, meta)
+        self._check_scope(request, obj["metadata"])
         return obj
 
     @staticmethod
@@ -242,8 +259,8 @@ class ResourceHandlers:
         if route.name:
             meta["name"] = route.name
 
-    def _admit(self, request: Request, obj: dict, old: dict | None) -> dict:
-        """Schema check (unknown fields per fieldValidation), defaults, semantic validation; returns headers."""
+    def _check_fields(self, request: Request, obj: dict) -> dict:
+        """400 for values of the wrong type; unknown fields per fieldValidation (then dropped); returns headers."""
         rt = request.rt
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         unknown = check_schema(rt, obj, self.config.kubernetes_version)
@@ -251,9 +268,18 @@ class ResourceHandlers:
         if unknown:
             mode = request.field_validation
             if mode == "Strict":
-                raise errors.bad_request("strict decoding error: " + ", ".join(f'unknown field "{f}"' for f in unknown))
+                raise errors.bad_request("strict decoding error: " + ", ".join(f'unknown field "{f}"'
+                                                                               for f, _ in unknown))
             if mode == "Warn":
-                headers["Warning"] = ", ".join(f'299 - "unknown field \\"{f}\\""' for f in unknown)
+                headers["Warning"] = ", ".join(f'299 - "unknown field \\"{f}\\""' for f, _ in unknown)
+            for _, parts in unknown:
+                prune(obj, parts)
+        return headers
+
+    def _admit(self, request: Request, obj: dict, old: dict | None) -> dict:
+        """Field checks, defaults, semantic validation; returns response headers."""
+        rt = request.rt
+        headers = self._check_fields(request, obj)
         apply_defaults(rt.key, obj, creating=old is None,
                        toleration_seconds=getattr(self.config, "default_toleration_seconds", 300))
         if rt is SERVICES:
@@ -290,32 +316,44 @@ class ResourceHandlers:
         updated = self.store.update(rt, obj, dry_run=request.dry_run)
         return self._object_response(request, updated, 200, headers)
 
-    def patch(self, request: Request) -> Response:
+    @staticmethod
+    def _patch_type(request: Request, apply_allowed: bool = True) -> str:
         content_type = request.header("Content-Type").split(";")[0].strip()
-        if content_type not in patches.PATCH_TYPES:
+        if content_type not in patches.PATCH_TYPES or (content_type == patches.APPLY and not apply_allowed):
             raise errors.unsupported_media_type(content_type)
+        return content_type
+
+    def patch(self, request: Request) -> Response:
+        content_type = self._patch_type(request)
         if content_type == patches.APPLY:
             return self._apply(request)
         if truthy(request.query.get("force")):
             raise errors.bad_request("force: Invalid value: true: may not be specified for non-apply patch")
         document = patches.parse_json_body(request.body)
         route = request.route
-        for attempt in range(PATCH_RETRIES):
+
+        def attempt() -> Response:
             old = self.store.get(route.rt, route.namespace, route.name)
-            patched = self._patched(request, content_type, document, old)
-            if not isinstance(patched, dict):
-                raise errors.bad_request("the patch produced something that is not an object")
-            given_rv = (patched.get("metadata") or {}).get("resourceVersion")
-            patched.setdefault("metadata", {})
-            self._check_scope(request, patched["metadata"])
-            patched["metadata"]["resourceVersion"] = given_rv or old["metadata"]["resourceVersion"]
+            patched = object_with_metadata(self._patched(request, content_type, document, old), "the patched object")
+            meta = patched["metadata"]
+            self._check_scope(request, meta)
+            meta.setdefault("resourceVersion", old["metadata"]["resourceVersion"])
+            return self._update(request, old, patched)
+        # A patch naming a resourceVersion asks for the conflict; otherwise retry as the apiserver does.
+        patch_meta = document.get("metadata") if isinstance(document, dict) else None
+        pinned = isinstance(patch_meta, dict) and bool(patch_meta.get("resourceVersion"))
+        return self._retrying(attempt, ("Conflict",) if not pinned else ())
+
+    @staticmethod
+    def _retrying(attempt, reasons: tuple[str, ...]) -> Response:
+        """Run attempt again when it loses a race with another writer (409 with one of reasons)."""
+        for remaining in range(PATCH_RETRIES - 1, -1, -1):
             try:
-                return self._update(request, old, patched)
-            except errors.ApiError as e:  # lost a race with another writer: retry like the apiserver
-                if e.code != 409 or e.reason != "Conflict" or given_rv != old["metadata"]["resourceVersion"] \
-                        and given_rv or attempt == PATCH_RETRIES - 1:
+                return attempt()
+            except errors.ApiError as e:
+                if e.code != 409 or e.reason not in reasons or not remaining:
                     raise
-        raise AssertionError("unreachable")
+        raise errors.ApiError(500, "InternalError", "retries exhausted")
 
     def _patched(self, request: Request, content_type: str, document, current: dict) -> dict:
         schema = self.schemas.for_resource(request.rt)
@@ -327,8 +365,8 @@ class ResourceHandlers:
             return patches.json_patch(current, document)
         return self.strategic.apply(current, document, schema)
 
-    def _apply(self, request: Request) -> Response:
-        rt, route = request.rt, request.route
+    def _apply_config(self, request: Request) -> tuple[dict, str, bool]:
+        """The applied configuration, its field manager and whether to force conflicts."""
         manager = request.query.get("fieldManager")
         if not manager:
             raise errors.bad_request("PATCH, application/apply-patch+yaml: fieldManager is required for apply "
@@ -336,19 +374,23 @@ class ResourceHandlers:
         config = self._body_object(request)
         if not config.get("apiVersion") or not config.get("kind"):
             raise errors.bad_request("apiVersion and kind must be set in the applied configuration")
-        force = truthy(request.query.get("force"))
-        for attempt in range(PATCH_RETRIES):
+        if config["metadata"].get("managedFields"):
+            raise errors.bad_request("metadata.managedFields must be nil")
+        return config, manager, truthy(request.query.get("force"))
+
+    def _apply(self, request: Request) -> Response:
+        rt, route = request.rt, request.route
+        config, manager, force = self._apply_config(request)
+        pinned_rv = config["metadata"].pop("resourceVersion", None)  # a precondition, as with update
+
+        def attempt() -> Response:
             live = self.store.find(rt, route.namespace, route.name)
             merged = self.managed.apply(rt, live, config, manager, force)
-            try:
-                if live is None:
-                    return self._create(request, merged, manager_tracked=True)
-                merged["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
-                return self._update(request, live, merged, manager_tracked=True)
-            except errors.ApiError as e:
-                if e.code != 409 or e.reason not in ("Conflict", "AlreadyExists") or attempt == PATCH_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+            if live is None:
+                return self._create(request, merged, manager_tracked=True)
+            merged["metadata"]["resourceVersion"] = pinned_rv or live["metadata"]["resourceVersion"]
+            return self._update(request, live, merged, manager_tracked=True)
+        return self._retrying(attempt, ("AlreadyExists",) if pinned_rv else ("Conflict", "AlreadyExists"))
 
     def delete(self, request: Request) -> Response:
         route = request.route
@@ -383,13 +425,12 @@ class ResourceHandlers:
             raise errors.invalid("DeleteOptions", "", [{"reason": "FieldValueNotSupported",
                                  "field": "propagationPolicy", "message": f'Unsupported value: "{propagation}": '
                                  f'supported values: "Foreground", "Background", "Orphan", "nil"'}])
+        preconditions = body.get("preconditions")
+        if preconditions is not None and not isinstance(preconditions, dict):
+            raise errors.bad_request("DeleteOptions: preconditions must be an object")
         dry_run = body.get("dryRun") == ["All"] or request.dry_run
-        try:
-            grace = int(grace) if grace not in (None, "") else None
-        except (TypeError, ValueError):
-            raise errors.bad_request(f"gracePeriodSeconds: invalid value {grace!r}")
-        return {"grace_period": grace, "propagation": propagation, "preconditions": body.get("preconditions"),
-                "dry_run": dry_run}
+        return {"grace_period": _optional_int(grace, "gracePeriodSeconds"), "propagation": propagation,
+                "preconditions": preconditions, "dry_run": dry_run}
 
     def deletecollection(self, request: Request) -> Response:
         rt, query = request.rt, request.query
@@ -414,28 +455,29 @@ class ResourceHandlers:
         if route.verb == "get":
             return self.get(request)
         old = self.store.get(route.rt, route.namespace, route.name)
+        applied = route.verb == "patch" and self._patch_type(request) == patches.APPLY
         if route.verb == "update":
             obj = self._body_object(request)
+        elif applied:
+            obj = self.managed.apply(route.rt, old, *self._apply_config(request), subresource="status")
         else:
-            content_type = request.header("Content-Type").split(";")[0].strip()
-            if content_type not in patches.PATCH_TYPES or content_type == patches.APPLY:
-                raise errors.unsupported_media_type(content_type)
-            obj = self._patched(request, content_type, patches.parse_json_body(request.body), old)
-            obj.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
+            content_type = self._patch_type(request)
+            obj = object_with_metadata(self._patched(request, content_type, patches.parse_json_body(request.body),
+                                                     old), "the patched object")
+            obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             self._check_scope(request, obj["metadata"])
-        obj["metadata"]["managedFields"] = old["metadata"].get("managedFields") or []
-        self.managed.track_update(route.rt, old, obj, request.field_manager, "status")
-        updated = self.store.update(route.rt, obj, subresource="status", dry_run=request.dry_run)
-        if obj["metadata"]["managedFields"] != old["metadata"].get("managedFields"):
-            updated = self._store_managed_fields(route, updated, obj["metadata"]["managedFields"], request.dry_run)
-        return Response.json(updated)
-
-    def _store_managed_fields(self, route, obj: dict, managed_fields: list, dry_run: bool) -> dict:
-        if dry_run:
-            obj["metadata"]["managedFields"] = managed_fields
-            return obj
-        return self.store.mutate(route.rt, route.namespace, route.name,
-                                 lambda o: o["metadata"].__setitem__("managedFields", managed_fields))
+        candidate = dict(copy_json(old), status=obj.get("status"))  # what the status write would store
+        if candidate["status"] is None:
+            del candidate["status"]
+        candidate["metadata"]["resourceVersion"] = obj["metadata"].get("resourceVersion") \
+            or old["metadata"]["resourceVersion"]  # a PUT with a stale one is a conflict
+        headers = self._check_fields(request, candidate)
+        if applied:
+            candidate["metadata"]["managedFields"] = obj["metadata"]["managedFields"]
+        else:
+            self.managed.track_update(route.rt, old, candidate, request.field_manager, "status")
+        updated = self.store.update(route.rt, candidate, subresource="status", dry_run=request.dry_run)
+        return Response.json(updated, headers=headers)
 
     def scale(self, request: Request) -> Response:
         route = request.route
@@ -444,25 +486,22 @@ class ResourceHandlers:
             return Response.json(self._scale_view(current))
         view = self._scale_view(current)
         if route.verb == "update":
-            body = decode_body(request)
-            if not isinstance(body, dict):
-                raise errors.bad_request("the object provided is unrecognized or malformed: Scale")
-            new_view = body
+            new_view = decode_body(request)
         else:
-            content_type = request.header("Content-Type").split(";")[0].strip()
-            if content_type not in patches.PATCH_TYPES or content_type == patches.APPLY:
-                raise errors.unsupported_media_type(content_type)
+            content_type = self._patch_type(request, apply_allowed=False)
             document = patches.parse_json_body(request.body)
             new_view = (patches.merge_patch(view, document) if content_type != patches.JSON
                         else patches.json_patch(view, document))
-        replicas = (new_view.get("spec") or {}).get("replicas")
+        new_view = object_with_metadata(new_view, "the Scale")
+        spec = new_view.get("spec")
+        replicas = spec.get("replicas") if isinstance(spec, dict) else None
         if not isinstance(replicas, int) or replicas < 0:
             raise errors.invalid("Scale", route.name, [{"reason": "FieldValueInvalid", "field": "spec.replicas",
                                  "message": f"Invalid value: {json.dumps(replicas)}: must be greater than or equal "
                                             f"to 0"}], "autoscaling")
         obj = copy_json(current)
         obj["spec"]["replicas"] = replicas
-        obj["metadata"]["resourceVersion"] = (new_view.get("metadata") or {}).get("resourceVersion") \
+        obj["metadata"]["resourceVersion"] = new_view["metadata"].get("resourceVersion") \
             or current["metadata"]["resourceVersion"]
         self.managed.track_update(route.rt, current, obj, request.field_manager, None)
         updated = self.store.update(route.rt, obj, dry_run=request.dry_run)
@@ -494,14 +533,18 @@ class ResourceHandlers:
         elif container not in containers + init:
             raise errors.bad_request(f"container {container} is not valid for pod {route.name}")
         status = pod.get("status") or {}
-        states = next((cs for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses")
-                                                                                or []) if cs.get("name") == container),
-                      {})
-        started = {"running", "terminated"} & set(states.get("state") or {}) or (states.get("lastState") or {})
-        if not started:  # what the kubelet answers before the container ever ran
-            reason = ((states.get("state") or {}).get("waiting") or {}).get("reason") or "ContainerCreating"
+        statuses = (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
+        current = next((cs for cs in statuses if isinstance(cs, dict) and cs.get("name") == container), {})
+        state = current.get("state") or {}
+        if not ({"running", "terminated"} & set(state) or current.get("lastState")):
+            # what the kubelet answers before the container ever ran
+            reason = (state.get("waiting") or {}).get("reason") or "ContainerCreating"
             raise errors.bad_request(f'container "{container}" in pod "{route.name}" is waiting to start: {reason}')
         return pod, container
+
+    @staticmethod
+    def _tail_lines(request: Request) -> int | None:
+        return _optional_int(request.query.get("tailLines"), "tailLines")
 
     def _read_logs(self, pod: dict, container: str, tail: int | None) -> str:
         if self.runtime is None:
@@ -510,49 +553,50 @@ class ResourceHandlers:
 
     def log(self, request: Request) -> Response:
         pod, container = self._log_target(request)
-        tail = request.query.get("tailLines")
-        text = self._read_logs(pod, container, int(tail) if tail and tail.isdigit() else None)
-        return Response(200, text.encode(), "text/plain")
+        return Response(200, self._read_logs(pod, container, self._tail_lines(request)).encode(), "text/plain")
 
-    def follow_logs(self, request: Request, http) -> None:
-        """Stream new log output until the pod is gone or stops running, or the client leaves."""
+    def follow_logs(self, request: Request):
+        """Checks the request now; returns the streamer, which sends new log output until the pod is gone
+        or stops running, or the client leaves."""
         pod, container = self._log_target(request)
-        tail = request.query.get("tailLines")
-        sent = self._read_logs(pod, container, int(tail) if tail and tail.isdigit() else None)
-        http.send_response(200)
-        http.send_header("Content-Type", "text/plain")
-        http.send_header("Transfer-Encoding", "chunked")
-        http.end_headers()
-        total = len(self._read_logs(pod, container, None))
-        try:
-            if sent:
-                write_chunk(http.wfile, sent.encode())
-            while True:
-                time.sleep(0.2)
-                current = self.store.find(PODS, pod["metadata"].get("namespace"), pod["metadata"]["name"])
-                text = self._read_logs(pod, container, None)
-                if len(text) > total:
-                    write_chunk(http.wfile, text[total:].encode())
-                    total = len(text)
-                if current is None or current["metadata"]["uid"] != pod["metadata"]["uid"] or \
-                        (current.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-                    break
-            write_chunk(http.wfile, b"")
-        except OSError:
-            http.close_connection = True
+        first = self._read_logs(pod, container, self._tail_lines(request))
+
+        def stream(http) -> None:
+            http.send_response(200)
+            http.send_header("Content-Type", "text/plain")
+            http.send_header("Transfer-Encoding", "chunked")
+            http.end_headers()
+            total = len(self._read_logs(pod, container, None))
+            try:
+                if first:
+                    write_chunk(http.wfile, first.encode())
+                while True:
+                    time.sleep(LOG_POLL_SECONDS)
+                    current = self.store.find(PODS, pod["metadata"].get("namespace"), pod["metadata"]["name"])
+                    text = self._read_logs(pod, container, None)
+                    if len(text) > total:
+                        write_chunk(http.wfile, text[total:].encode())
+                        total = len(text)
+                    if current is None or current["metadata"]["uid"] != pod["metadata"]["uid"] or \
+                            (current.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                        break
+                write_chunk(http.wfile, b"")
+            except OSError:
+                http.close_connection = True
+        return stream
 
     def eviction(self, request: Request) -> Response:
         route = request.route
         body = decode_body(request) or {}
-        if not isinstance(body, dict):
+        options = (body.get("deleteOptions") or {}) if isinstance(body, dict) else None
+        if not isinstance(options, dict):
             raise errors.bad_request("the object provided is unrecognized or malformed: Eviction")
         self.store.get(PODS, route.namespace, route.name)
-        options = body.get("deleteOptions") or {}
         if request.dry_run:
             options = dict(options, dryRun=["All"])
         from ..controllers.disruption import evict  # lazily: the controllers import the store, not the server
         evict(self.store, route.namespace, route.name, options)
-        return Response.json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}, 201)
+        return Response.json(CREATED_STATUS, 201)
 
     def binding(self, request: Request) -> Response:
         route = request.route
@@ -567,10 +611,11 @@ class ResourceHandlers:
                 raise errors.conflict("pods/binding", route.name, f'pod {route.name} is already assigned to node '
                                       f'"{pod["spec"]["nodeName"]}"')
             pod["spec"]["nodeName"] = target
-        if not request.dry_run:
+        if request.dry_run:
+            bind(self.store.get(PODS, route.namespace, route.name))
+        else:
             self.store.mutate(PODS, route.namespace, route.name, bind)
-        return Response.json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201},
-                             201)
+        return Response.json(CREATED_STATUS, 201)
 
     def finalize(self, request: Request) -> Response:
         route = request.route

@@ -156,7 +156,7 @@ class ManagedFields:
         return (entry.get("manager"), entry.get("operation"), entry.get("subresource")) == \
             (manager, operation, subresource)
 
-    def _rebuild(self, rt, entries, mine: tuple, my_paths: set, others_lose: set, old_entries) -> list[dict]:
+    def _rebuild(self, rt, entries, mine: tuple, my_paths: set, others_lose: set) -> list[dict]:
         manager, operation, subresource = mine
         out = []
         placed = False
@@ -178,29 +178,31 @@ class ManagedFields:
 
     def track_update(self, rt: ResourceType, old: dict | None, new: dict, manager: str,
                      subresource: str | None = None) -> None:
-        """Record an Update (create, PUT, non-apply PATCH) by manager on new, in place."""
+        """Record an Update (create, PUT, non-apply PATCH) by manager on new, in place: the manager owns
+        what it changed, and nobody keeps owning a field someone else changed or removed."""
         entries = self._entries(old) if old is not None else []
         new_paths = self.sets.of(rt, new, subresource)
         if old is None:
             changed = new_paths
         else:
             changed = {p for p in new_paths if self.sets.value_at(old, p) != self.sets.value_at(new, p)}
-            removed = self.sets.of(rt, old, subresource) - new_paths
-            changed |= removed
+            changed |= self.sets.of(rt, old, subresource) - new_paths
         mine = (manager, "Update", subresource)
         current = next((self.sets.from_v1(e.get("fieldsV1")) for e in entries if self._same(e, *mine)), set())
         my_paths = (current | (changed & new_paths)) & new_paths
-        new["metadata"]["managedFields"] = self._rebuild(rt, entries, mine, my_paths, changed, entries)
+        new["metadata"]["managedFields"] = self._rebuild(rt, entries, mine, my_paths, changed)
 
-    def apply(self, rt: ResourceType, live: dict | None, config: dict, manager: str, force: bool) -> dict:
+    def apply(self, rt: ResourceType, live: dict | None, config: dict, manager: str, force: bool,
+              subresource: str | None = None) -> dict:
         """Server-side apply of config over live (None: create); returns the new object."""
         schema = self.sets.schemas.for_resource(rt)
-        config_paths = self.sets.of(rt, config)
+        config_paths = self.sets.of(rt, config, subresource)
+        mine = (manager, "Apply", subresource)
         entries = self._entries(live)
         base = copy_json(live) if live is not None else {}
         conflicts = []
         for entry in entries:
-            if self._same(entry, manager, "Apply", None):
+            if self._same(entry, *mine):
                 continue
             for path in sorted(self.sets.from_v1(entry.get("fieldsV1")) & config_paths):
                 if path[-1] != "." and self.sets.value_at(base, path) != self.sets.value_at(config, path):
@@ -208,15 +210,13 @@ class ManagedFields:
         if conflicts and not force:
             raise self._conflict_error(rt, config, conflicts)
         merged = self._merge(base, config, schema)
-        previous = next((self.sets.from_v1(e.get("fieldsV1")) for e in entries
-                         if self._same(e, manager, "Apply", None)), set())
+        previous = next((self.sets.from_v1(e.get("fieldsV1")) for e in entries if self._same(e, *mine)), set())
         owned_by_others = set().union(*(self.sets.from_v1(e.get("fieldsV1")) for e in entries
-                                        if not self._same(e, manager, "Apply", None))) if entries else set()
+                                        if not self._same(e, *mine)))
         for path in sorted(previous - config_paths - owned_by_others, key=len, reverse=True):
             self.sets.remove(merged, path)
         lost = {path for _, path in conflicts}
-        merged.setdefault("metadata", {})["managedFields"] = self._rebuild(
-            rt, entries, (manager, "Apply", None), config_paths, lost, entries)
+        merged.setdefault("metadata", {})["managedFields"] = self._rebuild(rt, entries, mine, config_paths, lost)
         return merged
 
     def _merge(self, live, config, schema):

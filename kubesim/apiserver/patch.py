@@ -11,7 +11,7 @@ from .schemas import Schemas
 
 MERGE, JSON, STRATEGIC, APPLY = ("application/merge-patch+json", "application/json-patch+json",
                                  "application/strategic-merge-patch+json", "application/apply-patch+yaml")
-PATCH_TYPES = (MERGE, JSON, STRATEGIC, APPLY, "application/apply-patch+cbor")
+PATCH_TYPES = (MERGE, JSON, STRATEGIC, APPLY)
 
 
 def merge_patch(target, patch):
@@ -56,11 +56,15 @@ class StrategicMerge:
             return {}
         result = dict(original) if isinstance(original, dict) else {}
         retain = patch.get("$retainKeys")
+        if retain is not None and not isinstance(retain, list):
+            raise errors.bad_request("$retainKeys must be a list of field names")
         for key, value in patch.items():
             if key.startswith("$setElementOrder/") or key in ("$retainKeys", "$patch"):
                 continue
             if key.startswith("$deleteFromPrimitiveList/"):
                 field = key.split("/", 1)[1]
+                if not isinstance(value, list) or not isinstance(result.get(field) or [], list):
+                    raise errors.bad_request(f"{key} must be a list and name a list")
                 result[field] = [v for v in result.get(field) or [] if v not in value]
                 continue
             if value is None:

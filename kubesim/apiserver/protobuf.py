@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import struct
 from datetime import datetime, timezone
 from functools import lru_cache
 
@@ -80,7 +81,6 @@ def _scalar(kind: str, wire: int, value):
     if kind in ("int32", "int64", "uint32", "uint64", "enum"):
         return _signed(value)
     if kind in ("double", "float"):
-        import struct
         return struct.unpack("<d" if kind == "double" else "<f", value)[0]
     raise ValueError(f"unsupported scalar type {kind}")
 
@@ -180,6 +180,7 @@ def decode(body: bytes) -> dict:
         type_meta = {n: v.decode() for n, _, v in _wire_fields(envelope.get(1, b""))}
         api_version, kind = type_meta.get(1, ""), type_meta.get(2, "")
         obj = decode_message(_message_type(api_version, kind), envelope.get(2, b""))
-    except (ValueError, IndexError, UnicodeDecodeError) as e:
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError, struct.error,
+            RecursionError) as e:  # any malformed body, e.g. a wire type that does not fit the field
         raise errors.bad_request(f"the protobuf body could not be decoded: {e}") from e
     return {"apiVersion": api_version, "kind": kind, **obj}

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from .. import errors
 from ..resources import ResourceType, by_group_version
+from .discovery import SUBRESOURCES
 
 # HTTP method -> verb, for (collection, object) paths.
 VERBS = {"GET": ("list", "get"), "POST": ("create", None), "PUT": (None, "update"),
@@ -15,10 +16,6 @@ TRUE_VALUES = ("1", "t", "T", "TRUE", "true", "True")
 
 def truthy(value: str | None) -> bool:
     return value in TRUE_VALUES
-
-
-# Subresources answered to POST (creating something about the object).
-POST_SUBRESOURCES = ("eviction", "binding")
 
 
 @dataclass
@@ -55,12 +52,12 @@ def resolve(method: str, group: str, version: str, rest: list[str], query: dict)
         raise not_found()
     collection_verb, object_verb = VERBS.get(method, (None, None))
     verb = object_verb if name is not None else collection_verb
-    if method == "POST" and subresource in POST_SUBRESOURCES:
+    if method == "POST" and subresource is not None:
         verb = "create"
     if verb in ("list", "get") and (watch_path or truthy(query.get("watch"))):
         verb = "watch"
-    if verb is None or (verb == "create" and name is not None and subresource not in POST_SUBRESOURCES) \
-            or (subresource is None and verb not in rt.verbs) \
+    allowed = SUBRESOURCES[subresource][0] if subresource else rt.verbs
+    if verb not in allowed or (verb == "create" and name is not None and subresource is None) \
             or (rt.namespaced and namespace is None and verb not in ("list", "watch")):
-        raise errors.method_not_allowed(f"the server does not allow this method on the requested resource")
+        raise errors.method_not_allowed("the server does not allow this method on the requested resource")
     return ResourceRoute(verb, rt, namespace, name, subresource)

@@ -8,17 +8,14 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-
-import importlib_resources
+from importlib.resources import files
 
 from ..resources import ResourceType
-
-DEFS_PREFIX = "#/$defs/"
 
 
 def _schema_root(kubernetes_version: str):
     wanted = tuple(int(p) for p in re.findall(r"\d+", kubernetes_version)[:2])
-    root = importlib_resources.files("kubernetes_validate").joinpath("kubernetes-json-schema")
+    root = files("kubernetes_validate").joinpath("kubernetes-json-schema")
     available = sorted((tuple(int(p) for p in re.findall(r"\d+", d.name)[:2]), d.name)
                        for d in root.iterdir() if d.name.endswith("-local-strict"))
     fitting = [name for version, name in available if version <= wanted] or [available[0][1]]
@@ -74,11 +71,6 @@ class Schemas:
     def items(self, schema: dict | None) -> dict | None:
         schema = self.resolve(schema)
         return schema.get("items") if schema else None
-
-    def is_map(self, schema: dict | None) -> bool:
-        """A map with free keys (labels, annotations, data), not a struct."""
-        schema = self.resolve(schema)
-        return bool(schema) and "properties" not in schema and isinstance(schema.get("additionalProperties"), dict)
 
     def list_keys(self, schema: dict | None) -> list[str] | None:
         """Server-side apply: the keys of a list of type map, else None."""

@@ -3,9 +3,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Callable
 
-from ..store import parse_rfc3339
+
+
+@lru_cache(maxsize=65_536)  # parsing is most of the cost of a 2,000-row table
+def _epoch_seconds(timestamp: str) -> float | None:
+    """RFC 3339 in any form clients write (Z or offset, fractions), None when it is not one."""
+    try:
+        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 @dataclass(frozen=True)
@@ -46,9 +57,8 @@ def human_duration(seconds: float) -> str:
 
 
 def _since(timestamp: str | None) -> str:
-    if not timestamp:
-        return "<unknown>"
-    return human_duration(time.time() - parse_rfc3339(timestamp))
+    seconds = _epoch_seconds(timestamp) if isinstance(timestamp, str) else None
+    return "<unknown>" if seconds is None else human_duration(time.time() - seconds)
 
 
 def _get(obj, path: str, default=None):
@@ -218,7 +228,7 @@ def _event_object(ev: dict) -> str:
 def _event_last_seen(ev: dict) -> str:
     last = ev.get("lastTimestamp") or ev.get("eventTime") or _get(ev, "series.lastObservedTime") \
         or ev["metadata"].get("creationTimestamp")
-    return _since(last[:19] + "Z" if last and len(last) > 20 else last)
+    return _since(last)
 
 
 def _pdb_field(path: str) -> Callable[[dict], str]:
@@ -325,6 +335,13 @@ DESCRIPTIONS = {"Name": "Name must be unique within a namespace. Is required whe
                        "created."}
 
 
+def _cell(column: Column, obj: dict):
+    try:
+        return column.cell(obj)
+    except (AttributeError, KeyError, TypeError, ValueError):  # odd data (null list items) must not fail a list
+        return "<unknown>"
+
+
 def _row_object(obj: dict, include: str) -> dict | None:
     if include == "None":
         return None
@@ -338,7 +355,7 @@ def table(resource_key: str, objs: list[dict], list_meta: dict, include_object: 
     include = include_object or "Metadata"
     rows = []
     for obj in objs:
-        row = {"cells": [col.cell(obj) for col in columns]}
+        row = {"cells": [_cell(col, obj) for col in columns]}
         row_object = _row_object(obj, include)
         if row_object is not None:
             row["object"] = row_object

@@ -33,20 +33,16 @@ QUALIFIED_NAME_MSG = ("name part must consist of alphanumeric characters, '-', '
 
 # Resources whose names are DNS-1123 labels rather than subdomains.
 LABEL_NAMED = {"services", "namespaces"}
-POD_TEMPLATE_PATH = {"apps/deployments": "spec.template", "apps/replicasets": "spec.template",
-                     "apps/statefulsets": "spec.template", "apps/daemonsets": "spec.template"}
-# Update rules: resource key -> fields that may change (everything else under "spec" is immutable).
-MUTABLE_SPEC_FIELDS = {
-    "apps/statefulsets": ("replicas", "ordinals", "template", "updateStrategy",
-                          "persistentVolumeClaimRetentionPolicy", "minReadySeconds", "revisionHistoryLimit"),
-    "persistentvolumeclaims": ("resources", "volumeAttributesClassName"),
-}
-SPEC_FORBIDDEN_MSG = {
-    "apps/statefulsets": "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', "
-                         "'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are "
-                         "forbidden",
-    "persistentvolumeclaims": "spec is immutable after creation except resources.requests and "
-                              "volumeAttributesClassName for bound claims",
+# Update rules: resource key -> (spec fields that may change, upstream's message when another one does).
+SPEC_UPDATE_RULES = {
+    "apps/statefulsets": (("replicas", "ordinals", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy",
+                           "minReadySeconds", "revisionHistoryLimit"),
+                          "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', "
+                          "'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are "
+                          "forbidden"),
+    "persistentvolumeclaims": (("resources", "volumeAttributesClassName"),
+                               "spec is immutable after creation except resources.requests and "
+                               "volumeAttributesClassName for bound claims"),
 }
 IMMUTABLE_FIELDS = {
     "apps/deployments": ("spec.selector",),
@@ -54,7 +50,6 @@ IMMUTABLE_FIELDS = {
     "apps/statefulsets": ("spec.selector",),
     "apps/daemonsets": ("spec.selector",),
     "services": ("spec.clusterIP",),
-    "persistentvolumes": (),
 }
 POD_UPDATE_MSG = ("pod updates may not change fields other than `spec.containers[*].image`,"
                   "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions "
@@ -106,27 +101,37 @@ def _expected_type(schema: dict) -> str:
     return _GO_TYPES.get(types or "object", types or "object")
 
 
-def check_schema(rt: ResourceType, obj: dict, kubernetes_version: str) -> list[str]:
-    """Raise 400 for values of the wrong type; return the unknown fields (dotted paths).
+def check_schema(rt: ResourceType, obj: dict, kubernetes_version: str) -> list[tuple[str, tuple]]:
+    """Raise 400 for values of the wrong type; return the unknown fields as (dotted path, path parts).
 
     The schemas' "required" lists are not enforced: the real server requires fields in its validation
     code only (see OBJECT_CHECKS), and status writers routinely leave schema-required fields out."""
     validator = _validator(kubernetes_version, rt.group, rt.version, rt.kind)
     if validator is None:
         return []
-    unknown = []
+    unknown = {}
     for error in validator.iter_errors(obj):
         for leaf in _leaf_errors(error):
             path = _path(leaf.absolute_path)
             if leaf.validator == "additionalProperties":
                 known = (leaf.schema.get("properties") or {}).keys()
-                unknown += [f"{path}.{k}" if path else k for k in leaf.instance if k not in known]
+                for key in leaf.instance:
+                    if key not in known:
+                        unknown[f"{path}.{key}" if path else key] = tuple(leaf.absolute_path) + (key,)
             elif leaf.validator in ("type", "oneOf"):
                 got = _JSON_TYPES.get(type(leaf.instance), "value")
                 raise errors.bad_request(
                     f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: json: cannot '
                     f'unmarshal {got} into Go struct field .{path} of type {_expected_type(leaf.schema)}')
-    return sorted(set(unknown))
+    return sorted(unknown.items())
+
+
+def prune(obj: dict, parts: tuple) -> None:
+    """Drop one unknown field, as the real server's decoder does."""
+    parent = obj
+    for part in parts[:-1]:
+        parent = parent[part]
+    parent.pop(parts[-1], None)
 
 
 def _leaf_errors(error):
@@ -258,26 +263,32 @@ def _immutable_causes(rt: ResourceType, old: dict, new: dict) -> list[dict]:
     for path in IMMUTABLE_FIELDS.get(rt.key, ()):
         if _get(new, path) != _get(old, path):
             out.append(invalid_value(path, _get(new, path), "field is immutable"))
-    mutable = MUTABLE_SPEC_FIELDS.get(rt.key)
-    if mutable is not None:
-        strip = lambda spec: {k: v for k, v in (spec or {}).items() if k not in mutable}
-        if strip(new.get("spec")) != strip(old.get("spec")):
-            out.append(cause("spec", f"Forbidden: {SPEC_FORBIDDEN_MSG[rt.key]}", "FieldValueForbidden"))
+    if rt.key in SPEC_UPDATE_RULES:
+        mutable, message = SPEC_UPDATE_RULES[rt.key]
+
+        def fixed(spec) -> dict:
+            return {k: v for k, v in (spec or {}).items() if k not in mutable}
+        if fixed(new.get("spec")) != fixed(old.get("spec")):
+            out.append(cause("spec", f"Forbidden: {message}", "FieldValueForbidden"))
     if rt.key == "pods" and _pod_spec_changed(old.get("spec") or {}, new.get("spec") or {}):
         out.append(cause("spec", f"Forbidden: {POD_UPDATE_MSG}", "FieldValueForbidden"))
     return out
 
 
+# Pod spec fields an update may change (tolerations only by additions, checked separately).
+POD_MUTABLE_SPEC = {"activeDeadlineSeconds": None, "tolerations": None, "terminationGracePeriodSeconds": None,
+                    "schedulingGates": None}
+
+
 def _pod_spec_changed(old: dict, new: dict) -> bool:
-    def comparable(spec: dict, tolerations) -> dict:
-        spec = dict(spec, activeDeadlineSeconds=None, tolerations=tolerations, terminationGracePeriodSeconds=None,
-                    schedulingGates=None)
+    def comparable(spec: dict) -> dict:
+        spec = dict(spec, **POD_MUTABLE_SPEC)
         for kind in ("containers", "initContainers"):
             spec[kind] = [dict(c, image=None) if isinstance(c, dict) else c for c in spec.get(kind) or []]
         return spec
     old_tolerations = old.get("tolerations") or []
     added_only = (new.get("tolerations") or [])[:len(old_tolerations)] == old_tolerations
-    return comparable(old, None) != comparable(new, None) or not added_only
+    return comparable(old) != comparable(new) or not added_only
 
 
 def check_object(rt: ResourceType, obj: dict, old: dict | None) -> None:

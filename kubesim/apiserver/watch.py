@@ -119,7 +119,8 @@ class WatchStream:
             if initial_pending and not watch.pending():
                 write_chunk(handler.wfile, self._bookmark(start_rv, initial_end=True))
                 initial_pending = False
-            event = watch.next(min(POLL_SECONDS, deadline - now, max(0.0, next_bookmark - now) or POLL_SECONDS))
+            wait = min(POLL_SECONDS, deadline - now, next_bookmark - now if self.bookmarks else POLL_SECONDS)
+            event = watch.next(max(wait, 0.001))
             if event is None:
                 if watch.closed or client_gone(handler.connection):
                     return

@@ -13,7 +13,6 @@ from typing import Callable, Hashable, Iterable
 
 from .. import errors
 from ..config import ClusterConfig
-from ..resources import ResourceType
 from ..store import Event, Store
 
 log = logging.getLogger("kubesim.controllers")
@@ -66,6 +65,7 @@ class Context:
     runtime: object
     faults: object | None
     timers: Timers
+    workers: "WorkerPool"
     cache: "object"      # controllers.cache.Cache
     events: "object"     # controllers.events.EventRecorder
 
@@ -75,10 +75,52 @@ class Context:
         return fn(*args) if fn is not None else default
 
 
+class WorkerPool:
+    """A few threads that run the controllers' queues, each controller on at most one thread at a time:
+    far fewer threads wake per store event than with a thread per controller and kubelet."""
+
+    BATCH = 32   # keys a controller may sync before it yields its thread to the next one
+
+    def __init__(self, size: int, name: str = "kubesim-worker") -> None:
+        self._ready: deque["Controller"] = deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(size)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=10)
+
+    def schedule(self, controller: "Controller") -> None:
+        with self._cond:
+            self._ready.append(controller)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ready and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                controller = self._ready.popleft()
+            controller.drain(self.BATCH)
+
+
 class Controller:
-    """Subclasses set ``name`` and ``watches`` ({resource type: keys_for(event)}) and implement sync(key)."""
+    """Subclasses set ``name`` and ``watches`` ({resource type: keys_for(event)}) and implement sync(key).
+    ``dedicated`` controllers get a thread of their own (latency-critical ones)."""
 
     name = "controller"
+    dedicated = False
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -91,7 +133,9 @@ class Controller:
         self._failures: dict[Hashable, int] = {}
         self._cond = threading.Condition()
         self._stopped = False
-        self._thread: threading.Thread | None = None
+        self._started = False
+        self._scheduled = False      # on the pool's ready list or being drained
+        self._pool = WorkerPool(1, f"kubesim-{self.name}") if self.dedicated else ctx.workers
 
     # ---- wiring ----------------------------------------------------------------------------------
     def watches(self) -> dict[str, Callable[[Event], Iterable[Hashable]]]:
@@ -99,17 +143,17 @@ class Controller:
         return {}
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"kubesim-{self.name}", daemon=True)
-        self._thread.start()
+        if self.dedicated:
+            self._pool.start()
+        with self._cond:
+            self._started = True
+        self.enqueue(_INITIAL)
 
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
-            self._cond.notify_all()
-
-    def join(self, timeout: float = 10) -> None:
-        if self._thread is not None and self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        if self.dedicated:
+            self._pool.stop()
 
     # ---- queue -----------------------------------------------------------------------------------
     def enqueue(self, key: Hashable) -> None:
@@ -118,7 +162,10 @@ class Controller:
                 return
             self._pending.add(key)
             self._queue.append(key)
-            self._cond.notify()
+            wake = self._started and not self._scheduled
+            self._scheduled = self._scheduled or wake
+        if wake:
+            self._pool.schedule(self)
 
     def enqueue_all(self, keys: Iterable[Hashable]) -> None:
         for key in keys:
@@ -134,24 +181,34 @@ class Controller:
     def sync(self, key: Hashable) -> None:
         raise NotImplementedError
 
-    def _run(self) -> None:
-        self.enqueue_all(self.initial_keys())
-        while True:
+    def drain(self, batch: int) -> None:
+        """Sync up to ``batch`` queued keys on the calling pool thread, then give the thread back."""
+        for _ in range(batch):
             with self._cond:
-                while not self._queue and not self._stopped:
-                    self._cond.wait()
-                if self._stopped:
+                if self._stopped or not self._queue:
+                    self._scheduled = False
                     return
                 key = self._queue.popleft()
                 self._pending.discard(key)
-            try:
+            self._sync_safely(key)
+        with self._cond:
+            more = bool(self._queue) and not self._stopped
+            self._scheduled = more
+        if more:
+            self._pool.schedule(self)
+
+    def _sync_safely(self, key: Hashable) -> None:
+        try:
+            if key is _INITIAL:
+                self.enqueue_all(self.initial_keys())
+            else:
                 self.sync(key)
-                self._failures.pop(key, None)
-            except errors.ApiError as e:
-                # conflicts and races with deletions are expected: retry soon, with backoff
-                self._retry(key, e if e.code not in (404, 409) else None)
-            except Exception as e:
-                self._retry(key, e)
+            self._failures.pop(key, None)
+        except errors.ApiError as e:
+            # conflicts and races with deletions are expected: retry soon, with backoff
+            self._retry(key, e if e.code not in (404, 409) else None)
+        except Exception as e:
+            self._retry(key, e)
 
     def _retry(self, key: Hashable, error: Exception | None) -> None:
         if error is not None:
@@ -159,6 +216,9 @@ class Controller:
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
         self.requeue_after(key, min(0.005 * 2 ** failures, 5.0))
+
+
+_INITIAL = ("initial-sync",)   # the first key of every controller: enqueue what already exists
 
 
 def obj_key(obj: dict) -> tuple[str, str]:

@@ -6,8 +6,9 @@ import threading
 from collections import defaultdict
 
 from .. import labels as labelsel
-from ..resources import PODS, RESOURCE_TYPES, ResourceType
+from ..resources import PODS, RESOURCE_TYPES, SERVICES, ResourceType
 from ..store import DELETED, Event, Store
+from .base import log
 
 
 class Cache:
@@ -18,6 +19,7 @@ class Cache:
         self._by_owner: dict[str, dict[tuple[str, str, str], dict]] = defaultdict(dict)
         self._label_index: dict[tuple[str, str], dict[tuple[str, str], set[str]]] = defaultdict(
             lambda: defaultdict(set))   # (rt key, ns) -> (label, value) -> names
+        self._services_by_selector: dict[tuple[str, str, str], set[str]] = defaultdict(set)  # (ns, key, value)
         self._touched: set[tuple[str, str, str]] = set()
         self._filling = True
         store.add_listener(self._on_event)
@@ -37,10 +39,13 @@ class Cache:
         with self._lock:
             if self._filling:
                 self._touched.add((rt.key, *_key(event.object)))
-            if event.old is not None:
-                self._drop(rt, event.old)
-            if event.type != DELETED:
-                self._put(rt, event.object)
+            try:
+                if event.old is not None:
+                    self._drop(rt, event.old)
+                if event.type != DELETED:
+                    self._put(rt, event.object)
+            except TypeError:   # unhashable label values from a malformed object: keep serving the write
+                log.exception("cache: cannot index %s %s", rt.key, _key(event.object))
 
     def _put(self, rt: ResourceType, obj: dict) -> None:
         ns, name = _key(obj)
@@ -55,6 +60,9 @@ class Cache:
         index = self._label_index[(rt.key, ns)]
         for kv in (obj["metadata"].get("labels") or {}).items():
             index[kv].add(name)
+        if rt is SERVICES:
+            for k, v in (obj.get("spec", {}).get("selector") or {}).items():
+                self._services_by_selector[(ns, k, v)].add(name)
 
     def _drop(self, rt: ResourceType, obj: dict) -> None:
         ns, name = _key(obj)
@@ -77,6 +85,13 @@ class Cache:
                 names.discard(name)
                 if not names:
                     del index[kv]
+        if rt is SERVICES:
+            for k, v in (current.get("spec", {}).get("selector") or {}).items():
+                names = self._services_by_selector.get((ns, k, v))
+                if names is not None:
+                    names.discard(name)
+                    if not names:
+                        del self._services_by_selector[(ns, k, v)]
 
     # ---- queries (shared read-only objects: never mutate them) ------------------------------------
     def get(self, rt: ResourceType, namespace: str | None, name: str) -> dict | None:
@@ -106,6 +121,16 @@ class Cache:
         with self._lock:
             return [o for k, o in self._by_owner.get(owner_uid, {}).items()
                     if k[0] == rt.key and _controller_uid(o) == owner_uid]
+
+    def services_selecting(self, namespace: str, pod_labels: dict | None) -> list[dict]:
+        """Services whose selector matches these labels, found through their selectors' items."""
+        with self._lock:
+            names = set()
+            for k, v in (pod_labels or {}).items():
+                names |= self._services_by_selector.get((namespace, k, v), set())
+            services = self._by_ns[SERVICES.key].get(namespace, {})
+            candidates = [services[n] for n in names if n in services]
+        return [s for s in candidates if labelsel.map_matches(s["spec"].get("selector"), pod_labels)]
 
     def select(self, rt: ResourceType, namespace: str, requirements: list) -> list[dict]:
         """Objects of a namespace matching label requirements, narrowed first by the label index."""

@@ -8,9 +8,10 @@ import math
 import time
 
 from ..resources import DEPLOYMENTS, PODS, REPLICASETS
-from ..store import Event, copy_json, now_rfc3339, parse_rfc3339
-from .base import Context, Controller, obj_key, same_keys
+from ..store import Event, copy_json, now_rfc3339
+from .base import Controller, obj_key, same_keys
 from .owners import controller_of, controller_ref, owner_keys
+from .pods import parse_time
 
 COMPONENT = "deployment-controller"
 REVISION = "deployment.kubernetes.io/revision"
@@ -145,8 +146,9 @@ class DeploymentController(Controller):
             if (d["spec"].get("strategy") or {}).get("type", "RollingUpdate") != "Recreate" else 0
         rs = {"metadata": {"name": f"{d['metadata']['name']}-{template_hash}", "namespace": ns,
                            "labels": dict(template["metadata"]["labels"]),
-                           "annotations": {DESIRED_REPLICAS: str(replicas(d)),
-                                           MAX_REPLICAS: str(replicas(d) + max_surge(d)), REVISION: revision},
+                           "annotations": dict(copied_annotations(d), **{
+                               DESIRED_REPLICAS: str(replicas(d)), MAX_REPLICAS: str(replicas(d) + max_surge(d)),
+                               REVISION: revision}),
                            "ownerReferences": [controller_ref(d, DEPLOYMENTS)]},
               "spec": {"replicas": initial, "minReadySeconds": d["spec"].get("minReadySeconds", 0),
                        "selector": selector, "template": template}}
@@ -299,12 +301,12 @@ class DeploymentController(Controller):
                                              "lastTransitionTime": transition, "reason": "ReplicaSetUpdated",
                                              "message": f'ReplicaSet "{name}" is progressing.'})
             elif current is not None and current.get("reason") != "ProgressDeadlineExceeded" and \
-                    parse_rfc3339(current["lastUpdateTime"]) + deadline < time.time():
+                    parse_time(current["lastUpdateTime"]) + deadline < time.time():
                 self._set_progressing(status, "False", "ProgressDeadlineExceeded",
                                       f'ReplicaSet "{name}" has timed out progressing.')
             current = progressing_condition({"status": status})
             if current is not None and current.get("reason") not in ("NewReplicaSetAvailable", "ProgressDeadlineExceeded"):
-                left = parse_rfc3339(current["lastUpdateTime"]) + deadline - time.time()
+                left = parse_time(current["lastUpdateTime"]) + deadline - time.time()
                 self.requeue_after(obj_key(d), max(1.0, left + 1))
         self._write_status(d, status)
 
@@ -367,6 +369,13 @@ def pod_template_hash(template: dict, collision_count: int | None = None) -> str
     for byte in data.encode():
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
     return "".join(SAFE_ALPHABET[ord(ch) % len(SAFE_ALPHABET)] for ch in str(h))
+
+
+def copied_annotations(d: dict) -> dict:
+    """Deployment annotations a new ReplicaSet inherits (change-cause for `rollout history`), as upstream."""
+    skip = {REVISION, DESIRED_REPLICAS, MAX_REPLICAS, "deployment.kubernetes.io/revision-history",
+            "kubectl.kubernetes.io/last-applied-configuration"}
+    return {k: v for k, v in (d["metadata"].get("annotations") or {}).items() if k not in skip}
 
 
 def _template_without_hash(rs: dict) -> dict:

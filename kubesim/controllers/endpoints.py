@@ -11,12 +11,20 @@ from .pods import is_finished, is_ready, is_terminating
 
 def services_selecting(cache, event: Event) -> list[tuple[str, str]]:
     """Keys of the Services whose selector matches the pod before or after the change."""
+    if event.type == "MODIFIED" and endpoint_view(event.old) == endpoint_view(event.object):
+        return []   # nothing an endpoint shows has changed (most kubelet status writes)
     ns = event.object["metadata"]["namespace"]
-    pod_labels = [event.object["metadata"].get("labels")]
-    if event.old is not None and event.old["metadata"].get("labels") != pod_labels[0]:
-        pod_labels.append(event.old["metadata"].get("labels"))
-    return [(ns, svc["metadata"]["name"]) for svc in cache.list(SERVICES, ns)
-            if any(labels.map_matches(svc["spec"].get("selector"), lbls) for lbls in pod_labels)]
+    keys = {(ns, svc["metadata"]["name"]) for svc in cache.services_selecting(ns, event.object["metadata"].get("labels"))}
+    if event.old is not None and event.old["metadata"].get("labels") != event.object["metadata"].get("labels"):
+        keys |= {(ns, svc["metadata"]["name"]) for svc in cache.services_selecting(ns, event.old["metadata"].get("labels"))}
+    return list(keys)
+
+
+def endpoint_view(pod: dict) -> tuple:
+    """What Endpoints and EndpointSlices show of a pod."""
+    status = pod.get("status") or {}
+    return (pod["metadata"].get("labels"), status.get("podIP"), is_ready(pod), is_terminating(pod),
+            is_finished(pod), pod["spec"].get("nodeName"), pod["spec"].get("hostname"), pod["spec"].get("subdomain"))
 
 
 def selected_pods(cache, svc: dict) -> list[dict]:
@@ -50,6 +58,7 @@ def target_ref(pod: dict) -> dict:
 
 class EndpointsController(Controller):
     name = "endpoints"
+    dedicated = True   # readiness must reach the data plane within milliseconds, whatever else is busy
 
     def watches(self):
         return {SERVICES.key: same_keys, PODS.key: lambda e: services_selecting(self.cache, e)}

@@ -2,6 +2,7 @@
 ready/serving/terminating conditions per endpoint (terminating pods stay listed, not ready)."""
 from __future__ import annotations
 
+from .. import labels
 from ..resources import ENDPOINTSLICES, PODS, SERVICES
 from ..store import Event
 from .base import Controller, obj_key, same_keys
@@ -17,6 +18,7 @@ MAX_ENDPOINTS_PER_SLICE = 100
 
 class EndpointSliceController(Controller):
     name = "endpointslice"
+    dedicated = True   # the data plane follows slices too: same latency as Endpoints
 
     def watches(self):
         return {SERVICES.key: same_keys, PODS.key: lambda e: services_selecting(self.cache, e),
@@ -36,9 +38,8 @@ class EndpointSliceController(Controller):
     def sync(self, key) -> None:
         ns, name = key
         svc = self.cache.get(SERVICES, ns, name)
-        existing = sorted((s for s in self.cache.list(ENDPOINTSLICES, ns)
-                           if (s["metadata"].get("labels") or {}).get(SERVICE_NAME) == name
-                           and (s["metadata"].get("labels") or {}).get(MANAGED_BY) == CONTROLLER_NAME),
+        existing = sorted(self.cache.select(ENDPOINTSLICES, ns, labels.from_map({SERVICE_NAME: name,
+                                                                                 MANAGED_BY: CONTROLLER_NAME})),
                           key=lambda s: s["metadata"]["name"])
         desired = self._desired_slices(svc) if svc is not None and svc["spec"].get("selector") else []
         for slice_, body in zip(existing, desired):

@@ -7,16 +7,18 @@ import time
 from dataclasses import dataclass, field
 
 from .. import errors
-from ..resources import LEASES, NODES, PODS
+from ..resources import LEASES, NODES, PODS, PVCS, PVS
 from ..runtime import PodSandbox
-from ..store import Event, now_rfc3339
+from ..store import Event, copy_json, now_rfc3339
 from .base import Context, Controller, log
-from .pods import set_condition
+from .pods import is_finished, set_condition
 from .quantity import parse_quantity
 
 COMPONENT = "kubelet"
 LEASE_NAMESPACE = "kube-node-lease"
 MAX_PULL_BACKOFF = 300.0
+ATTACH_COMPONENT = "attachdetach-controller"
+ATTACH_RETRY_SECONDS = 0.5
 
 # The node conditions a healthy kubelet posts, as upstream words them.
 HEALTHY_NODE_CONDITIONS = (
@@ -64,12 +66,13 @@ class Kubelet(Controller):
         self.name = f"kubelet-{node}"
         self.node = node
         self.index = index
-        self.internal_ip = f"127.0.1.{index}"
+        self.internal_ip = f"127.0.{ctx.config.network_id}.{index}"
         self.runtime = ctx.runtime
         self._records: dict[str, PodRecord] = {}          # uid -> record
         self._uid_by_key: dict[tuple[str, str], str] = {}
         self._ips_in_use: set[str] = set()
         self._next_ip = 1
+        self.pod_cidr = f"127.{100 + index}.{ctx.config.network_id}.0/24"
         self._pulled_images: set[str] = set()
         self._down = False
         self._last_heartbeat = 0.0
@@ -113,12 +116,15 @@ class Kubelet(Controller):
     # ---- node --------------------------------------------------------------------------------------
     def _register_node(self) -> None:
         node = self.store.find(NODES, None, self.node)
+        announced = _condition_reasons(node) if node is not None else set()
         if node is None:
-            node = self.store.create(NODES, self._node_object())
-        self._post_node_status(node)
+            node = self.store.create(NODES, self._node_object())   # with conditions: never half-registered
+        self.events.normal(node, "Starting", "Starting kubelet.", COMPONENT, self.node)
+        self.events.normal(node, "NodeAllocatableEnforced", "Updated Node Allocatable limit across pods", COMPONENT,
+                           self.node)
+        self._post_node_status(node, announced)
 
     def _node_object(self) -> dict:
-        cfg = self.config
         return {
             "metadata": {"name": self.node,
                          "labels": {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
@@ -126,42 +132,46 @@ class Kubelet(Controller):
                                     "kubernetes.io/os": "linux"},
                          "annotations": {"node.alpha.kubernetes.io/ttl": "0",
                                          "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
-            "spec": {"podCIDR": f"127.{100 + self.index}.0.0/16", "podCIDRs": [f"127.{100 + self.index}.0.0/16"]},
-            "status": {
-                "capacity": self._resources(), "allocatable": self._resources(),
-                "addresses": [{"type": "InternalIP", "address": self.internal_ip},
-                              {"type": "Hostname", "address": self.node}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-                "nodeInfo": {"machineID": f"kubesim-{self.node}", "systemUUID": f"kubesim-{self.node}",
-                             "bootID": f"kubesim-{self.node}", "kernelVersion": "6.1.0-kubesim",
-                             "osImage": "kubesim (simulated Linux)",
-                             "containerRuntimeVersion": "kubesim://" + cfg.kubernetes_version.lstrip("v"),
-                             "kubeletVersion": cfg.kubernetes_version, "kubeProxyVersion": cfg.kubernetes_version,
-                             "operatingSystem": "linux", "architecture": "amd64"},
-                "images": [],
-            },
+            "spec": {"podCIDR": self.pod_cidr, "podCIDRs": [self.pod_cidr]},
+            "status": self._healthy_status({"images": []}, now_rfc3339()),
         }
+
+    def _healthy_status(self, status: dict, stamp: str) -> dict:
+        """What a working kubelet reports: its resources, addresses, versions and healthy conditions."""
+        cfg = self.config
+        status.update({
+            "capacity": self._resources(), "allocatable": self._resources(),
+            "addresses": [{"type": "InternalIP", "address": self.internal_ip}, {"type": "Hostname", "address": self.node}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {"machineID": f"kubesim-{self.node}", "systemUUID": f"kubesim-{self.node}",
+                         "bootID": f"kubesim-{self.node}", "kernelVersion": "6.1.0-kubesim",
+                         "osImage": "kubesim (simulated Linux)",
+                         "containerRuntimeVersion": "kubesim://" + cfg.kubernetes_version.lstrip("v"),
+                         "kubeletVersion": cfg.kubernetes_version, "kubeProxyVersion": cfg.kubernetes_version,
+                         "operatingSystem": "linux", "architecture": "amd64"}})
+        status.setdefault("images", [])
+        for type_, value, reason, message in HEALTHY_NODE_CONDITIONS:
+            set_condition(status, type_, value, reason, message, stamp)
+        for c in status["conditions"]:
+            c["lastHeartbeatTime"] = stamp
+        return status
 
     def _resources(self) -> dict:
         return {"cpu": str(self.config.node_cpu), "memory": str(self.config.node_memory),
                 "pods": str(self.config.max_pods), "ephemeral-storage": "100Gi",
                 "hugepages-1Gi": "0", "hugepages-2Mi": "0"}
 
-    def _post_node_status(self, node: dict) -> None:
+    def _post_node_status(self, node: dict, announced: set[str]) -> None:
+        """Healthy conditions and a fresh heartbeat; a "status is now" event for each condition that became so
+        (``announced``: the condition reasons the node showed before)."""
         stamp = now_rfc3339()
-
-        def healthy(n: dict) -> None:
-            status = n.setdefault("status", {})
-            fresh = self._node_object()["status"]
-            for field_name in ("capacity", "allocatable", "addresses", "daemonEndpoints", "nodeInfo"):
-                status[field_name] = fresh[field_name]
-            status.setdefault("images", [])
-            for type_, value, reason, message in HEALTHY_NODE_CONDITIONS:
-                set_condition(status, type_, value, reason, message, stamp)
-                for c in status["conditions"]:
-                    if c["type"] == type_:
-                        c["lastHeartbeatTime"] = stamp
-        self.store.mutate(NODES, None, node["metadata"]["name"], healthy, subresource="status")
+        node = self.store.mutate(NODES, None, node["metadata"]["name"],
+                                 lambda n: self._healthy_status(n.setdefault("status", {}), stamp), subresource="status")
+        for _, _, reason, _ in HEALTHY_NODE_CONDITIONS:
+            if reason not in announced:
+                event_reason = "NodeReady" if reason == "KubeletReady" else reason.replace("Kubelet", "Node")
+                self.events.normal(node, event_reason, f"Node {self.node} status is now: {event_reason}", COMPONENT,
+                                   self.node)
         self._renew_lease()
 
     def _renew_lease(self) -> None:
@@ -191,7 +201,7 @@ class Kubelet(Controller):
         if node is None:
             self._register_node()
         else:
-            self._post_node_status(node)
+            self._post_node_status(node, _condition_reasons(node))
         if came_back:
             self.enqueue_all(("pod", p["metadata"]["namespace"], p["metadata"]["name"])
                              for p in self.cache.pods_on_node(self.node))
@@ -238,7 +248,31 @@ class Kubelet(Controller):
         if wait > 0:
             self.requeue_after(("pod", *record.key), wait)
             return
+        conflict = self._multi_attach_conflict(pod)
+        if conflict:
+            self.events.warning(pod, "FailedAttachVolume", conflict, ATTACH_COMPONENT)
+            self.requeue_after(("pod", *record.key), ATTACH_RETRY_SECONDS)
+            return
         self._pull_and_start(pod, record)
+
+    def _multi_attach_conflict(self, pod: dict) -> str | None:
+        """A ReadWriteOnce network volume attaches to one node at a time: wait while a pod elsewhere uses it."""
+        ns = pod["metadata"]["namespace"]
+        for volume in pod["spec"].get("volumes") or ():
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            pvc = self.cache.get(PVCS, ns, claim) if claim else None
+            pv = self.cache.get(PVS, None, pvc["spec"].get("volumeName") or "") if pvc else None
+            if pv is None or "ReadWriteOnce" not in (pv["spec"].get("accessModes") or ()) \
+                    or pv["spec"].get("nodeAffinity"):
+                continue
+            users = [p["metadata"]["name"] for p in self.cache.list(PODS, ns)
+                     if p["spec"].get("nodeName") not in (None, self.node) and not is_finished(p)
+                     and any((v.get("persistentVolumeClaim") or {}).get("claimName") == claim
+                             for v in p["spec"].get("volumes") or ())]
+            if users:
+                return (f'Multi-Attach error for volume "{pv["metadata"]["name"]}" Volume is already used by '
+                        f'pod(s) {", ".join(sorted(users))}')
+        return None
 
     def _pull_and_start(self, pod: dict, record: PodRecord) -> None:
         containers = pod["spec"].get("containers") or []
@@ -341,8 +375,12 @@ class Kubelet(Controller):
         grace = min(float(pod["metadata"].get("deletionGracePeriodSeconds", 30)), self.config.max_grace_seconds)
         thread = threading.Thread(target=self._stop_and_remove, args=(record, pod["metadata"]["uid"], grace if had_sandbox else 0.0),
                                   name=f"kubesim-stop-{record.key[1]}", daemon=True)
-        self._stopping_threads.append(thread)
+        self._track(thread)
         thread.start()
+
+    def _track(self, thread: threading.Thread) -> None:
+        """Remember a stopping thread so shutdown can wait for it; finished ones are dropped."""
+        self._stopping_threads = [t for t in self._stopping_threads if t.is_alive()] + [thread]
 
     def _stop_and_remove(self, record: PodRecord, uid: str, grace: float) -> None:
         try:
@@ -360,7 +398,7 @@ class Kubelet(Controller):
             return
         record.stage = TERMINATING
         thread = threading.Thread(target=self._stop_quietly, args=(record,), daemon=True)
-        self._stopping_threads.append(thread)
+        self._track(thread)
         thread.start()
 
     def _stop_quietly(self, record: PodRecord) -> None:
@@ -377,15 +415,16 @@ class Kubelet(Controller):
             self._ips_in_use.discard(record.ip)
 
     def _ensure_ip(self, record: PodRecord) -> None:
-        """Pod IPs of node n are 127.(100+n).x.y, handed out in order and unique while in use."""
+        """Pod IPs of node n are 127.(100+n).<network_id>.k, handed out in order and unique while in use."""
         if record.ip:
             return
+        prefix = self.pod_cidr.rsplit(".", 1)[0]
         with self._cond:
-            for _ in range(65534):
+            for _ in range(254):
                 n = self._next_ip
-                self._next_ip = self._next_ip % 65534 + 1
-                ip = f"127.{100 + self.index}.{n >> 8}.{n & 255}"
-                if (n & 255) not in (0, 255) and ip not in self._ips_in_use:
+                self._next_ip = self._next_ip % 254 + 1
+                ip = f"{prefix}.{n}"
+                if ip not in self._ips_in_use:
                     self._ips_in_use.add(ip)
                     record.ip = ip
                     return
@@ -393,19 +432,17 @@ class Kubelet(Controller):
 
     # ---- status ------------------------------------------------------------------------------------
     def _write_status(self, pod: dict, record: PodRecord) -> None:
-        uid = record.uid
-
-        def apply(current: dict) -> None:
-            if current["metadata"]["uid"] != uid:
-                raise _Replaced()
-            current["status"] = self._pod_status(current, record)
-        try:
-            self.store.mutate(PODS, *record.key, apply, subresource="status")
-        except _Replaced:
-            pass
+        """Status from the latest cached pod, guarded by its resourceVersion (a 409 retries the sync)."""
+        current = self.cache.get(PODS, *record.key)
+        if current is None or current["metadata"]["uid"] != record.uid:
+            return   # gone, or replaced by a pod of the same name
+        meta = current["metadata"]
+        self.store.update(PODS, {"metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                                              "resourceVersion": meta["resourceVersion"]},
+                                 "status": self._pod_status(current, record)}, subresource="status")
 
     def _pod_status(self, pod: dict, record: PodRecord) -> dict:
-        status = dict(pod.get("status") or {})
+        status = copy_json(pod.get("status") or {})   # the cached pod is shared: never mutate it
         phase, sandbox_ready, waiting_reason = STAGES[record.stage]
         stamp = now_rfc3339()
         containers = self._container_statuses(pod, record, waiting_reason)
@@ -442,7 +479,10 @@ class Kubelet(Controller):
 
     @staticmethod
     def _phase(pod: dict, containers: list[dict]) -> str:
-        """Running until every container has terminated for good; then Succeeded or Failed."""
+        """Pending until a container has run, Running until every one has terminated for good, then
+        Succeeded or Failed."""
+        if all("waiting" in cs["state"] and not cs.get("lastState") for cs in containers):
+            return "Pending"
         terminated = [cs["state"].get("terminated") for cs in containers]
         if not containers or not all(terminated):
             return "Running"
@@ -490,10 +530,9 @@ class Kubelet(Controller):
                 restarts = restart_policy == "Always" or (restart_policy == "OnFailure" and runtime_cs.exit_code != 0)
                 if runtime_cs.reason == "CrashLoopBackOff" or (restarts and runtime_cs.exit_code is not None):
                     cs["lastState"] = {"terminated": terminated}
-                    cs["state"] = {"waiting": {"reason": "CrashLoopBackOff",
-                                               "message": f"back-off 10s restarting failed container={name} pod="
-                                                          f"{pod['metadata']['name']}_{pod['metadata']['namespace']}"
-                                                          f"({record.uid})"}}
+                    cs["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": runtime_cs.message or
+                                               f"back-off 10s restarting failed container={name} pod="
+                                               f"{pod['metadata']['name']}_{pod['metadata']['namespace']}({record.uid})"}}
                 elif runtime_cs.exit_code is not None:
                     cs["state"] = {"terminated": terminated}
                 else:
@@ -520,8 +559,8 @@ class Kubelet(Controller):
         return threads + [t for t in self._stopping_threads if t.is_alive()]
 
 
-class _Replaced(Exception):
-    """The pod of this name now has another uid: the status we computed is not for it."""
+def _condition_reasons(node: dict) -> set[str]:
+    return {c.get("reason") for c in (node.get("status") or {}).get("conditions") or ()}
 
 
 def _signature(sandbox: PodSandbox | None) -> tuple:

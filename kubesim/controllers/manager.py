@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from ..config import ClusterConfig
 from ..store import Event, Store
-from .base import Context, Controller, Timers
+from .base import Context, Controller, Timers, WorkerPool, log
 from .cache import Cache
 from .deployment import DeploymentController
 from .disruption import DisruptionController
@@ -28,6 +28,9 @@ CONTROLLERS = (EndpointsController, EndpointSliceController, Scheduler, ReplicaS
                StatefulSetController, PersistentVolumeBinder, DisruptionController, GarbageCollector,
                NamespaceController, ServiceAccountController, NodeLifecycleController)
 
+# Threads shared by all controllers and kubelets; the GIL makes more of them cost more than they give.
+WORKER_THREADS = 4
+
 
 class ControllerManager:
     def __init__(self, store: Store, config: ClusterConfig, runtime, faults=None) -> None:
@@ -35,8 +38,9 @@ class ControllerManager:
         self.config = config
         self.runtime = runtime
         self.timers = Timers()
+        self.workers = WorkerPool(WORKER_THREADS)
         self.cache = Cache(store)
-        self.ctx = Context(store, config, runtime, faults, self.timers, self.cache, EventRecorder(store))
+        self.ctx = Context(store, config, runtime, faults, self.timers, self.workers, self.cache, EventRecorder(store))
         self.kubelets = Kubelets(self.ctx)
         for node in config.nodes:
             self.kubelets.add(node)
@@ -57,13 +61,17 @@ class ControllerManager:
         if not self._running:
             return
         for controller, keys_for in self._routes.get(event.resource.key, ()):
-            for key in keys_for(event):
-                controller.enqueue(key)
+            try:
+                for key in keys_for(event):
+                    controller.enqueue(key)
+            except Exception:   # a controller's bug must not fail the API write that triggered it
+                log.exception("%s: mapping %s %s failed", controller.name, event.type, event.resource.key)
         self.kubelets.on_event(event)
 
     def start(self) -> "ControllerManager":
         with self._lock:
             self.timers.start()
+            self.workers.start()
             self._running = True
             for kubelet in self.kubelets.by_node.values():
                 kubelet.start()
@@ -76,7 +84,8 @@ class ControllerManager:
         """Join a node (a new kubelet) while the cluster runs."""
         with self._lock:
             kubelet = self.kubelets.add(name)
-            self.config.nodes = list(self.config.nodes) + [name] if name not in self.config.nodes else self.config.nodes
+            if name not in self.config.nodes:
+                self.config.nodes = [*self.config.nodes, name]
             if self._running:
                 kubelet.start()
             return kubelet
@@ -91,8 +100,7 @@ class ControllerManager:
             for worker in workers:
                 worker.stop()
             self.kubelets.stop_poller()
-            for worker in workers:
-                worker.join()
+            self.workers.stop()   # returns once no sync runs any more
             stopping = [t for kubelet in self.kubelets.by_node.values() for t in kubelet.stop_all_pods()]
             for thread in stopping:
                 thread.join(timeout=self.config.max_grace_seconds + 10)

@@ -27,7 +27,7 @@ class NodeLifecycleController(Controller):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self._renewed: dict[str, float] = {}
-        self._started = time.monotonic()
+        self._monitoring_since = time.monotonic()
 
     def watches(self):
         return {NODES.key: lambda e: [] if e.type == DELETED else [e.object["metadata"]["name"]],
@@ -58,7 +58,7 @@ class NodeLifecycleController(Controller):
         node = self.cache.get(NODES, None, name)
         if node is None:
             return
-        last = self._renewed.get(name, self._started)
+        last = self._renewed.get(name, self._monitoring_since)
         ready = condition(node, "Ready")
         if time.monotonic() - last > self.config.node_monitor_grace_seconds and \
                 (ready is None or ready.get("status") != "Unknown"):

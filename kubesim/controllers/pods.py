@@ -1,9 +1,13 @@
 """Pod predicates the controllers share (the upstream podutil helpers)."""
 from __future__ import annotations
 
+import functools
 import time
 
 from ..store import copy_json, now_rfc3339, parse_rfc3339
+
+# Timestamps repeat across pods and syncs; strptime is slow enough to show in profiles.
+parse_time = functools.lru_cache(maxsize=8192)(parse_rfc3339)
 
 
 def condition(obj: dict, type_: str) -> dict | None:
@@ -35,7 +39,7 @@ def ready_since(pod: dict) -> float | None:
     c = condition(pod, "Ready")
     if c is None or c.get("status") != "True":
         return None
-    return parse_rfc3339(c["lastTransitionTime"]) if c.get("lastTransitionTime") else 0.0
+    return parse_time(c["lastTransitionTime"]) if c.get("lastTransitionTime") else 0.0
 
 
 def is_available(pod: dict, min_ready_seconds: int, now: float | None = None) -> bool:

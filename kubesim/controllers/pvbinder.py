@@ -7,9 +7,9 @@ import os
 import shutil
 import tempfile
 
-from ..resources import PVCS, PVS, STORAGECLASSES
+from ..resources import PODS, PVCS, PVS, STORAGECLASSES
 from ..store import Event
-from .base import Context, Controller, obj_key, same_keys
+from .base import Context, Controller, obj_key
 from .quantity import parse_quantity
 from .scheduler import SELECTED_NODE
 
@@ -17,6 +17,7 @@ COMPONENT = "persistentvolume-controller"
 DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 HOST_PATH = "kubesim.io/host-path"
 LOCAL_PROVISIONERS = ("rancher.io/local-path",)   # volumes that live on one node
+PROTECTION = "kubernetes.io/pvc-protection"      # a claim in use by a pod is not removed until the pod is gone
 
 
 class PersistentVolumeBinder(Controller):
@@ -27,7 +28,16 @@ class PersistentVolumeBinder(Controller):
         self._volumes_dir = os.path.join(ctx.config.work_dir or tempfile.mkdtemp(prefix="kubesim-volumes-"), "volumes")
 
     def watches(self):
-        return {PVCS.key: self._claim_keys, PVS.key: self._pv_keys}
+        return {PVCS.key: self._claim_keys, PVS.key: self._pv_keys, PODS.key: self._claims_released}
+
+    @staticmethod
+    def _claims_released(event: Event):
+        """A pod leaving may let a protected claim that is being deleted go."""
+        if event.type != "DELETED":
+            return ()
+        ns = event.object["metadata"]["namespace"]
+        return [("pvc", ns, v["persistentVolumeClaim"]["claimName"])
+                for v in event.object["spec"].get("volumes") or () if v.get("persistentVolumeClaim")]
 
     @staticmethod
     def _claim_keys(event: Event):
@@ -59,7 +69,17 @@ class PersistentVolumeBinder(Controller):
     # ---- claims --------------------------------------------------------------------------------------
     def _sync_claim(self, ns: str, name: str) -> None:
         pvc = self.cache.get(PVCS, ns, name)
-        if pvc is None or pvc["metadata"].get("deletionTimestamp"):
+        if pvc is None:
+            return
+        finalizers = pvc["metadata"].get("finalizers") or []
+        if pvc["metadata"].get("deletionTimestamp"):
+            if PROTECTION in finalizers and not self._claim_in_use(ns, name):
+                self.store.mutate(PVCS, ns, name, lambda c: c["metadata"].update(
+                    finalizers=[f for f in c["metadata"].get("finalizers") or () if f != PROTECTION]))
+            return
+        if PROTECTION not in finalizers:
+            self.store.mutate(PVCS, ns, name, lambda c: c["metadata"].update(
+                finalizers=list(c["metadata"].get("finalizers") or ()) + [PROTECTION]))
             return
         if "storageClassName" not in pvc["spec"]:
             default = self._default_class()
@@ -92,6 +112,10 @@ class PersistentVolumeBinder(Controller):
                 return
             pv = self._provision(pvc, sc, selected)
         self._bind(pvc, pv)
+
+    def _claim_in_use(self, ns: str, name: str) -> bool:
+        return any((v.get("persistentVolumeClaim") or {}).get("claimName") == name
+                   for p in self.cache.list(PODS, ns) for v in p["spec"].get("volumes") or ())
 
     def _default_class(self) -> str | None:
         for sc in self.cache.list(STORAGECLASSES):

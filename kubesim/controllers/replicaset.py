@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 from ..resources import PODS, REPLICASETS
-from ..store import Event, parse_rfc3339
-from .base import Context, Controller, obj_key, same_keys
+from ..store import Event
+from .base import Controller, obj_key, same_keys
 from .owners import controller_ref, owner_keys
-from .pods import is_active, is_available, is_ready, pod_from_template, ready_since, seconds_until_available
+from .pods import (is_active, is_available, is_ready, parse_time, pod_from_template, ready_since,
+                   seconds_until_available)
 from .. import labels
 
 COMPONENT = "replicaset-controller"
@@ -26,6 +27,8 @@ class ReplicaSetController(Controller):
 
     @staticmethod
     def _pod_owner(event: Event):
+        if event.type == "MODIFIED" and replica_view(event.old) == replica_view(event.object):
+            return []   # nothing the ReplicaSet counts has changed
         keys = owner_keys(event.object, "ReplicaSet")
         if event.old is not None:
             keys += owner_keys(event.old, "ReplicaSet")
@@ -62,12 +65,11 @@ class ReplicaSetController(Controller):
 
     def _update_status(self, rs: dict, pods: list[dict]) -> None:
         min_ready = int(rs["spec"].get("minReadySeconds", 0))
-        template_labels = (rs["spec"]["template"].get("metadata") or {}).get("labels") or {}
+        template_labels = labels.from_map((rs["spec"]["template"].get("metadata") or {}).get("labels"))
         now = time.time()
         status = {
             "replicas": len(pods),
-            "fullyLabeledReplicas": sum(1 for p in pods if labels.matches(labels.from_map(template_labels),
-                                                                          p["metadata"].get("labels"))),
+            "fullyLabeledReplicas": sum(1 for p in pods if labels.matches(template_labels, p["metadata"].get("labels"))),
             "readyReplicas": sum(1 for p in pods if is_ready(p)),
             "availableReplicas": sum(1 for p in pods if is_available(p, min_ready, now)),
             "observedGeneration": rs["metadata"].get("generation", 1),
@@ -83,11 +85,17 @@ class ReplicaSetController(Controller):
             self.requeue_after(obj_key(rs), min(waits))
 
 
+def replica_view(pod: dict) -> tuple:
+    """What a ReplicaSet counts of its pods (and how it ranks them for deletion)."""
+    return (pod["metadata"].get("labels"), pod["metadata"].get("ownerReferences"), is_active(pod), is_ready(pod),
+            ready_since(pod), pod["spec"].get("nodeName"), (pod.get("status") or {}).get("phase"))
+
+
 def deletion_rank(pod: dict) -> tuple:
     """Which pods to delete first, like upstream ActivePods ordering: unscheduled, pending, not ready,
     ready for less time, more restarts, newer."""
     phase_rank = {"Pending": 0, "Unknown": 1, "Running": 2}.get((pod.get("status") or {}).get("phase"), 0)
     since = ready_since(pod)
     restarts = sum(cs.get("restartCount", 0) for cs in (pod.get("status") or {}).get("containerStatuses") or ())
-    created = parse_rfc3339(pod["metadata"]["creationTimestamp"])
+    created = parse_time(pod["metadata"]["creationTimestamp"])
     return (bool(pod["spec"].get("nodeName")), phase_rank, since is not None, -(since or 0), -restarts, -created)

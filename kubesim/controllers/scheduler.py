@@ -2,6 +2,7 @@
 the upstream FitError wording (filter plugins in upstream order, then the preemption verdict)."""
 from __future__ import annotations
 
+import json
 import threading
 
 from .. import errors, labels
@@ -32,6 +33,10 @@ class Scheduler(Controller):
         self._parked: set[tuple[str, str]] = set()   # pods waiting for a node, pod or volume change
         self._usage: dict[str, tuple[float, float, int, float, float]] = {}
         self._usage_lock = threading.Lock()
+        self._allocatable_cache: dict[tuple[str, str], tuple[float, float, float]] = {}
+        self._requests: dict[str, dict] = {}
+        self._nodes_version = 0       # bumped by every node change a placement filter could see
+        self._static_results: dict[str, tuple[int, list]] = {}
 
     def watches(self):
         return {PODS.key: self._pod_event, NODES.key: self._node_event,
@@ -43,10 +48,17 @@ class Scheduler(Controller):
     # ---- events (under the store lock) ---------------------------------------------------------------
     def _pod_event(self, event: Event):
         pod = event.object
-        for obj in (pod, event.old):
-            if obj is not None and obj["spec"].get("nodeName"):
-                with self._usage_lock:
-                    self._usage.pop(obj["spec"]["nodeName"], None)
+        old = event.old
+        counted_before = old is not None and old["spec"].get("nodeName") and not is_finished(old)
+        counted_now = event.type != DELETED and pod["spec"].get("nodeName") and not is_finished(pod)
+        if (counted_before, old and old["spec"].get("nodeName")) != (counted_now, pod["spec"].get("nodeName")) \
+                or event.type == DELETED:
+            for obj in (pod, old):   # the node's requested resources changed
+                if obj is not None and obj["spec"].get("nodeName"):
+                    with self._usage_lock:
+                        self._usage.pop(obj["spec"]["nodeName"], None)
+        if event.type == DELETED:
+            self._requests.pop(pod["metadata"]["uid"], None)
         if event.type == DELETED or (is_finished(pod) and not (event.old and is_finished(event.old))):
             if pod["spec"].get("nodeName"):
                 return self._retry_all(event)   # capacity was freed
@@ -58,12 +70,13 @@ class Scheduler(Controller):
     def _node_event(self, event: Event):
         with self._usage_lock:
             self._usage.pop(event.object["metadata"]["name"], None)
-        if event.old is not None and _scheduling_view(event.old) == _scheduling_view(event.object):
+        if event.type == "MODIFIED" and _scheduling_view(event.old) == _scheduling_view(event.object):
             return ()   # a heartbeat: nothing a filter looks at has changed
+        self._nodes_version += 1
         return self._retry_all(event)
 
     def _retry_all(self, event: Event):
-        return [("pod", *key) for key in self._parked]
+        return [("pod", *key) for key in tuple(self._parked)]   # tuple(): the worker changes the set
 
     # ---- scheduling ----------------------------------------------------------------------------------
     def sync(self, key) -> None:
@@ -73,24 +86,26 @@ class Scheduler(Controller):
                 or pod["spec"].get("schedulerName", "default-scheduler") != "default-scheduler":
             self._parked.discard((ns, name))
             return
-        nodes = self.cache.list(NODES)
+        placements = self._static_filter(pod)
+        num_nodes = len(placements)
         claims, pre_filter_failure = self._claims(pod)
         if pre_filter_failure:
-            return self._unschedulable_pod(pod, f"0/{len(nodes)} nodes are available: {pre_filter_failure}. "
-                                                f"preemption: 0/{len(nodes)} nodes are available: {len(nodes)} "
+            return self._unschedulable_pod(pod, f"0/{num_nodes} nodes are available: {pre_filter_failure}. "
+                                                f"preemption: 0/{num_nodes} nodes are available: {num_nodes} "
                                                 f"Preemption is not helpful for scheduling.")
-        if not nodes:
+        if not placements:
             return self._unschedulable_pod(pod, "no nodes available to schedule pods")
         feasible, failures = [], {}
-        for node in nodes:
-            reasons = self._filter(pod, node, claims)
+        requests = pod_requests(pod)
+        for node, static_reason in placements:
+            reasons = [static_reason] if static_reason else self._dynamic_filter(requests, node, claims)
             if reasons:
                 failures[node["metadata"]["name"]] = reasons
             else:
                 feasible.append(node)
         if not feasible:
-            return self._unschedulable_pod(pod, _fit_error(len(nodes), failures))
-        best = max(feasible, key=lambda n: (self._score(pod, n), _reverse_name(n)))
+            return self._unschedulable_pod(pod, _fit_error(num_nodes, failures))
+        best = min(feasible, key=lambda n: (-self._score(requests, n), n["metadata"]["name"]))  # ties: first name
         waiting = self._select_node_for_claims(claims, best["metadata"]["name"])
         if waiting:
             self._parked.add((ns, name))   # the PV binder provisions on the selected node; its events bring us back
@@ -117,19 +132,25 @@ class Scheduler(Controller):
             claims.append((pvc, pv, sc))
         return claims, None
 
-    def _filter(self, pod: dict, node: dict, claims) -> list[str]:
-        """Filter plugins in upstream order; the first failing plugin's reasons."""
+    def _static_filter(self, pod: dict) -> list[tuple[dict, str | None]]:
+        """(node, reason) from the filters that look only at nodes and the pod's placement rules, shared by
+        every pod with the same rules until a node changes (a Deployment's pods all ask the same)."""
         spec = pod["spec"]
-        tolerations = spec.get("tolerations") or []
-        if node.get("spec", {}).get("unschedulable") and not tolerates(
-                tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}):
-            return [UNSCHEDULABLE]
-        for taint in node.get("spec", {}).get("taints") or ():
-            if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint):
-                return [f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"]
-        if not node_affinity_matches(pod, node):
-            return [AFFINITY]
-        reasons = self._resource_fit(pod, node)
+        rules = json.dumps([spec.get("nodeSelector"), (spec.get("affinity") or {}).get("nodeAffinity"),
+                            spec.get("tolerations")], sort_keys=True)
+        version = self._nodes_version
+        cached = self._static_results.get(rules)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        results = [(node, _placement_reason(pod, node)) for node in self.cache.list(NODES)]
+        if len(self._static_results) > 1000 or any(v != version for v, _ in self._static_results.values()):
+            self._static_results = {}
+        self._static_results[rules] = (version, results)
+        return results
+
+    def _dynamic_filter(self, requests: dict, node: dict, claims) -> list[str]:
+        """NodeResourcesFit and VolumeBinding: they depend on the pods and volumes of the moment."""
+        reasons = self._resource_fit(requests, node)
         if reasons:
             return reasons
         for pvc, pv, sc in claims:
@@ -141,18 +162,29 @@ class Scheduler(Controller):
                 return [VOLUME_AFFINITY]
         return []
 
-    def _resource_fit(self, pod: dict, node: dict) -> list[str]:
+    def _resource_fit(self, requests: dict, node: dict) -> list[str]:
         cpu, memory, count, _, _ = self._node_usage(node["metadata"]["name"])
-        allocatable = node.get("status", {}).get("allocatable") or {}
-        requests = pod_requests(pod)
+        cap_cpu, cap_memory, cap_pods = self._allocatable(node)
         reasons = []
-        if count + 1 > parse_quantity(allocatable.get("pods", 110)):
+        if count + 1 > cap_pods:
             reasons.append("Too many pods")
-        if requests.get("cpu", 0) and cpu + requests["cpu"] > parse_quantity(allocatable.get("cpu", 0)) + 1e-9:
+        if requests.get("cpu", 0) and cpu + requests["cpu"] > cap_cpu + 1e-9:
             reasons.append("Insufficient cpu")
-        if requests.get("memory", 0) and memory + requests["memory"] > parse_quantity(allocatable.get("memory", 0)):
+        if requests.get("memory", 0) and memory + requests["memory"] > cap_memory:
             reasons.append("Insufficient memory")
         return reasons
+
+    def _allocatable(self, node: dict) -> tuple[float, float, float]:
+        """(cpu, memory, pods) allocatable, parsed once per node version."""
+        key = (node["metadata"]["name"], node["metadata"].get("resourceVersion"))
+        parsed = self._allocatable_cache.get(key)
+        if parsed is None:
+            allocatable = node.get("status", {}).get("allocatable") or {}
+            parsed = (parse_quantity(allocatable.get("cpu", 0)), parse_quantity(allocatable.get("memory", 0)),
+                      parse_quantity(allocatable.get("pods", 110)))
+            self._allocatable_cache = {k: v for k, v in self._allocatable_cache.items() if k[0] != key[0]}
+            self._allocatable_cache[key] = parsed
+        return parsed
 
     def _node_usage(self, node: str) -> tuple[float, float, int, float, float]:
         """Requests of the node's non-terminated pods: (cpu, memory, count, scoring cpu, scoring memory)."""
@@ -165,7 +197,7 @@ class Scheduler(Controller):
         for p in self.cache.pods_on_node(node):
             if is_finished(p):
                 continue
-            requests = pod_requests(p)
+            requests = self._requests_of(p)
             cpu += requests.get("cpu", 0.0)
             memory += requests.get("memory", 0.0)
             score_cpu += requests.get("cpu") or DEFAULT_CPU
@@ -176,13 +208,19 @@ class Scheduler(Controller):
             self._usage[node] = usage
         return usage
 
-    def _score(self, pod: dict, node: dict) -> float:
+    def _requests_of(self, pod: dict) -> dict:
+        """Pod requests, remembered by uid (containers' resources do not change)."""
+        uid = pod["metadata"]["uid"]
+        requests = self._requests.get(uid)
+        if requests is None:
+            requests = self._requests[uid] = pod_requests(pod)
+        return requests
+
+    def _score(self, requests: dict, node: dict) -> float:
         """NodeResourcesFit LeastAllocated: the mean free fraction of cpu and memory after placing the pod."""
         _, _, _, cpu, memory = self._node_usage(node["metadata"]["name"])
-        requests = pod_requests(pod)
-        allocatable = node.get("status", {}).get("allocatable") or {}
-        cap_cpu = parse_quantity(allocatable.get("cpu", 1)) or 1
-        cap_memory = parse_quantity(allocatable.get("memory", 1)) or 1
+        cap_cpu, cap_memory, _ = self._allocatable(node)
+        cap_cpu, cap_memory = cap_cpu or 1, cap_memory or 1
         free_cpu = max(0.0, cap_cpu - cpu - (requests.get("cpu") or DEFAULT_CPU)) / cap_cpu
         free_memory = max(0.0, cap_memory - memory - (requests.get("memory") or DEFAULT_MEMORY)) / cap_memory
         return round((free_cpu + free_memory) / 2, 9)
@@ -206,10 +244,8 @@ class Scheduler(Controller):
             if p["metadata"]["uid"] != uid or p["spec"].get("nodeName"):
                 raise errors.conflict("pods", name, "pod was bound or replaced meanwhile")
             p["spec"]["nodeName"] = node
-        self.store.mutate(PODS, ns, name, bind)
+        self.store.mutate(PODS, ns, name, bind)   # the kubelet's first status write sets PodScheduled=True
         self._parked.discard((ns, name))
-        self.store.mutate(PODS, ns, name, lambda p: set_condition(p.setdefault("status", {}), "PodScheduled", "True",
-                                                                  probe_time=True), subresource="status")
         self.events.normal(pod, "Scheduled", f"Successfully assigned {ns}/{name} to {node}", COMPONENT)
 
     def _unschedulable_pod(self, pod: dict, message: str) -> None:
@@ -222,6 +258,20 @@ class Scheduler(Controller):
             set_condition(status, "PodScheduled", "False", "Unschedulable", message, probe_time=True)
         self.store.mutate(PODS, ns, name, mark, subresource="status")
         self.events.warning(pod, "FailedScheduling", message, COMPONENT)
+
+
+def _placement_reason(pod: dict, node: dict) -> str | None:
+    """NodeUnschedulable, TaintToleration and NodeAffinity in upstream order: the first failure."""
+    tolerations = pod["spec"].get("tolerations") or []
+    if node.get("spec", {}).get("unschedulable") and not tolerates(
+            tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}):
+        return UNSCHEDULABLE
+    for taint in node.get("spec", {}).get("taints") or ():
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint):
+            return f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+    if not node_affinity_matches(pod, node):
+        return AFFINITY
+    return None
 
 
 def _fit_error(num_nodes: int, failures: dict[str, list[str]]) -> str:
@@ -282,8 +332,3 @@ def _scheduling_view(node: dict) -> tuple:
     status = node.get("status") or {}
     return (node["metadata"].get("labels"), node.get("spec"), status.get("allocatable"),
             [(c.get("type"), c.get("status")) for c in status.get("conditions") or ()])
-
-
-def _reverse_name(node: dict) -> tuple:
-    """Ties go to the lexically first node name (max() picks the largest key)."""
-    return tuple(-ord(ch) for ch in node["metadata"]["name"])

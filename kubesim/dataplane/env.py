@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import Callable
 
 from .. import resources
 from ..store import Store
@@ -64,11 +65,36 @@ def expand(value: str, env: dict[str, str]) -> str:
     return _REFERENCE.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
 
 
-def container_env(store: Store, pod: dict, container: dict, node: str, pod_ip: str, host_ip: str) -> dict:
+def service_links(store: Store, namespace: str, address: Callable[[str, int], tuple[str, int]]) -> dict:
+    """The Docker-link style variables kubelet gives every container for each Service of its namespace.
+
+    address maps a clusterIP:port to where the service proxy really listens (the same on Linux)."""
+    env = {}
+    for service in store.snapshot(resources.SERVICES, namespace)[0]:
+        spec = service.get("spec") or {}
+        ports = [p for p in spec.get("ports") or [] if p.get("protocol", "TCP") == "TCP"]
+        if spec.get("clusterIP") in (None, "", "None") or not ports:
+            continue
+        prefix = service["metadata"]["name"].upper().replace("-", "_")
+        for i, port in enumerate(ports):
+            host, number = address(spec["clusterIP"], port["port"])
+            url = f"tcp://{host}:{number}"
+            if i == 0:
+                env.update({f"{prefix}_SERVICE_HOST": host, f"{prefix}_SERVICE_PORT": str(number),
+                            f"{prefix}_PORT": url})
+            if port.get("name"):
+                env[f"{prefix}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(number)
+            proto = f"{prefix}_PORT_{port['port']}_TCP"
+            env.update({proto: url, f"{proto}_PROTO": "tcp", f"{proto}_PORT": str(number), f"{proto}_ADDR": host})
+    return env
+
+
+def container_env(store: Store, pod: dict, container: dict, node: str, pod_ip: str, host_ip: str,
+                  links: dict[str, str]) -> dict:
     namespace = pod["metadata"]["namespace"]
     ports = container.get("ports") or []
-    env: dict[str, str] = {"POD_NAME": pod["metadata"]["name"], "POD_NAMESPACE": namespace, "POD_IP": pod_ip,
-                           "NODE_NAME": node, "HOSTNAME": pod["metadata"]["name"]}
+    env: dict[str, str] = {**links, "POD_NAME": pod["metadata"]["name"], "POD_NAMESPACE": namespace,
+                           "POD_IP": pod_ip, "NODE_NAME": node, "HOSTNAME": pod["metadata"]["name"]}
     if ports:
         env["PORT"] = str(ports[0]["containerPort"])
     for source in container.get("envFrom") or []:

@@ -65,6 +65,7 @@ def main(argv: list[str]) -> None:
     for option in ("--bin", "--pgdata", "--listen", "--port", "--socket-dir"):
         parser.add_argument(option, required=True)
     parser.add_argument("--user")
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # stopped while initialising: exit quietly, like a shell would
     args, server_options = parser.parse_known_args(argv)
     server_options = [o for o in server_options if o != "--"]
     os.makedirs(args.pgdata, exist_ok=True)

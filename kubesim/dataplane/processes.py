@@ -4,7 +4,8 @@ On Linux every child asks the kernel for SIGKILL when the thread that started it
 (PR_SET_PDEATHSIG), so even a SIGKILLed kubesim leaves nothing running. The signal follows the
 *thread*, so children must be started from a thread that lives as long as they do (the pod's
 supervisor thread). Processes a child forks itself die with it by design (PostgreSQL backends watch
-the postmaster) or with the process group on a normal stop.
+the postmaster) or with the process group on a normal stop. macOS has no such signal: there only
+stop_pod/close() (the cluster's stop) end the processes.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ import sys
 import time
 
 PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+# Looked up now: a forked child must not resolve symbols (the loader lock may be held by another thread).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def die_with_parent(parent_pid: int) -> None:
     """In a child (before exec, after any uid change, which clears the setting): die with the parent."""
-    if _libc is not None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -78,10 +80,26 @@ def stop(stops: list[tuple[subprocess.Popen, int]], grace_seconds: float) -> Non
 
 
 def _wait_group_gone(pgid: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
+    while time.monotonic() < deadline and _group_alive(pgid):
         kill_group(pgid)
         time.sleep(0.01)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process group still has a member that is not a zombie (an init that never reaps, as in
+    some containers, would otherwise keep a dead group "alive")."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

@@ -228,7 +228,8 @@ class ServiceProxy:
         for port in ports:
             port_name = port.get("name") or ""
             backends = self._backends.setdefault((namespace, name, port_name), Backends())
-            backends.addresses = endpoints.get(port_name, [])
+            # slices may overlap while they churn: each endpoint once
+            backends.addresses = list(dict.fromkeys(endpoints.get(port_name, [])))
             for kind, host, number in self._addresses(service, port):
                 wanted[(namespace, name, port_name, kind, host, number)] = None
         for key in [k for k in self._listeners if k[:2] == (namespace, name) and k not in wanted]:
@@ -283,7 +284,8 @@ class ServiceProxy:
     async def _listen(self, key: tuple) -> None:
         namespace, name, port_name, kind, host, number = key
         backends = self._backends[(namespace, name, port_name)]
-        choices = ((host, number), (FALLBACK_HOST, 0)) if kind == "external" else ((host, number),)
+        # cluster IPs and node IPs are this machine's loopback addresses (remapped where those are not bindable)
+        choices = ((host, number), (FALLBACK_HOST, 0)) if kind == "external" else (self.network.local(host, number),)
         for bind_host, bind_port in choices:
             sock = socket.socket()
             try:
@@ -291,6 +293,8 @@ class ServiceProxy:
                 sock.bind((bind_host, bind_port))
             except OSError as error:
                 sock.close()
+                # EADDRINUSE on a cluster/node IP: most likely another kubesim on this machine with the same
+                # address plan; retried on the Service's next change
                 log.warning("service %s/%s: cannot listen on %s:%d (%s)", namespace, name, bind_host, bind_port,
                             error.strerror)
                 continue

@@ -47,6 +47,7 @@ RETRY_SECONDS = 0.5                    # volumes / config not ready yet: try aga
 BACKOFF_SECONDS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)   # crash-loop back-off, kubelet's 10 s..5 min scaled
 BACKOFF_RESET_SECONDS = 60.0           # a container that ran this long starts its back-off afresh
 PG_TREE_MODES = {"bin": 0o055, "lib": 0o044, "share": 0o044}   # group/other rights the server user needs
+SOCKET_PATH_MAX = 100                  # sun_path is 108 bytes on Linux, 104 on macOS
 HOST_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "HOME")   # what every process inherits from kubesim
 
 
@@ -310,7 +311,11 @@ class PodSupervisor(threading.Thread):
 
     def _stop_containers(self, grace: float) -> None:
         running = [run for run in self._containers if run.proc is not None]
-        processes.stop([(run.proc, run.launch.stop_signal) for run in running], grace)
+        # preStop hooks run within the grace period, before the stop signal (here: their sleeping)
+        pre_stop = min(grace, max((_pre_stop_seconds(run.spec) for run in running), default=0.0))
+        if pre_stop:
+            time.sleep(pre_stop)
+        processes.stop([(run.proc, run.launch.stop_signal) for run in running], grace - pre_stop)
         for run in running:
             self._cleanup(run)
             self._update(run, running=False, ready=False, exit_code=run.proc.returncode, reason="Completed"
@@ -328,7 +333,9 @@ class PodSupervisor(threading.Thread):
         host_ip = next((a["address"] for a in (node_obj.get("status") or {}).get("addresses") or []
                         if a.get("type") == "InternalIP"), "")
         pod = dict(self.pod, spec=dict(self.pod["spec"], nodeName=self.node))
-        env = container_env.container_env(self.runtime.store, pod, spec, self.node, self.pod_ip, host_ip)
+        links = {} if self.pod["spec"].get("enableServiceLinks") is False else container_env.service_links(
+            self.runtime.store, pod["metadata"]["namespace"], self.runtime.network.local)
+        env = container_env.container_env(self.runtime.store, pod, spec, self.node, self.pod_ip, host_ip, links)
         ports = [p["containerPort"] for p in spec.get("ports") or [] if p.get("protocol", "TCP") == "TCP"]
         port = ports[0] if ports else run.entry.default_port
         bind_host, bind_port = self.runtime.network.local(self.pod_ip, port) if port else (self.pod_ip, 0)
@@ -365,13 +372,24 @@ class PodSupervisor(threading.Thread):
         pgdata = env.get("PGDATA") or run.entry.pgdata
         host_pgdata = pod_volumes.host_path_of(mounts, pgdata) or os.path.join(
             self.runtime.volumes.pod_dir(self.uid), "rootfs", run.spec["name"], pgdata.lstrip("/"))
-        socket_dir = tempfile.mkdtemp(prefix="kubesim-pg-")  # short: unix socket paths are limited to ~100 bytes
+        socket_dir = self._socket_dir(run)
         user = self.runtime.postgres_user(host_pgdata)
         argv = [sys.executable, os.path.join(HERE, "postgres_entrypoint.py"), "--bin", PG_BIN,
                 "--pgdata", os.path.normpath(host_pgdata), "--listen", placeholders["pod_ip"],
                 "--port", str(placeholders["port"]), "--socket-dir", socket_dir,
                 *(["--user", user] if user else []), "--", *_server_options(run.spec)]
         return Launch(argv, env, socket_dir, scratch=[socket_dir])
+
+
+    def _socket_dir(self, run: ContainerRun) -> str:
+        """PostgreSQL's unix socket directory: in work_dir when its path is short enough (sockets are limited
+        to ~100 bytes), else a temporary directory."""
+        name = hashlib.sha256(f"{self.uid}/{run.spec['name']}".encode()).hexdigest()[:8]
+        path = os.path.join(self.runtime.config.work_dir, "s", name)
+        if len(os.path.join(path, ".s.PGSQL.65535")) > SOCKET_PATH_MAX:
+            return tempfile.mkdtemp(prefix="kubesim-pg-")
+        os.makedirs(path, exist_ok=True)
+        return path
 
 
 # How each kind of image table entry ("run:") is started.
@@ -384,6 +402,19 @@ def _active_probes(run: ContainerRun) -> list[str]:
     startup = run.probes.get("startup")
     starting = startup is not None and not startup.passing
     return [kind for kind in run.probes if (kind == "startup") == starting]
+
+
+def _pre_stop_seconds(spec: dict) -> float:
+    """How long a container's preStop hook sleeps: `sleep: {seconds}` or an exec of `sleep N`."""
+    hook = (spec.get("lifecycle") or {}).get("preStop") or {}
+    if "sleep" in hook:
+        return float(hook["sleep"].get("seconds", 0))
+    words = " ".join((hook.get("exec") or {}).get("command") or []).split()
+    sleep_at = next((i for i, w in enumerate(words) if os.path.basename(w) == "sleep"), None)
+    try:
+        return float(words[sleep_at + 1]) if sleep_at is not None else 0.0
+    except (IndexError, ValueError):
+        return 0.0
 
 
 def _containers(pod: dict) -> list[dict]:

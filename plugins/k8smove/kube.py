@@ -22,7 +22,6 @@ KINDS = {
     "StatefulSet": ("statefulsets", True),
     "Node": ("nodes", False),
     "Pod": ("pods", True),
-    "Event": ("events", True),
 }
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink")
 

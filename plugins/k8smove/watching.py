@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 240            # server-side watch timeout; the watch is resumed after it
 RECONNECT_DELAY_SECONDS = 0.2  # after a dropped connection, before resuming from the same resourceVersion
+TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 
 
 class _Feed:
@@ -32,8 +33,17 @@ class _Feed:
     def _kwargs(self, **extra) -> dict:
         return {"label_selector": self.label_selector, **extra} if self.label_selector else extra
 
+    async def _request(self, **kwargs):
+        """The raw response (not yet read); raises ApiException for an error status like a preloaded call."""
+        response = await self.list_fn(*self.args, **self._kwargs(_preload_content=False, **kwargs))
+        if response.status >= 400:
+            body = await response.read()
+            response.release()
+            raise ApiException(status=response.status, reason=body.decode(errors="replace")[:500])
+        return response
+
     async def _relist(self) -> str:
-        response = await self.list_fn(*self.args, **self._kwargs(_preload_content=False))
+        response = await self._request()
         listing = json.loads(await response.read())
         self.tracker.forget(self.kind)
         for item in listing["items"]:
@@ -53,10 +63,10 @@ class _Feed:
             try:
                 if resource_version is None:
                     resource_version = await self._relist()
-                response = await self.list_fn(*self.args, **self._kwargs(
+                response = await self._request(
                     watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
-                    timeout_seconds=WATCH_SECONDS, _preload_content=False,
-                    _request_timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=WATCH_SECONDS + 10)))
+                    timeout_seconds=WATCH_SECONDS,
+                    _request_timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=WATCH_SECONDS + 10))
                 async with response:
                     async for line in response.content:
                         if not line.strip():
@@ -73,13 +83,18 @@ class _Feed:
                             self.tracker.observe(self.kind, event["type"], obj)
                             self.changed.set()
             except ApiException as err:
-                if err.status != 410:
+                if err.status == 410:
+                    resource_version = None
+                elif err.status in TRANSIENT_STATUSES:
+                    await self._pause(f"API error {err.status}", resource_version)
+                else:
                     raise
-                resource_version = None
             except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                log.info("%s watch interrupted (%s); resuming from resourceVersion %s", self.kind, err,
-                         resource_version)
-                await asyncio.sleep(RECONNECT_DELAY_SECONDS)
+                await self._pause(repr(err), resource_version)
+
+    async def _pause(self, why: str, resource_version: str | None) -> None:
+        log.info("%s watch interrupted (%s); resuming from resourceVersion %s", self.kind, why, resource_version)
+        await asyncio.sleep(RECONNECT_DELAY_SECONDS)
 
 
 async def wait_for_rollout(api: ApiClient, namespace: str, release: str, workloads: list[dict],

@@ -32,7 +32,8 @@ class Preflight(KubernetesOperator):
     def execute(self, context):
         from k8smove.preflight import check_conf_keys, preflight, recorded_release
 
-        check_conf_keys(context["dag_run"].conf or {}, context["params"].keys())
+        # The DAG's declared params: context["params"] also holds whatever keys the conf added.
+        check_conf_keys(context["dag_run"].conf or {}, self.dag.params.keys())
         if self.settings is None:
             recorded, sources = recorded_release(self.api, self.namespace, self.release, self.components)
         else:

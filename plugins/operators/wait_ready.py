@@ -4,17 +4,16 @@ import asyncio
 import time
 
 from airflow.sdk.exceptions import AirflowException
-from airflow.sdk import conf
 
 from operators.base import KubernetesOperator
 
 
 class RolloutWaitOperator(KubernetesOperator):
-    """Waits for workloads' rollouts: deferred to WaitReadyTrigger, or inline (``deferrable=False``)."""
+    """Waits for workloads' rollouts: deferred to WaitReadyTrigger (default: the wait holds no worker slot),
+    or in the worker with the same watch code (``deferrable=False``)."""
 
     def __init__(self, *, namespace: str, release: str, timeout_seconds: int | str = 600,
-                 deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=True),
-                 **kwargs) -> None:
+                 deferrable: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.namespace = namespace
         self.release = release

@@ -48,6 +48,10 @@ def test_chains(dagbag):
     rollback = migrate.get_task("rollback")
     assert rollback.trigger_rule == "one_failed"
     assert rollback.upstream_task_ids == {"apply", "wait_ready", "verify_source_empty", "verify_endpoint"}
+    watcher = migrate.get_task("fail_run_if_any_failed")
+    assert watcher.trigger_rule == "one_failed"
+    assert watcher.upstream_task_ids == set(migrate.task_ids) - {watcher.task_id}
+    assert [t.task_id for t in migrate.leaves] == [watcher.task_id]
 
 
 def test_params_have_schemas_and_valid_defaults(dagbag):

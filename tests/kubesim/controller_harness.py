@@ -27,7 +27,7 @@ def seeded_store() -> Store:
 
 
 def fast_config(tmp_path, **overrides) -> ClusterConfig:
-    values = dict(nodes=["node1", "node2"], pod_startup_seconds=0.1, max_grace_seconds=0.2, heartbeat_seconds=0.3,
+    values = dict(nodes=["node1", "node2"], network_id=1, pod_startup_seconds=0.1, max_grace_seconds=0.2, heartbeat_seconds=0.3,
                   node_monitor_grace_seconds=1.0, work_dir=str(tmp_path), probe_poll_seconds=0.05)
     values.update(overrides)
     return ClusterConfig(**values)

@@ -202,3 +202,12 @@ def test_list_pagination_and_field_selectors(api, client):
     assert bad.value.status == 400 and "field label not supported" in bad.value.body
     core.delete_collection_namespaced_pod("default", field_selector="spec.nodeName=node2", grace_period_seconds=0)
     assert sorted(p.metadata.name for p in core.list_namespaced_pod("default").items) == ["p1", "p3"]
+
+
+def test_dynamic_client_uses_legacy_discovery(api, client):
+    from kubernetes.dynamic import DynamicClient
+    dynamic = DynamicClient(client)
+    deployments = dynamic.resources.get(api_version="apps/v1", kind="Deployment")
+    deployments.create(body=manifest("apps/deployments", "web"), namespace="default")
+    assert [d.metadata.name for d in deployments.get(namespace="default").items] == ["web"]
+    assert "/apis/apps/v1" in [r["path"] for r in api.server.request_log]

@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from kubesim.resources import CONFIGMAPS
+
 from manifests import manifest
 from api_harness import api, client  # noqa: F401  (fixtures)
 
@@ -104,6 +106,7 @@ def test_unknown_fields_warn_by_default_and_fail_when_strict(api):
     response = conn.getresponse()
     response.read()
     assert response.status == 201 and response.getheader("Warning") == '299 - "unknown field \\"bogus\\""'
+    assert "bogus" not in api.store.get(CONFIGMAPS, "default", "cm")  # dropped like the real decoder does
     status, strict = request(api, "POST", "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
                              body.replace('"cm"', '"cm2"'))
     assert status == 400 and strict["message"] == 'strict decoding error: unknown field "bogus"'
@@ -123,3 +126,47 @@ def test_api_faults_are_served(api):
     assert (status, body["reason"], body["message"]) == (503, "ServiceUnavailable", "injected")
     assert request(api, "GET", "/api/v1/namespaces/default/secrets")[0] == 200
     assert api.server.request_log[-1]["ms"] >= 200 and api.server.request_log[-1]["verb"] == "list"
+
+
+ODD_VALUES = [None, 1, -1, 1.5, True, "x", [], {}, [1], [{}], {"a": None}, {"name": 3}, {"$patch": "delete"},
+              [{"$patch": "replace"}], {"$retainKeys": 5}, {"$deleteFromPrimitiveList/x": 3}]
+PATCH_TYPES = ["application/merge-patch+json", "application/strategic-merge-patch+json",
+               "application/apply-patch+yaml", "application/json-patch+json"]
+
+
+def _damaged(value, rng, depth=0):
+    """value with one nested field or item replaced by an odd value."""
+    if isinstance(value, (dict, list)) and value and depth < 5:
+        keys = list(value) if isinstance(value, dict) else list(range(len(value)))
+        key = rng.choice(keys)
+        value[key] = rng.choice(ODD_VALUES) if rng.random() < 0.5 else _damaged(value[key], rng, depth + 1)
+    return value
+
+
+def test_damaged_bodies_never_get_a_server_error(api):
+    import random
+
+    from kubesim.resources import BY_KEY
+    from manifests import MANIFESTS
+    from test_api_crud import path
+
+    rng = random.Random(1)
+    for key in sorted(MANIFESTS):
+        rt = BY_KEY[key]
+        ns = "default" if rt.namespaced else None
+        request(api, "POST", path(rt, ns), json.dumps(manifest(key, "base")))
+        for i in range(12):
+            method = rng.choice(["POST", "PUT", "PATCH", "PATCH", "DELETE"])
+            body = _damaged(manifest(key, "base" if method == "PUT" else f"f{i}"), rng)
+            url = path(rt, ns) if method == "POST" else path(rt, ns, "base", rng.choice([None, *rt.subresources]))
+            content_type = rng.choice(PATCH_TYPES) if method == "PATCH" else "application/json"
+            if content_type == "application/json-patch+json":
+                body = [{"op": rng.choice(["add", "replace", "remove"]), "value": rng.choice(ODD_VALUES),
+                         "path": rng.choice(["/spec", "/metadata", "/metadata/labels", "/spec/containers/0"])}]
+            elif content_type == "application/apply-patch+yaml":
+                url += "?fieldManager=fuzz&force=true"
+            elif method == "DELETE":
+                body = _damaged({"gracePeriodSeconds": 0, "preconditions": {"uid": "x"}, "dryRun": ["All"]}, rng)
+            status, response = request(api, method, url, json.dumps(body), content_type)
+            assert status < 500, (method, url, content_type, body, response)
+            assert response.get("kind") != "Status" or response.get("code") == status

@@ -8,7 +8,7 @@ import yaml
 
 from kubesim.resources import DEPLOYMENTS, NODES, PODS
 
-from api_harness import api, client  # noqa: F401  (fixtures)
+from api_harness import api  # noqa: F401  (fixture)
 
 DEPLOYMENT = """
 apiVersion: apps/v1
@@ -46,6 +46,8 @@ def test_version_and_discovery(api):
     assert "deploy" in lines["deployments"] and "apps/v1" in lines["deployments"]
     assert api.kubectl("api-resources", "--namespaced=false", "-o", "name").stdout.split() == \
         ["namespaces", "nodes", "persistentvolumes", "storageclasses.storage.k8s.io"]
+    discovery = [r["path"] for r in api.server.request_log if r["path"].startswith(("/api", "/apis"))]
+    assert set(discovery) == {"/api", "/apis"}  # aggregated discovery: no per-group-version documents
 
 
 def test_get_nodes_wide_label_and_cordon(api):
@@ -164,3 +166,45 @@ def test_tables_for_workloads_and_services(api):
     assert (name, kind, external) == ("web", "NodePort", "<none>") and ip.startswith("127.96.")
     assert ports.startswith("80:") and ports.endswith("/TCP")
     assert api.kubectl("get", "events").stderr.strip() == "No resources found in default namespace."
+
+
+def test_typed_commands_send_protobuf(api):
+    api.kubectl("create", "deployment", "web", "--image=nginx:1.27", "--replicas=2")
+    api.kubectl("create", "service", "clusterip", "web", "--tcp=80:8080")
+    api.kubectl("create", "secret", "generic", "creds", "--from-literal=password=s3cret")
+    deployment = api.store.get(DEPLOYMENTS, "default", "web")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.27"
+    assert "creationTimestamp" not in deployment["spec"]["template"]["metadata"]
+    service = api.kubectl_json("get", "service", "web")
+    assert service["spec"]["ports"] == [{"name": "80-8080", "port": 80, "protocol": "TCP", "targetPort": 8080}]
+    assert api.kubectl_json("get", "secret", "creds")["data"] == {"password": "czNjcmV0"}
+    creates = [r for r in api.server.request_log if r["method"] == "POST"]
+    assert [r["query"]["fieldManager"] for r in creates] == ["kubectl-create"] * 3
+
+
+def test_drain_evicts_through_the_eviction_subresource(api):
+    quick = yaml.safe_load(pod_on("quick", "node1"))
+    quick["spec"]["terminationGracePeriodSeconds"] = 0  # no kubelet here to finish a graceful deletion
+    api.kubectl("create", "-f", "-", input=yaml.safe_dump(quick))
+    api.kubectl("create", "-f", "-", input=pod_on("stays", "node2"))
+    result = api.kubectl("drain", "node1", "--force", "--timeout=20s")
+    assert "node/node1 drained" in result.stdout and "pod/quick evicted" in result.stdout
+    assert api.store.find(PODS, "default", "quick") is None
+    assert api.store.get(NODES, None, "node1")["spec"]["unschedulable"] is True
+    evictions = [r for r in api.server.request_log if r["subresource"] == "eviction"]
+    assert [(r["verb"], r["name"], r["status"]) for r in evictions] == [("create", "quick", 201)]
+
+
+def test_logs_follow_until_the_pod_finishes(api):
+    class Runtime:
+        def logs(self, pod_uid, container, tail_lines=None):
+            return "started\nfinished\n"
+
+    api.server.runtime = Runtime()
+    api.kubectl("create", "-f", "-", input=pod_on("job", "node1"))
+    api.store.mutate(PODS, "default", "job", lambda pod: pod["status"].update(
+        phase="Succeeded", containerStatuses=[{"name": "c", "ready": False, "restartCount": 0, "image": "busybox",
+                                               "imageID": "", "state": {"terminated": {"exitCode": 0}}}]),
+                    subresource="status")
+    assert api.kubectl("logs", "-f", "job").stdout == "started\nfinished\n"

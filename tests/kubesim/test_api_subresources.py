@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from kubesim.resources import DEPLOYMENTS, PODS
+from kubesim.resources import CONFIGMAPS, DEPLOYMENTS, PODS
 from kubesim.runtime import SimulatedRuntime
 
 from manifests import manifest
@@ -72,8 +72,8 @@ def test_eviction_respects_disruption_budgets(api, client):
     policy.patch_namespaced_pod_disruption_budget_status("pdb", "default", {"status": {
         "observedGeneration": 1, "disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1,
         "expectedPods": 1}})
-    core.patch_namespaced_pod_status("b", "default", {"status": {"phase": "Running", "conditions": [{"type": "Ready",
-                                                                                   "status": "True"}]}})
+    core.patch_namespaced_pod_status("b", "default", {"status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
     with pytest.raises(ApiException) as refused:
         core.create_namespaced_pod_eviction("b", "default", {"metadata": {"name": "b", "namespace": "default"}})
     assert refused.value.status == 429 and json.loads(refused.value.body)["reason"] == "TooManyRequests"
@@ -86,7 +86,7 @@ def test_logs_come_from_the_runtime(api, client):
             lines = [f"{container} line {i}" for i in range(5)]
             return "\n".join(lines[-tail_lines:] if tail_lines else lines) + "\n"
 
-    api.server.handlers.runtime = Runtime()
+    api.server.runtime = Runtime()
     core = k8s.CoreV1Api(client)
     core.create_namespaced_pod("default", manifest("pods", "p"))
     with pytest.raises(ApiException) as waiting:
@@ -171,3 +171,96 @@ def test_tables(api, client):
     _, generic = request(api, "GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices", accept=TABLE)
     assert [c["name"] for c in generic["columnDefinitions"]] == ["Name", "Age"]
     assert generic["rows"][0]["cells"][0] == "s"
+
+
+def test_patch_directives_retain_keys_and_primitive_deletes(api, client):
+    apps = k8s.AppsV1Api(client)
+    deployment = manifest("apps/deployments", "web")
+    deployment["metadata"]["finalizers"] = ["example.com/a", "example.com/b"]
+    apps.create_namespaced_deployment("default", deployment)
+    patched = apps.patch_namespaced_deployment("web", "default", {
+        "metadata": {"$deleteFromPrimitiveList/finalizers": ["example.com/a"]},
+        "spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}})
+    assert patched.metadata.finalizers == ["example.com/b"]
+    assert patched.spec.strategy.type == "Recreate" and patched.spec.strategy.rolling_update is None
+
+
+def test_delete_preconditions_and_propagation(api, client):
+    core = k8s.CoreV1Api(client)
+    created = core.create_namespaced_config_map("default", manifest("configmaps", "cm"))
+    with pytest.raises(ApiException) as stale:
+        core.delete_namespaced_config_map("cm", "default", body=k8s.V1DeleteOptions(
+            preconditions=k8s.V1Preconditions(uid="not-the-uid")))
+    assert stale.value.status == 409 and "Precondition failed" in stale.value.body
+    status, kept = request(api, "DELETE", "/api/v1/namespaces/default/configmaps/cm?propagationPolicy=Foreground")
+    assert status == 200 and kept["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert kept["metadata"]["deletionTimestamp"] and kept["metadata"]["uid"] == created.metadata.uid
+
+
+def test_watch_send_initial_events_ends_with_a_bookmark(api, client):
+    core = k8s.CoreV1Api(client)
+    core.create_namespaced_config_map("default", manifest("configmaps", "cm"))
+    import http.client
+    from urllib.parse import urlsplit
+    parts = urlsplit(api.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.request("GET", "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true"
+                        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=2")
+    response = conn.getresponse()
+    first, second = json.loads(response.readline()), json.loads(response.readline())
+    assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "cm")
+    assert second["type"] == "BOOKMARK"
+    assert second["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    conn.close()
+
+
+def test_server_side_apply_resource_version_is_a_precondition(api, client):
+    core = k8s.CoreV1Api(client)
+    created = core.create_namespaced_config_map("default", manifest("configmaps", "cm"))
+    stale = dict(manifest("configmaps", "cm"), data={"k": "new"})
+    stale["metadata"]["resourceVersion"] = "1"
+    with pytest.raises(ApiException) as conflict:
+        core.patch_namespaced_config_map("cm", "default", stale, field_manager="me", force=True,
+                                         _content_type="application/apply-patch+yaml")
+    assert conflict.value.status == 409 and "the object has been modified" in conflict.value.body
+    stale["metadata"]["resourceVersion"] = created.metadata.resource_version
+    applied = core.patch_namespaced_config_map("cm", "default", stale, field_manager="me", force=True,
+                                               _content_type="application/apply-patch+yaml")
+    assert applied.data == {"k": "new"}
+    status, dry = request(api, "PATCH", "/api/v1/namespaces/default/configmaps/cm?fieldManager=me&dryRun=All",
+                          json.dumps(dict(manifest("configmaps", "cm"), data={"k": "dry"})),
+                          "application/apply-patch+yaml")
+    assert status == 200 and dry["data"] == {"k": "dry"}
+    assert api.store.get(CONFIGMAPS, "default", "cm")["data"] == {"k": "new"}
+
+
+def test_status_writes_are_type_checked_and_conflict_when_stale(api, client):
+    core = k8s.CoreV1Api(client)
+    pod = core.create_namespaced_pod("default", manifest("pods", "p"))
+    status, bad = request(api, "PATCH", "/api/v1/namespaces/default/pods/p/status",
+                          json.dumps({"status": {"containerStatuses": "running"}}), "application/merge-patch+json")
+    assert status == 400 and "cannot unmarshal string" in bad["message"]
+    core.patch_namespaced_pod_status("p", "default", {"status": {"phase": "Running"}})
+    pod.status.phase = "Failed"
+    with pytest.raises(ApiException) as stale:
+        core.replace_namespaced_pod_status("p", "default", pod)
+    assert stale.value.status == 409
+    assert api.kubectl("get", "pod", "p").stdout.split()[7] == "Running"
+
+
+def test_server_side_apply_on_status(api, client):
+    core = k8s.CoreV1Api(client)
+    core.create_namespaced_pod("default", manifest("pods", "p"))
+    config = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+              "status": {"phase": "Running", "podIP": "127.1.0.7"}}
+    applied = core.patch_namespaced_pod_status("p", "default", config, field_manager="node-agent",
+                                               _content_type="application/apply-patch+yaml")
+    assert applied.status.phase == "Running" and applied.status.pod_ip == "127.1.0.7"
+    entry = next(e for e in applied.metadata.managed_fields if e.manager == "node-agent")
+    assert (entry.operation, entry.subresource) == ("Apply", "status")
+    assert entry.fields_v1 == {"f:status": {"f:phase": {}, "f:podIP": {}}}
+    del config["status"]["podIP"]  # no longer applied: removed, as nobody else owns it
+    again = core.patch_namespaced_pod_status("p", "default", config, field_manager="node-agent",
+                                             _content_type="application/apply-patch+yaml")
+    assert again.status.pod_ip is None and again.status.phase == "Running"
+    assert again.spec.containers[0].image == "nginx:1.27"

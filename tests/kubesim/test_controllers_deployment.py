@@ -177,3 +177,21 @@ def test_scale_down_prefers_unready_pods_and_history_is_trimmed(cluster):
                      lambda d: d["spec"]["template"]["spec"]["containers"][0].update(image=image))
         wait_for(lambda: rolled_out(store) and len(store.list(PODS, "default")) == 2, what=f"rollout {image}")
     wait_for(lambda: len(store.list(REPLICASETS, "default")) == 2, what="history trimmed to 1 old RS")
+
+
+def test_paused_deployment_does_not_roll_out_until_resumed(cluster):
+    store, _ = cluster
+    store.create(DEPLOYMENTS, deployment(replicas=2))
+    wait_for(lambda: rolled_out(store), what="rollout")
+    store.mutate(DEPLOYMENTS, "default", "web", lambda d: d["spec"].update(paused=True))
+    store.mutate(DEPLOYMENTS, "default", "web",
+                 lambda d: d["spec"]["template"]["spec"]["containers"][0].update(image="demo/app:2"))
+    progressing = lambda: next(c for c in store.get(DEPLOYMENTS, "default", "web")["status"]["conditions"]
+                               if c["type"] == "Progressing")
+    wait_for(lambda: progressing()["reason"] == "DeploymentPaused", what="paused condition")
+    assert progressing()["message"] == "Deployment is paused"
+    assert len(store.list(REPLICASETS, "default")) == 1
+    store.mutate(DEPLOYMENTS, "default", "web", lambda d: d["spec"].update(paused=False))
+    wait_for(lambda: rolled_out(store) and len(store.list(REPLICASETS, "default")) == 2
+             and all(p["spec"]["containers"][0]["image"] == "demo/app:2" for p in store.list(PODS, "default")),
+             what="rollout after resume")

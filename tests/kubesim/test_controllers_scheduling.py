@@ -205,3 +205,50 @@ def test_image_pull_failure_shows_err_image_pull_then_backoff(tmp_path):
         assert "Error: ImagePullBackOff" in messages
     finally:
         manager.stop()
+
+
+def test_stop_stops_every_pod_and_thread(tmp_path):
+    import threading
+    store = seeded_store()
+    runtime = SimulatedRuntime()
+    before = set(threading.enumerate())
+    manager = start_manager(store, fast_config(tmp_path), runtime=runtime)
+    for i in range(4):
+        store.create(PODS, pod(f"p{i}"))
+    wait_for(lambda: all(is_ready(store, f"p{i}") for i in range(4)), what="pods ready")
+    assert len(runtime._pods) == 4
+    manager.stop()
+    assert runtime._pods == {}
+    leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert not leftover, leftover
+
+
+class CrashingRuntime(SimulatedRuntime):
+    """Containers of pods labelled crash=yes exit with code 1 and back off, as the data plane reports it."""
+
+    def crash(self, uid):
+        from kubesim.runtime import ContainerStatus
+        sandbox = self._pods[uid]
+        for name, cs in sandbox.containers.items():
+            sandbox.containers[name] = ContainerStatus(name, running=False, ready=False, exit_code=1,
+                                                       reason="CrashLoopBackOff", restart_count=cs.restart_count + 1,
+                                                       message=f"back-off 10s restarting failed container={name}")
+
+
+def test_crashed_container_shows_crash_loop_back_off(tmp_path):
+    store = seeded_store()
+    runtime = CrashingRuntime()
+    manager = start_manager(store, fast_config(tmp_path), runtime=runtime)
+    try:
+        store.create(PODS, pod("crashy"))
+        wait_for(lambda: is_ready(store, "crashy"), what="ready")
+        runtime.crash(store.get(PODS, "default", "crashy")["metadata"]["uid"])
+        wait_for(lambda: not is_ready(store, "crashy"), what="not ready after the crash")
+        cs = store.get(PODS, "default", "crashy")["status"]["containerStatuses"][0]
+        assert cs["state"]["waiting"]["reason"] == "CrashLoopBackOff" and cs["restartCount"] == 1
+        assert cs["lastState"]["terminated"]["exitCode"] == 1 and cs["lastState"]["terminated"]["reason"] == "Error"
+        assert store.get(PODS, "default", "crashy")["status"]["phase"] == "Running"
+        wait_for(lambda: any(e["reason"] == "BackOff" and e["message"].startswith("Back-off restarting failed container c")
+                             for e in store.list(EVENTS, "default")), what="BackOff event")
+    finally:
+        manager.stop()

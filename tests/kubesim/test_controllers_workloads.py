@@ -224,6 +224,11 @@ def test_endpoints_and_slices_follow_pod_readiness(cluster):
     wait_for(lambda: victim["status"]["podIP"] not in [a["ip"] for s in store.get(ENDPOINTS, "default", "web")
                                                         .get("subsets", []) for a in s.get("addresses", [])],
              timeout=0.5, interval=0.002, what="endpoint dropped promptly")
+    survivor = next(p for p in ready_pods(store, "web") if p["metadata"]["uid"] != victim["metadata"]["uid"])
+    store.delete(PODS, "default", survivor["metadata"]["name"], grace_period=0)   # force: gone at once
+    wait_for(lambda: survivor["status"]["podIP"] not in [a["ip"] for s in store.get(ENDPOINTS, "default", "web")
+                                                          .get("subsets", []) for a in s.get("addresses", [])],
+             timeout=0.5, interval=0.002, what="force-deleted endpoint dropped")
     store.delete(SERVICES, "default", "web")
     wait_for(lambda: store.find(ENDPOINTS, "default", "web") is None and not store.list(ENDPOINTSLICES, "default"),
              what="endpoints removed with the service")
@@ -240,3 +245,59 @@ def test_namespace_deletion_and_default_service_account(cluster):
     store.delete(NAMESPACES, None, "team")
     wait_for(lambda: store.find(NAMESPACES, None, "team") is None, what="namespace removed")
     assert not store.list(PODS, "team") and not store.list(REPLICASETS, "team")
+
+
+def test_read_write_once_network_volume_attaches_to_one_node_and_in_use_claims_are_protected(cluster):
+    store, _ = cluster
+    store.create(PVCS, claim("shared"))
+    first = pod_with_claim("first", "shared")
+    first["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "node1"}
+    store.create(PODS, first)
+    wait_for(lambda: ready(store.get(PODS, "default", "first")), what="first ready")
+    second = pod_with_claim("second", "shared")
+    second["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "node2"}
+    store.create(PODS, second)
+    pv_name = store.get(PVCS, "default", "shared")["spec"]["volumeName"]
+    expected = f'Multi-Attach error for volume "{pv_name}" Volume is already used by pod(s) first'
+    wait_for(lambda: any(e["reason"] == "FailedAttachVolume" and e["message"] == expected
+                         for e in store.list(EVENTS, "default")), what="multi-attach error")
+    waiting = store.get(PODS, "default", "second")["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "ContainerCreating"
+    store.delete(PODS, "default", "first")
+    wait_for(lambda: ready(store.get(PODS, "default", "second")), what="second runs once first is gone")
+
+    store.delete(PVCS, "default", "shared")
+    pvc = store.get(PVCS, "default", "shared")
+    assert pvc["metadata"]["deletionTimestamp"] and "kubernetes.io/pvc-protection" in pvc["metadata"]["finalizers"]
+    store.delete(PODS, "default", "second")
+    wait_for(lambda: store.find(PVCS, "default", "shared") is None and store.find(PVS, None, pv_name) is None,
+             what="claim and volume gone after the last user")
+
+
+def test_statefulset_parallel_start_and_ordered_scale_down(cluster):
+    store, _ = cluster
+    def sts(name, policy):
+        return {"metadata": {"name": name, "namespace": "default"},
+                "spec": {"replicas": 3, "serviceName": name, "podManagementPolicy": policy,
+                         "selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": {"app": name}},
+                                      "spec": {"containers": [{"name": "c", "image": "demo/app:1"}]}}}}
+    watch = store.watch(PODS, "default", since_rv=store.resource_version)
+    store.create(STATEFULSETS, sts("par", "Parallel"))
+    wait_for(lambda: len([p for p in store.list(PODS, "default") if p["metadata"]["name"].startswith("par-")]) == 3,
+             timeout=1, what="all three created at once")
+    wait_for(lambda: store.get(STATEFULSETS, "default", "par").get("status", {}).get("readyReplicas") == 3, what="ready")
+    watch.close()
+
+    store.create(STATEFULSETS, sts("ord", "OrderedReady"))
+    wait_for(lambda: store.get(STATEFULSETS, "default", "ord").get("status", {}).get("readyReplicas") == 3, what="ready")
+    watch = store.watch(PODS, "default", since_rv=store.resource_version)
+    store.mutate(STATEFULSETS, "default", "ord", lambda s: s["spec"].update(replicas=1))
+    wait_for(lambda: store.get(STATEFULSETS, "default", "ord")["status"].get("replicas") == 1
+             and store.find(PODS, "default", "ord-1") is None, what="scaled down")
+    removed = []
+    while (event := watch.next(timeout=0.05)) is not None:
+        if event.type == "DELETED":
+            removed.append(event.object["metadata"]["name"])
+    watch.close()
+    assert removed == ["ord-2", "ord-1"]

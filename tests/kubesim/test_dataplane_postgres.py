@@ -42,7 +42,8 @@ def db_pod(store, name: str, claim: str, probe_command: list[str] = PG_ISREADY) 
         "name": "postgres", "image": "docker.io/library/postgres:16",
         "ports": [{"containerPort": 5432}],
         "env": [{"name": "POSTGRES_USER", "value": "app"}, {"name": "POSTGRES_PASSWORD", "value": PASSWORD},
-                {"name": "POSTGRES_DB", "value": "appdb"}, {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
+                {"name": "POSTGRES_DB", "value": "appdb"},
+                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
         "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
         "readinessProbe": {"exec": {"command": probe_command}, "periodSeconds": 0.2},
     }], volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": claim}}], terminationGracePeriodSeconds=5)

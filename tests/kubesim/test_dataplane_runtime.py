@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -20,7 +22,7 @@ TEST_IMAGES = """
 images:
   - patterns: ["envdump*"]
     run: command
-    command: ["{python}", "-c", "import json, os, time; print(json.dumps(dict(os.environ)), flush=True); time.sleep(60)"]
+    command: ["{python}", "-c", "import json, os, time; print(json.dumps(dict(os.environ)), flush=True); time.sleep(9)"]
   - patterns: ["crasher*"]
     run: command
     command: ["/bin/sh", "-c", "echo crashing; exit 3"]
@@ -50,7 +52,8 @@ def test_responder_pod_starts_probes_and_stops(plane):
     sandbox = dataplane.runtime.start_pod(pod, "node1", "127.0.50.1")
     assert sandbox.ip == "127.0.50.1" and not sandbox.containers["web"].ready
     status = wait_ready(dataplane, pod, "web")
-    assert status.running and status.restart_count == 0 and status.image_id.startswith("registry.example/shop/web@sha256:")
+    assert status.running and status.restart_count == 0
+    assert status.image_id.startswith("registry.example/shop/web@sha256:")
 
     answer = json.load(urllib.request.urlopen("http://127.0.50.1:8080/hello", timeout=5))
     assert answer == {"pod": "web-a", "node": "node1", "image": "registry.example/shop/web:1.2", "path": "/hello",
@@ -64,6 +67,29 @@ def test_responder_pod_starts_probes_and_stops(plane):
     assert alive_in(processes) == []
     with pytest.raises(OSError):
         urllib.request.urlopen("http://127.0.50.1:8080/", timeout=2)
+
+
+def test_pre_stop_sleep_keeps_serving_until_the_stop_signal(plane):
+    store, dataplane, _ = plane
+    pod = create_pod(store, "web-d", [web(lifecycle={"preStop": {"exec": {"command": ["sh", "-c", "sleep 0.6"]}}})])
+    uid = pod["metadata"]["uid"]
+    dataplane.runtime.start_pod(pod, "node1", "127.0.50.7")
+    wait_for(lambda: _answers("http://127.0.50.7:8080/"), what="the pod to answer")
+    stopper = threading.Thread(target=dataplane.runtime.stop_pod, args=(uid, 2))
+    started = time.monotonic()
+    stopper.start()
+    time.sleep(0.3)
+    assert _answers("http://127.0.50.7:8080/")
+    stopper.join()
+    assert 0.6 <= time.monotonic() - started < 2
+    assert not _answers("http://127.0.50.7:8080/")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url, timeout=1).status == 200
+    except OSError:
+        return False
 
 
 def test_readiness_failure_keeps_container_unready_with_the_reason(plane):
@@ -105,6 +131,8 @@ def test_crashing_container_backs_off_or_stays_down_per_restart_policy(plane):
 def test_env_from_values_configmaps_secrets_and_fields(plane):
     store, dataplane, _ = plane
     store.create(resources.CONFIGMAPS, {"metadata": {"name": "app-config"}, "data": {"MODE": "blue", "LEVEL": "3"}})
+    store.create(resources.SERVICES, {"metadata": {"name": "db-primary"}, "spec": {
+        "clusterIP": "127.96.3.4", "ports": [{"name": "pg", "port": 5432, "targetPort": 5432}]}})
     pod = create_pod(store, "env-a", [{
         "name": "app", "image": "envdump:latest", "ports": [{"containerPort": 7000}],
         "envFrom": [{"configMapRef": {"name": "app-config"}, "prefix": "CFG_"}],
@@ -130,6 +158,11 @@ def test_env_from_values_configmaps_secrets_and_fields(plane):
         "DB_PASSWORD": "s3cr3t", "THE_NODE": "node2", "POD_NAME": "env-a", "POD_NAMESPACE": "default",
         "POD_IP": "127.0.50.6", "NODE_NAME": "node2", "PORT": "7000"}
     assert env["TEAM"] == "" and "OPTIONAL" not in env
+    assert {k: v for k, v in env.items() if k.startswith("DB_PRIMARY_")} == {  # kubelet's service links
+        "DB_PRIMARY_SERVICE_HOST": "127.96.3.4", "DB_PRIMARY_SERVICE_PORT": "5432",
+        "DB_PRIMARY_SERVICE_PORT_PG": "5432", "DB_PRIMARY_PORT": "tcp://127.96.3.4:5432",
+        "DB_PRIMARY_PORT_5432_TCP": "tcp://127.96.3.4:5432", "DB_PRIMARY_PORT_5432_TCP_PROTO": "tcp",
+        "DB_PRIMARY_PORT_5432_TCP_PORT": "5432", "DB_PRIMARY_PORT_5432_TCP_ADDR": "127.96.3.4"}
 
 
 def test_close_stops_every_process(plane):

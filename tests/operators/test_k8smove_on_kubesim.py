@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import urllib.request
 
 import pytest
 from kubernetes.client import AppsV1Api, CoreV1Api
@@ -31,7 +32,7 @@ def clear_request_log(cluster, kube_client):
     """Forget the requests so far. kubesim logs a request after answering it, so one more request on the
     client's connection first makes sure the previous one is in the log before it is cleared."""
     CoreV1Api(kube_client).read_namespace("default")
-    clear_request_log(cluster, kube_client)
+    cluster.clear_request_log()
 
 
 # ---- LabelNodes ----------------------------------------------------------------------------------------
@@ -121,8 +122,9 @@ def test_apply_creates_then_a_second_identical_apply_changes_nothing(cluster, ku
     label_nodes(kube_client, LABEL_NODES)
     first = apply_manifests(kube_client, manifests)
     assert {r["result"] for r in first} == {"created"}
-    assert all(r["query"].get("fieldManager") in ("k8smove", ["k8smove"]) or "fieldManager=k8smove" in
-               json.dumps(r["query"]) for r in cluster.writes() if r["resource"] != "nodes")
+    applies = [r for r in cluster.writes() if r["resource"] != "nodes"]
+    assert len(applies) == len(manifests)
+    assert all(r["method"] == "PATCH" and r["query"]["fieldManager"] == "k8smove" for r in applies)
     assert wait(cluster.kubeconfig_path, "default", "demo", workloads_in(manifests), 60)["status"] == "success"
     before = live_versions(kube_client, manifests)
     second = apply_manifests(kube_client, manifests)
@@ -155,9 +157,7 @@ def test_dry_run_applies_nothing_and_logs_the_diff(cluster, kube_client, caplog)
     assert {"object": "Deployment default/demo-app", "result": "configured (dry run)"} in results
     assert live_versions(kube_client, moved) == before
     assert "-        demo: node1" in caplog.text and "+        demo: node2" in caplog.text
-    assert all("dryRun=All" in json.dumps(r["query"]) or "All" in json.dumps(r["query"])
-               for r in cluster.writes() if r["resource"] != "nodes" and r["verb"] == "patch"
-               and r["name"] == "demo-app" and r is cluster.writes()[-1])
+    assert [r["query"].get("dryRun") for r in cluster.writes() if r["name"] == "demo-app"] == [None, "All"]
 
 
 # ---- WaitReady -----------------------------------------------------------------------------------------
@@ -212,6 +212,7 @@ def test_migration_moves_everything_and_the_endpoint_answers(cluster, kube_clien
     url = f"http://{values['external_ip']}:{values['port']}/"
     assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node1"
     assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+    row = post_row(url, "before the move")
     sources = {"app": {"demo": "node1"}, "db": {"demo": "node1"}}
     moved = render_manifests({**values, "node_label": {"demo": "node2"}}, ["app", "db"])
     apply_manifests(kube_client, moved)
@@ -219,6 +220,16 @@ def test_migration_moves_everything_and_the_endpoint_answers(cluster, kube_clien
     assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
     verify_source_empty(kube_client, "default", "demo", sources, {"demo": "node2"})
     assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node2"
+    # The DB's data followed it (network-attached volume) and the App reconnected to it.
+    assert row in verify_endpoint(url + "rows", deadline_seconds=30)["body"]["ids"]
+
+
+def post_row(url: str, value: str) -> int:
+    request = urllib.request.Request(url + "rows", data=json.dumps({"value": value}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201
+        return json.loads(response.read())["id"]
 
 
 def test_verify_source_empty_names_pods_left(cluster, kube_client):
@@ -255,3 +266,17 @@ def test_rollback_restores_the_prior_state(cluster, kube_client):
     assert app_after.spec.template.spec.node_selector == {"demo": "node1"}
     assert app_after.spec.template.spec.containers[0].image == app_before.spec.template.spec.containers[0].image
     assert pods_by_component(kube_client)["app"] == ["node1"]
+
+
+@pytest.mark.parametrize("fault", [
+    {"kind": "api-error", "verb": "watch", "resource": "pods", "code": "500", "count": 3},
+    {"kind": "api-error", "verb": "watch", "resource": "apps/deployments", "code": "429", "count": 2},
+    {"kind": "api-error", "verb": "list", "resource": "pods", "code": "timeout", "seconds": 0.5, "count": 1},
+])
+def test_wait_resumes_after_watch_failures(cluster, kube_client, fault):
+    label_nodes(kube_client, LABEL_NODES)
+    manifests = render_manifests(deploy_values(), ["app", "db"])
+    injected = cluster.faults.add(**fault)
+    apply_manifests(kube_client, manifests)
+    assert wait(cluster.kubeconfig_path, "default", "demo", workloads_in(manifests), 60) == {"status": "success"}
+    assert injected.hits == fault["count"]

@@ -1,0 +1,121 @@
+"""`airflow dags test deploy_app` then `migrate_app` against kubesim, as a user runs them."""
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from kubernetes.client import AppsV1Api, CoreV1Api
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operators"))
+
+from k8smove.verify import verify_endpoint  # noqa: E402
+from kubesim_release import pods_by_component, unique_external_ip  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def dags_test(airflow_cli, cluster):
+    def run(dag_id: str, conf: dict, **kwargs):
+        return airflow_cli("dags", "test", dag_id, "--conf", json.dumps(conf),
+                           kubeconfig=cluster.kubeconfig_path, **kwargs)
+    return run
+
+
+def clear_request_log(cluster, kube_client):
+    """kubesim logs a request after answering it: one more request first, so nothing earlier is left over."""
+    CoreV1Api(kube_client).read_namespace("default")
+    cluster.clear_request_log()
+
+
+def generations(kube_client):
+    return {d.metadata.name: (d.metadata.generation, d.metadata.resource_version)
+            for d in AppsV1Api(kube_client).list_namespaced_deployment("default").items}
+
+
+def pods_on(kube_client, node):
+    return [p.metadata.name for p in CoreV1Api(kube_client).list_pod_for_all_namespaces().items
+            if p.spec.node_name == node]
+
+
+def deploy_conf():
+    return {"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
+            "node_label": {"demo": "node1"}, "external_ip": unique_external_ip(), "port": 8080}
+
+
+def test_deploy_then_migrate(cluster, kube_client, dags_test):
+    conf = deploy_conf()
+    url = f"http://{conf['external_ip']}:8080/"
+    deployed = dags_test("deploy_app", conf)
+    assert deployed.returncode == 0, deployed.stdout[-5000:]
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+    assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node1"
+
+    migrated = dags_test("migrate_app", {"node_label": {"demo": "node2"}})
+    assert migrated.returncode == 0, migrated.stdout[-5000:]
+    assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
+    assert pods_on(kube_client, "node1") == []
+    assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node2"
+
+    password = base64.b64decode(CoreV1Api(kube_client).read_namespaced_secret("demo-db", "default").data["password"])
+    assert password.decode() not in deployed.stdout + migrated.stdout
+
+    # Migrating to where the release already is succeeds and changes nothing.
+    before = generations(kube_client)
+    again = dags_test("migrate_app", {"node_label": {"demo": "node2"}})
+    assert again.returncode == 0, again.stdout[-5000:]
+    assert {n: g for n, (g, _) in generations(kube_client).items()} == {n: g for n, (g, _) in before.items()}
+    assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
+
+    # A different selector for the same node is not a move: refused before any write.
+    clear_request_log(cluster, kube_client)
+    same = dags_test("migrate_app", {"node_label": {"kubernetes.io/hostname": "node2"}})
+    assert same.returncode != 0
+    assert "source and target are the same node(s) node2" in same.stdout
+    assert cluster.writes() == []
+
+
+@pytest.mark.parametrize("dag_id,conf,message", [
+    ("deploy_app", {"port": 70000}, "Invalid input for param port"),
+    ("deploy_app", {"external_ip": "10.0.0.300"}, "Invalid input for param external_ip"),
+    ("deploy_app", {"node_label": {"demo": "node1\n  hostNetwork: true"}}, "Invalid input for param node_label"),
+    ("deploy_app", {"node_lable": {"demo": "node1"}}, "unknown conf key(s) node_lable"),
+    ("deploy_app", {"label_nodes": {"node9": {"demo": "node1"}}}, "label_nodes: node 'node9' not found"),
+    ("deploy_app", {"node_label": {"demo": "node3"}}, "node_label demo=node3 matches no node"),
+    ("migrate_app", {"node_label": {"demo": "node2"}}, "release 'demo' not found"),
+])
+def test_invalid_conf_is_refused_and_nothing_is_written(cluster, kube_client, dags_test, dag_id, conf, message):
+    clear_request_log(cluster, kube_client)
+    result = dags_test(dag_id, conf)
+    assert result.returncode != 0
+    assert message in result.stdout, result.stdout[-5000:]
+    assert cluster.writes() == []
+
+
+def test_failed_migration_rolls_back_and_the_run_fails_with_the_reason(cluster, kube_client, dags_test):
+    conf = deploy_conf()
+    assert dags_test("deploy_app", conf).returncode == 0
+    cluster.faults.add("slow-startup", node="node2", seconds=120)    # pods on the target never get Ready in time
+    result = dags_test("migrate_app", {"node_label": {"demo": "node2"}, "timeout_seconds": 10,
+                                       "components": ["app"]})
+    assert result.returncode != 0
+    assert "Rollout not complete after 10s: Deployment demo-app" in result.stdout, result.stdout[-8000:]
+    assert "Rolled back" in result.stdout
+    assert AppsV1Api(kube_client).read_namespaced_deployment(
+        "demo-app", "default").spec.template.spec.node_selector == {"demo": "node1"}
+    assert pods_by_component(kube_client)["app"] == ["node1"], result.stdout[-8000:]
+    assert verify_endpoint(f"http://{conf['external_ip']}:8080/", deadline_seconds=20)["body"]["node"] == "node1"
+
+
+def test_without_a_connection_the_hook_uses_kubeconfig(cluster, kube_client, airflow_cli):
+    """KubernetesHook 10.25.0 with no kubernetes_default connection: an empty connection, then in-cluster
+    config, then the kubeconfig KUBECONFIG names (the trigger's AsyncKubernetesHook: the kubeconfig only)."""
+    conf = deploy_conf()
+    result = airflow_cli("dags", "test", "deploy_app", "--conf", json.dumps(conf),
+                         extra_env={"KUBECONFIG": cluster.kubeconfig_path})
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "[DAG TEST] Trigger completed" in result.stdout      # wait_ready deferred, its trigger ran inline
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
