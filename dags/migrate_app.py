@@ -13,8 +13,13 @@ network-attached volume.
 5. **verify_source_empty** → 6. **verify_endpoint**.
 
 If a task from **apply** on fails, **rollback** restores the recorded state and waits until it is Ready
-on the source again; **fail_run_if_any_failed** then ends the run failed (the original reason is in the
-failed task's log).
+on the source again.
+
+While the move runs, **start_probe** (setup) and **stop_probe** (teardown) measure it from outside: 20 GET/s
+to the service and 5 row writes/s through the app; afterwards every acknowledged row must read back.
+**report**, the only leaf, writes the migration report (XCom, task log and, when `K8SMOVE_REPORT_DIR` is
+set, a JSON file there) and fails the run with the first failure's reason unless the release moved (or
+already was where asked).
 
 Example conf: `{"node_label": {"demo": "node2"}}`.
 """
@@ -22,7 +27,7 @@ from airflow.sdk import DAG, chain
 
 from k8smove.params import MIGRATE_PARAMS
 from operators.apply import ApplyResources
-from operators.outcome import FailRunIfAnyFailed
+from operators.observe import MigrationReport, StartProbe, StopProbe, record_step
 from operators.params import dag_params
 from operators.preflight import Preflight
 from operators.render import RenderTemplates
@@ -38,6 +43,7 @@ with DAG(
     max_active_runs=1,                    # one change to a cluster's placement at a time
     tags=["k8smove", "kubernetes", "migrate"],
     doc_md=__doc__,
+    default_args={"on_success_callback": record_step, "on_failure_callback": record_step},
 ):
     preflight = Preflight(
         task_id="preflight",
@@ -46,6 +52,13 @@ with DAG(
         node_label="{{ params.node_label }}",
         components="{{ params.components }}",
     )
+    start_probe = StartProbe(
+        task_id="start_probe",
+        url=preflight.output["service_url"],
+        namespace="{{ params.namespace }}",
+        release="{{ params.release }}",
+        max_seconds="{{ params.timeout_seconds * 2 + 120 }}",   # outlives the move and a rollback, never the run
+    ).as_setup()
     render = RenderTemplates(task_id="render", values=preflight.output["values"],
                              components="{{ params.components }}")
     apply = ApplyResources(task_id="apply", manifests=render.output)
@@ -72,11 +85,18 @@ with DAG(
         timeout_seconds="{{ params.timeout_seconds }}",
         trigger_rule="one_failed",
     )
+    stop_probe = StopProbe(task_id="stop_probe", probe=start_probe.output).as_teardown(setups=start_probe)
+    steps = [preflight, start_probe, render, apply, wait_ready, verify_source_empty, verify_endpoint, rollback,
+             stop_probe]
+    report = MigrationReport(
+        task_id="report",
+        namespace="{{ params.namespace }}",
+        release="{{ params.release }}",
+        steps=[t.task_id for t in steps],
+        observed=stop_probe.output,
+    )
 
-    # Between apply and the verifications is where checks that run during the move belong
-    # (availability probe, DB writer): they go alongside wait_ready, upstream of rollback.
-    chain(preflight, render, apply, wait_ready, verify_source_empty, verify_endpoint)
-    [apply, wait_ready, verify_source_empty, verify_endpoint] >> rollback
-    # rollback is the only leaf: without this the run would end "success" after a failure.
-    [preflight, render, apply, wait_ready, verify_source_empty, verify_endpoint, rollback] >> FailRunIfAnyFailed(
-        task_id="fail_run_if_any_failed")
+    chain(preflight, start_probe, render, apply, wait_ready, verify_source_empty, verify_endpoint, stop_probe)
+    [apply, wait_ready, verify_source_empty, verify_endpoint] >> rollback >> stop_probe
+    # Not start_probe itself: a setup task's direct downstream tasks must be all_success ones.
+    [t for t in steps if t is not start_probe] >> report

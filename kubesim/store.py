@@ -161,7 +161,8 @@ class Store:
         return [copy_json(o) for o in objs]
 
     # ---- writes ------------------------------------------------------------------------------------
-    def create(self, rt: ResourceType, obj: dict, dry_run: bool = False) -> dict:
+    def create(self, rt: ResourceType, obj: dict, dry_run: bool = False, echo: bool = True) -> dict | None:
+        """Store a new object; returns a copy of it (None with echo=False: saves a deep copy per write)."""
         obj = copy_json(obj)
         meta = obj.setdefault("metadata", {})
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
@@ -200,15 +201,16 @@ class Store:
             if dry_run:
                 return obj
             self._commit(rt, key, obj, ADDED, None)
-            return copy_json(obj)
+            return copy_json(obj) if echo else None
 
     def update(self, rt: ResourceType, obj: dict, subresource: str | None = None, dry_run: bool = False,
-               allow_create: bool = False) -> dict:
-        """Replace an object; 409 Conflict when metadata.resourceVersion is set and stale."""
-        return self._update(rt, copy_json(obj), subresource, dry_run, allow_create)
+               allow_create: bool = False, echo: bool = True) -> dict | None:
+        """Replace an object; 409 Conflict when metadata.resourceVersion is set and stale.
+        Returns a copy of the stored object, or None with echo=False (writers that do not read it back)."""
+        return self._update(rt, copy_json(obj), subresource, dry_run, allow_create, echo)
 
     def _update(self, rt: ResourceType, obj: dict, subresource: str | None, dry_run: bool = False,
-                allow_create: bool = False) -> dict:
+                allow_create: bool = False, echo: bool = True) -> dict | None:
         """update() for an object the store may keep as it is (a private copy)."""
         meta = obj.setdefault("metadata", {})
         name = meta.get("name")
@@ -218,7 +220,7 @@ class Store:
             old = self._objects[rt.key].get(key)
             if old is None:
                 if allow_create and subresource is None:
-                    return self.create(rt, obj, dry_run)
+                    return self.create(rt, obj, dry_run, echo)
                 raise errors.not_found(rt.plural, name, rt.group)
             given_rv = meta.get("resourceVersion")
             if given_rv and given_rv != old["metadata"]["resourceVersion"]:
@@ -227,16 +229,18 @@ class Store:
             new = self._merge_update(rt, old, obj, subresource)
             if dry_run:
                 return new
-            return copy_json(self._store_update(rt, key, old, new))
+            stored = self._store_update(rt, key, old, new)
+            return copy_json(stored) if echo else None
 
     def mutate(self, rt: ResourceType, namespace: str | None, name: str, fn: Callable[[dict], None],
-               subresource: str | None = None) -> dict:
-        """Read-modify-write under the store lock (controllers use it; no conflicts possible)."""
+               subresource: str | None = None, echo: bool = True) -> dict | None:
+        """Read-modify-write under the store lock (controllers use it; no conflicts possible).
+        Returns a copy of the stored object, or None with echo=False."""
         with self._lock:
             current = self.get(rt, namespace, name)
             fn(current)
             current["metadata"].pop("resourceVersion", None)
-            return self._update(rt, current, subresource)   # current is already a private copy
+            return self._update(rt, current, subresource, echo=echo)   # current is already a private copy
 
     def delete(self, rt: ResourceType, namespace: str | None, name: str, grace_period: int | None = None,
                propagation: str | None = None, preconditions: dict | None = None,
@@ -412,8 +416,8 @@ class Store:
     def _remove(self, rt: ResourceType, key, old: dict) -> None:
         del self._objects[rt.key][key]
         self._rv += 1
-        gone = copy_json(old)
-        gone["metadata"]["resourceVersion"] = str(self._rv)
+        # objects in the store are never mutated, so the tombstone may share everything but its metadata
+        gone = dict(old, metadata=dict(old["metadata"], resourceVersion=str(self._rv)))
         self._publish(Event(self._rv, rt, DELETED, gone, old))
 
     def _commit(self, rt: ResourceType, key, obj: dict, kind: str, old: dict | None) -> None:

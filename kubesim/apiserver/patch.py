@@ -72,6 +72,15 @@ class StrategicMerge:
                 continue
             field_schema = self.schemas.field(schema, key)
             result[key] = self._merge_value(result.get(key), value, field_schema)
+        for key, order in patch.items():   # $setElementOrder/<list>: the client's order wins, like upstream
+            field = key.split("/", 1)[1] if key.startswith("$setElementOrder/") else None
+            if field is None or not isinstance(result.get(field), list):
+                continue
+            if not isinstance(order, list):
+                raise errors.bad_request(f"{key} must be a list")
+            _, merge_key = self.schemas.patch_strategy(self.schemas.field(schema, field))
+            server = original.get(field) if isinstance(original, dict) else None
+            result[field] = normalize_order(result[field], order, server or [], merge_key)
         if retain is not None:
             result = {k: v for k, v in result.items() if k in retain}
         return result
@@ -89,8 +98,8 @@ class StrategicMerge:
     def _merge_list(self, original: list, patch: list, merge_key: str | None, item_schema) -> list:
         if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
             return [copy_json(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
-        if merge_key is None:  # list of primitives merged as a set, in order
-            return list(original) + [v for v in patch if v not in original]
+        if merge_key is None:  # list of primitives merged as a set, then ordered like upstream's mergeSlice
+            return normalize_order(list(original) + [v for v in patch if v not in original], patch, original, None)
         result = list(original)
         for item in patch:
             if not isinstance(item, dict):
@@ -104,7 +113,9 @@ class StrategicMerge:
                 result.append(self._strip_directives(item))
             else:
                 result[index] = self._merge_map(result[index], item, item_schema)
-        return result
+        kept = [p for p in patch if p.get("$patch") != "delete"]
+        server = [o for o in original if _index(result, o, merge_key) >= 0]   # the live order after deletions
+        return normalize_order(result, kept, server, merge_key)
 
     def _strip_directives(self, value):
         if isinstance(value, dict):
@@ -112,6 +123,41 @@ class StrategicMerge:
         if isinstance(value, list):
             return [self._strip_directives(v) for v in value]
         return value
+
+
+def _index(items: list, item, merge_key: str | None) -> int:
+    key = item.get(merge_key) if merge_key and isinstance(item, dict) else item
+    for i, value in enumerate(items):
+        if (value.get(merge_key) if merge_key and isinstance(value, dict) else value) == key:
+            return i
+    return -1
+
+
+def normalize_order(merged: list, patch_order: list, server_order: list, merge_key: str | None) -> list:
+    """apimachinery's normalizeElementOrder: the items named in the patch (in the patch's order) and the
+    server-only items (in the live order) interleaved by the live order; a new item goes before them."""
+    in_patch = sorted((m for m in merged if _index(patch_order, m, merge_key) >= 0),
+                      key=lambda m: _index(patch_order, m, merge_key))
+    server_only = [m for m in merged if _index(patch_order, m, merge_key) < 0]
+    server_only.sort(key=lambda m: _index(server_order, m, merge_key) if _index(server_order, m, merge_key) >= 0
+                     else len(server_order))
+    result, i, j = [], 0, 0
+    while i < len(server_only) or j < len(in_patch):
+        if j >= len(in_patch):
+            result.append(server_only[i])
+            i += 1
+        elif i >= len(server_only):
+            result.append(in_patch[j])
+            j += 1
+        else:
+            li, ri = _index(server_order, server_only[i], merge_key), _index(server_order, in_patch[j], merge_key)
+            if li >= 0 and ri >= 0 and li < ri:
+                result.append(server_only[i])
+                i += 1
+            else:
+                result.append(in_patch[j])
+                j += 1
+    return result
 
 
 def parse_json_body(body: bytes):

@@ -143,7 +143,8 @@ def _readiness_gates(pod: dict) -> str:
 # ---- nodes ------------------------------------------------------------------------------------------
 def _node_status(node: dict) -> str:
     ready = _condition(node, "Ready")
-    status = ["Ready" if ready == "True" else "NotReady" if ready == "False" else "Unknown"]
+    # upstream printNode: any Ready status but True (False or Unknown) is NotReady; no condition at all Unknown
+    status = ["Ready" if ready == "True" else "Unknown" if ready is None else "NotReady"]
     if _get(node, "spec.unschedulable"):
         status.append("SchedulingDisabled")
     return ",".join(status)

@@ -320,7 +320,7 @@ class DeploymentController(Controller):
         if current is None or current.get("status") == status:
             return
         self.store.mutate(DEPLOYMENTS, d["metadata"]["namespace"], d["metadata"]["name"],
-                          lambda obj: obj.update(status=status), subresource="status")
+                          lambda obj: obj.update(status=status), subresource="status", echo=False)
 
 
 # ---- helpers shared with tests and kubectl-facing logic ---------------------------------------------------

@@ -107,7 +107,7 @@ class EndpointsController(Controller):
             body = {"metadata": {"name": name, "namespace": ns, "labels": endpoint_labels}}
             if desired:
                 body["subsets"] = desired
-            self.store.create(ENDPOINTS, body)
+            self.store.create(ENDPOINTS, body, echo=False)
         elif current.get("subsets", []) != desired or (current["metadata"].get("labels") or {}) != endpoint_labels:
             def apply(ep: dict) -> None:
                 ep["metadata"]["labels"] = endpoint_labels
@@ -115,4 +115,4 @@ class EndpointsController(Controller):
                     ep["subsets"] = desired
                 else:
                     ep.pop("subsets", None)
-            self.store.mutate(ENDPOINTS, ns, name, apply)
+            self.store.mutate(ENDPOINTS, ns, name, apply, echo=False)

@@ -439,7 +439,7 @@ class Kubelet(Controller):
         meta = current["metadata"]
         self.store.update(PODS, {"metadata": {"name": meta["name"], "namespace": meta["namespace"],
                                               "resourceVersion": meta["resourceVersion"]},
-                                 "status": self._pod_status(current, record)}, subresource="status")
+                                 "status": self._pod_status(current, record)}, subresource="status", echo=False)
 
     def _pod_status(self, pod: dict, record: PodRecord) -> dict:
         status = copy_json(pod.get("status") or {})   # the cached pod is shared: never mutate it

@@ -79,7 +79,7 @@ class ReplicaSetController(Controller):
             status["conditions"] = rs["status"]["conditions"]
         if status != rs.get("status"):
             self.store.mutate(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"],
-                              lambda r: r.update(status=status), subresource="status")
+                              lambda r: r.update(status=status), subresource="status", echo=False)
         waits = [w for w in (seconds_until_available(p, min_ready) for p in pods) if w is not None]
         if waits:
             self.requeue_after(obj_key(rs), min(waits))

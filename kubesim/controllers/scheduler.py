@@ -244,7 +244,7 @@ class Scheduler(Controller):
             if p["metadata"]["uid"] != uid or p["spec"].get("nodeName"):
                 raise errors.conflict("pods", name, "pod was bound or replaced meanwhile")
             p["spec"]["nodeName"] = node
-        self.store.mutate(PODS, ns, name, bind)   # the kubelet's first status write sets PodScheduled=True
+        self.store.mutate(PODS, ns, name, bind, echo=False)   # the kubelet's first status write sets PodScheduled=True
         self._parked.discard((ns, name))
         self.events.normal(pod, "Scheduled", f"Successfully assigned {ns}/{name} to {node}", COMPONENT)
 
@@ -256,7 +256,7 @@ class Scheduler(Controller):
             status = p.setdefault("status", {})
             status.setdefault("phase", "Pending")
             set_condition(status, "PodScheduled", "False", "Unschedulable", message, probe_time=True)
-        self.store.mutate(PODS, ns, name, mark, subresource="status")
+        self.store.mutate(PODS, ns, name, mark, subresource="status", echo=False)
         self.events.warning(pod, "FailedScheduling", message, COMPONENT)
 
 

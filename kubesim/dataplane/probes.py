@@ -35,16 +35,40 @@ class ProbeFailure(Exception):
     """A probe got an answer, and the answer is a failure (the message is the kubelet's wording)."""
 
 
+def _dial_error(error: OSError) -> str:
+    """How Go's net package words a failed connection (what the kubelet's probe messages show)."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connect: connection refused"
+    if isinstance(error, ConnectionResetError):
+        return "read: connection reset by peer"
+    if isinstance(error, TimeoutError):
+        return "i/o timeout"
+    return (error.strerror or str(error)).lower()
+
+
 def _http_get(spec: dict, target: ProbeTarget, timeout: float) -> None:
-    host, port = target.network.local(spec.get("host") or target.pod_ip, target.port(spec["port"]))
+    pod_host, pod_port = spec.get("host") or target.pod_ip, target.port(spec["port"])
+    host, port = target.network.local(pod_host, pod_port)
     https = spec.get("scheme", "HTTP").upper() == "HTTPS"
+    url = f"{'https' if https else 'http'}://{pod_host}:{pod_port}{spec.get('path', '/')}"
     connection = http.client.HTTPSConnection(host, port, timeout=timeout,
                                              context=ssl._create_unverified_context()) if https else \
         http.client.HTTPConnection(host, port, timeout=timeout)
     try:
+        try:
+            connection.connect()
+        except OSError as error:
+            raise ProbeFailure(f'Get "{url}": dial tcp {pod_host}:{pod_port}: {_dial_error(error)}') from error
         headers = {h["name"]: h["value"] for h in spec.get("httpHeaders") or []}
-        connection.request("GET", spec.get("path", "/"), headers={"User-Agent": "kube-probe/1.32", **headers})
-        status = connection.getresponse().status
+        try:
+            connection.request("GET", spec.get("path", "/"), headers={"User-Agent": "kube-probe/1.32", **headers})
+            status = connection.getresponse().status
+        except TimeoutError as error:
+            raise ProbeFailure(f'Get "{url}": context deadline exceeded (Client.Timeout exceeded while '
+                               'awaiting headers)') from error
+        except (OSError, http.client.HTTPException) as error:
+            raise ProbeFailure(f'Get "{url}": {_dial_error(error) if isinstance(error, OSError) else "EOF"}') \
+                from error
         if not 200 <= status < 400:
             raise ProbeFailure(f"HTTP probe failed with statuscode: {status}")
     finally:
@@ -52,8 +76,11 @@ def _http_get(spec: dict, target: ProbeTarget, timeout: float) -> None:
 
 
 def _tcp_socket(spec: dict, target: ProbeTarget, timeout: float) -> None:
-    address = target.network.local(spec.get("host") or target.pod_ip, target.port(spec["port"]))
-    socket.create_connection(address, timeout=timeout).close()
+    pod_host, pod_port = spec.get("host") or target.pod_ip, target.port(spec["port"])
+    try:
+        socket.create_connection(target.network.local(pod_host, pod_port), timeout=timeout).close()
+    except OSError as error:
+        raise ProbeFailure(f"dial tcp {pod_host}:{pod_port}: {_dial_error(error)}") from error
 
 
 def _exec_argv(command: list[str], programs: dict[str, str]) -> list[str] | None:

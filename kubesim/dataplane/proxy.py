@@ -4,8 +4,10 @@ One asyncio loop in one thread carries every connection. Each Service port liste
 on each externalIP / load-balancer IP (when that address cannot be bound here: on a free 127.0.0.1
 port, reported in the Service annotation ``kubesim.io/proxy-address`` and the log) and on its
 nodePort at every node's InternalIP. A new connection goes to the next Ready endpoint (round robin,
-the next one when connecting fails); with none it is reset at once. Endpoint changes apply to new
-connections only: established ones run until either side closes.
+the next one when connecting fails). While a port has no Ready endpoint its listeners are closed, so
+connecting is refused like kube-proxy's REJECT rule; one accepted just before (or whose endpoints all
+fail) is reset. Endpoint changes apply to new connections only: established ones run until either
+side closes.
 
 Endpoints come from EndpointSlices when a Service has any, else from its Endpoints object; the
 proxy re-reads a Service's objects from the store whenever the store reports a change to them.
@@ -132,8 +134,8 @@ def _reset(transport: asyncio.Transport) -> None:
 
 @dataclass
 class _Listener:
-    server: asyncio.AbstractServer
-    address: tuple[str, int]        # where it really listens
+    server: asyncio.AbstractServer | None   # None: closed while the port has no Ready endpoint
+    address: tuple[str, int]        # where it really listens (or listened, and will again)
 
 
 class ServiceProxy:
@@ -213,7 +215,7 @@ class ServiceProxy:
 
     def _close_all(self) -> None:
         for key in list(self._listeners):
-            self._listeners.pop(key).server.close()
+            self._close(self._listeners.pop(key))
         for client in list(self.connections):
             client.transport.abort()
             if client.peer is not None:
@@ -233,11 +235,16 @@ class ServiceProxy:
             for kind, host, number in self._addresses(service, port):
                 wanted[(namespace, name, port_name, kind, host, number)] = None
         for key in [k for k in self._listeners if k[:2] == (namespace, name) and k not in wanted]:
-            self._listeners.pop(key).server.close()
+            self._close(self._listeners.pop(key))
             log.info("service %s/%s: stopped listening on %s:%d", namespace, name, *key[4:])
         for key in wanted:
-            if key not in self._listeners:
+            listener = self._listeners.get(key)
+            if listener is None:
                 await self._listen(key)
+            elif not self._backends[key[:3]].addresses:
+                self._close(listener)   # no Ready endpoint: refuse connections (kube-proxy REJECT)
+            elif listener.server is None:
+                await self._listen(key, listener.address)
         for key in [k for k in self._backends if k[:2] == (namespace, name)
                     and k[2] not in {p.get("name") or "" for p in ports}]:
             del self._backends[key]
@@ -281,12 +288,19 @@ class ServiceProxy:
                 out.setdefault(p.get("name") or "", []).extend((ip, p["port"]) for ip in ips)
         return out
 
-    async def _listen(self, key: tuple) -> None:
+    @staticmethod
+    def _close(listener: _Listener) -> None:
+        if listener.server is not None:
+            listener.server.close()
+            listener.server = None
+
+    async def _listen(self, key: tuple, again: tuple[str, int] | None = None) -> None:
+        """Listen for one Service port address (``again``: reopen where it listened before)."""
         namespace, name, port_name, kind, host, number = key
         backends = self._backends[(namespace, name, port_name)]
         # cluster IPs and node IPs are this machine's loopback addresses (remapped where those are not bindable)
         choices = ((host, number), (FALLBACK_HOST, 0)) if kind == "external" else (self.network.local(host, number),)
-        for bind_host, bind_port in choices:
+        for bind_host, bind_port in ((again,) if again else choices):
             sock = socket.socket()
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -301,6 +315,8 @@ class ServiceProxy:
             sock.listen(1024)
             server = await self._loop.create_server(lambda: _Client(self, backends), sock=sock)
             self._listeners[key] = _Listener(server, sock.getsockname())
+            if not backends.addresses:   # the address is reserved and reported; connecting is refused
+                self._close(self._listeners[key])
             log.info("service %s/%s port %s: %s %s:%d listening on %s:%d", namespace, name, port_name or number,
                      kind, host, number, *sock.getsockname())
             return

@@ -48,10 +48,14 @@ def test_chains(dagbag):
     rollback = migrate.get_task("rollback")
     assert rollback.trigger_rule == "one_failed"
     assert rollback.upstream_task_ids == {"apply", "wait_ready", "verify_source_empty", "verify_endpoint"}
-    watcher = migrate.get_task("fail_run_if_any_failed")
-    assert watcher.trigger_rule == "one_failed"
-    assert watcher.upstream_task_ids == set(migrate.task_ids) - {watcher.task_id}
-    assert [t.task_id for t in migrate.leaves] == [watcher.task_id]
+    start_probe, stop_probe = migrate.get_task("start_probe"), migrate.get_task("stop_probe")
+    assert start_probe.is_setup and stop_probe.is_teardown
+    assert "render" in start_probe.downstream_task_ids and "preflight" in start_probe.upstream_task_ids
+    assert stop_probe.upstream_task_ids == {"start_probe", "verify_endpoint", "rollback"}
+    report = migrate.get_task("report")
+    assert report.trigger_rule == "all_done"
+    assert report.upstream_task_ids == set(migrate.task_ids) - {"report", "start_probe"}
+    assert [t.task_id for t in migrate.leaves] == ["report"]
 
 
 def test_params_have_schemas_and_valid_defaults(dagbag):

@@ -18,11 +18,38 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def dags_test(airflow_cli, cluster):
+def report_dir(tmp_path):
+    return tmp_path / "reports"
+
+
+@pytest.fixture
+def dags_test(airflow_cli, cluster, report_dir):
     def run(dag_id: str, conf: dict, **kwargs):
-        return airflow_cli("dags", "test", dag_id, "--conf", json.dumps(conf),
-                           kubeconfig=cluster.kubeconfig_path, **kwargs)
+        return airflow_cli("dags", "test", dag_id, "--conf", json.dumps(conf), kubeconfig=cluster.kubeconfig_path,
+                           extra_env={"K8SMOVE_REPORT_DIR": str(report_dir)}, **kwargs)
     return run
+
+
+def newest_report(report_dir: Path) -> dict:
+    reports = sorted(report_dir.glob("migrate_app__*.json"), key=lambda p: p.stat().st_mtime)
+    assert reports, f"no migration report in {report_dir}"
+    return json.loads(reports[-1].read_text())
+
+
+def assert_moved_without_disruption(report: dict, source: str, target: str) -> None:
+    """The migration report proves the move: placement changed, every request answered, no row lost."""
+    assert report["outcome"] == "moved", report
+    assert set(report["pods_before"]) == {source} and len(report["pods_before"][source]) == 2
+    assert set(report["pods_after"]) == {target} and len(report["pods_after"][target]) == 2
+    probe = report["probe"]
+    assert probe["sent"] >= 20 and probe["failed"] == 0, probe
+    assert probe["placements"][0]["node"] == source and probe["placements"][-1]["node"] == target
+    db = report["db"]
+    assert db["rows_acknowledged"] > 0 and db["rows_lost"] == 0, db
+    assert all(report["steps"][t]["state"] == "success" for t in
+               ("preflight", "start_probe", "apply", "wait_ready", "verify_endpoint", "stop_probe"))
+    assert report["steps"]["rollback"]["state"] == "skipped"
+    assert report["steps"]["wait_ready"]["duration_s"] > 0
 
 
 def clear_request_log(cluster, kube_client):
@@ -46,7 +73,7 @@ def deploy_conf():
             "node_label": {"demo": "node1"}, "external_ip": unique_external_ip(), "port": 8080}
 
 
-def test_deploy_then_migrate(cluster, kube_client, dags_test):
+def test_deploy_then_migrate(cluster, kube_client, dags_test, report_dir):
     conf = deploy_conf()
     url = f"http://{conf['external_ip']}:8080/"
     deployed = dags_test("deploy_app", conf)
@@ -59,6 +86,16 @@ def test_deploy_then_migrate(cluster, kube_client, dags_test):
     assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
     assert pods_on(kube_client, "node1") == []
     assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node2"
+    assert_moved_without_disruption(newest_report(report_dir), "node1", "node2")
+
+    back = dags_test("migrate_app", {"node_label": {"demo": "node1"}})
+    assert back.returncode == 0, back.stdout[-5000:]
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+    assert pods_on(kube_client, "node2") == []
+    assert_moved_without_disruption(newest_report(report_dir), "node2", "node1")
+
+    to_node2 = dags_test("migrate_app", {"node_label": {"demo": "node2"}})
+    assert to_node2.returncode == 0, to_node2.stdout[-5000:]
 
     password = base64.b64decode(CoreV1Api(kube_client).read_namespaced_secret("demo-db", "default").data["password"])
     assert password.decode() not in deployed.stdout + migrated.stdout
@@ -69,6 +106,7 @@ def test_deploy_then_migrate(cluster, kube_client, dags_test):
     assert again.returncode == 0, again.stdout[-5000:]
     assert {n: g for n, (g, _) in generations(kube_client).items()} == {n: g for n, (g, _) in before.items()}
     assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
+    assert newest_report(report_dir)["outcome"] == "unchanged"
 
     # A different selector for the same node is not a move: refused before any write.
     clear_request_log(cluster, kube_client)
@@ -95,7 +133,8 @@ def test_invalid_conf_is_refused_and_nothing_is_written(cluster, kube_client, da
     assert cluster.writes() == []
 
 
-def test_failed_migration_rolls_back_and_the_run_fails_with_the_reason(cluster, kube_client, dags_test):
+def test_failed_migration_rolls_back_and_the_run_fails_with_the_reason(cluster, kube_client, dags_test,
+                                                                       report_dir):
     conf = deploy_conf()
     assert dags_test("deploy_app", conf).returncode == 0
     cluster.faults.add("slow-startup", node="node2", seconds=120)    # pods on the target never get Ready in time
@@ -107,6 +146,10 @@ def test_failed_migration_rolls_back_and_the_run_fails_with_the_reason(cluster, 
     assert AppsV1Api(kube_client).read_namespaced_deployment(
         "demo-app", "default").spec.template.spec.node_selector == {"demo": "node1"}
     assert pods_by_component(kube_client)["app"] == ["node1"], result.stdout[-8000:]
+    report = newest_report(report_dir)
+    assert report["outcome"] == "rolled_back", report
+    assert "Rollout not complete after 10s" in report["reason"]
+    assert report["probe"]["failed"] == 0, report["probe"]
     assert verify_endpoint(f"http://{conf['external_ip']}:8080/", deadline_seconds=20)["body"]["node"] == "node1"
 
 

@@ -127,9 +127,10 @@ def test_patch_types(api):
                 '{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox"},'
                 '{"name":"nginx","env":[{"name":"B","value":"b"}]}]}}}}')
     containers = api.store.get(DEPLOYMENTS, "default", "web")["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["nginx", "sidecar"]
-    assert containers[0]["image"] == "nginx:1.28"
-    assert containers[0]["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "b"}]
+    # upstream order (apimachinery normalizeElementOrder): the patch's items in the patch's order, new ones first
+    assert [c["name"] for c in containers] == ["sidecar", "nginx"]
+    assert containers[1]["image"] == "nginx:1.28"
+    assert containers[1]["env"] == [{"name": "B", "value": "b"}, {"name": "A", "value": "1"}]
     bad = api.kubectl("patch", "deployment", "web", "--type", "json", "-p", '[{"op":"remove","path":"/nope"}]',
                       check=False)
     assert bad.returncode != 0 and "nope" in bad.stderr

@@ -143,9 +143,10 @@ def test_strategic_merge_directives(api, client):
             "$setElementOrder/containers": [{"name": "app"}],
             "containers": [{"name": "app", "env": [{"name": "A", "$patch": "delete"}, {"name": "C", "value": "3"}]}],
             "tolerations": [{"key": "new", "operator": "Exists"}]}}}})
-    assert patched.metadata.finalizers == ["example.com/a", "example.com/b"]
+    # upstream order (apimachinery normalizeElementOrder): items named in the patch come before server-only ones
+    assert patched.metadata.finalizers == ["example.com/b", "example.com/a"]
     pod_spec = patched.spec.template.spec
-    assert [(e.name, e.value) for e in pod_spec.containers[0].env] == [("B", "2"), ("C", "3")]
+    assert [(e.name, e.value) for e in pod_spec.containers[0].env] == [("C", "3"), ("B", "2")]
     assert [t.key for t in pod_spec.tolerations] == ["new"]  # no merge key: the list is replaced
     replaced = apps.patch_namespaced_deployment("web", "default",
                                                 {"metadata": {"labels": {"$patch": "replace", "z": "1"}}})

@@ -1,0 +1,237 @@
+"""What every benchmark shares: timing and percentiles, memory readings, a cluster with real clients on it,
+manifests, waiting, and the Markdown result table.
+
+Benchmarks are not tests: they print figures (and a verdict against the target where an issue set one),
+they do not assert. Each benchmark module exposes ``run() -> Result``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from kubesim.cluster import Cluster  # noqa: E402
+from kubesim.resources import DEPLOYMENTS, NODES, PODS  # noqa: E402
+
+
+# ---- timing ----------------------------------------------------------------------------------------------
+def now() -> float:
+    return time.perf_counter()
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of unsorted values (fraction 0.5 for p50)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
+
+
+def summary_ms(seconds: list[float]) -> dict:
+    """p50/p95/max in milliseconds of samples taken in seconds."""
+    return {"n": len(seconds), "p50": ms(percentile(seconds, 0.5)), "p95": ms(percentile(seconds, 0.95)),
+            "max": ms(max(seconds))}
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    samples = []
+    for _ in range(repeat):
+        start = now()
+        fn()
+        samples.append(now() - start)
+    return samples
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ---- memory ----------------------------------------------------------------------------------------------
+def rss_mib(pid: int | None = None) -> float:
+    """Resident set size (VmRSS) of a process, this one by default."""
+    with open(f"/proc/{pid or 'self'}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmRSS")
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size (shared pages split between their users) from smaps_rollup."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return round(int(line.split()[1]) / 1024, 2)
+    raise RuntimeError("no Pss")
+
+
+def child_pids() -> list[int]:
+    import psutil
+    return [p.pid for p in psutil.Process().children(recursive=True)]
+
+
+# ---- cluster and clients ---------------------------------------------------------------------------------
+def node_names(count: int) -> list[str]:
+    return [f"node{i}" for i in range(1, count + 1)]
+
+
+@contextlib.contextmanager
+def cluster(**overrides) -> Iterator[Cluster]:
+    """A started kubesim Cluster (quiet logs); stopped, with everything it ran, on exit."""
+    import logging
+    logging.getLogger("kubesim").setLevel(logging.ERROR)
+    with Cluster(**overrides) as c:
+        wait_for(lambda: len(c.store.snapshot(NODES)[0]) == len(c.config.nodes), 30, what="nodes")
+        yield c
+
+
+def api_client(c: Cluster):
+    """The real ``kubernetes`` client over HTTP, configured from the cluster's kubeconfig."""
+    from kubernetes import client, config
+    return config.new_client_from_config(config_file=c.kubeconfig_path)
+
+
+class Kubectl:
+    """The kubectl on PATH against one cluster, with a private HOME (its own discovery cache)."""
+
+    def __init__(self, c: Cluster):
+        self.kubeconfig = c.kubeconfig_path
+        self.home = tempfile.mkdtemp(prefix="bench-kubectl-")
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        result = subprocess.run(["kubectl", "--kubeconfig", self.kubeconfig, *args], capture_output=True,
+                                text=True, timeout=timeout,
+                                env={"HOME": self.home, "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+
+# ---- manifests and states --------------------------------------------------------------------------------
+def deployment(name: str, replicas: int, node: str | None, image: str = "demo/app:1", namespace: str = "default",
+               max_surge: int | str = 1, max_unavailable: int | str = 0, port: int | None = None) -> dict:
+    container = {"name": "app", "image": image}
+    if port:
+        container["ports"] = [{"name": "http", "containerPort": port}]
+        container["readinessProbe"] = {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1}
+    pod_spec = {"containers": [container], "terminationGracePeriodSeconds": 1}
+    if node:
+        pod_spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+    return {"metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "strategy": {"type": "RollingUpdate",
+                                  "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": max_unavailable}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec}}}
+
+
+def service(name: str, port: int, namespace: str = "default") -> dict:
+    return {"metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": port, "targetPort": "http"}]}}
+
+
+def rolled_out(d: dict) -> bool:
+    s, want = d.get("status") or {}, d["spec"]["replicas"]
+    return (s.get("observedGeneration") == d["metadata"]["generation"] and s.get("updatedReplicas", 0) == want
+            and s.get("replicas", 0) == want and s.get("availableReplicas", 0) == want)
+
+
+def all_rolled_out(c: Cluster, namespace: str | None = None) -> bool:
+    return all(rolled_out(d) for d in c.store.snapshot(DEPLOYMENTS, namespace)[0])
+
+
+def pod_ready(pod: dict) -> bool:
+    return any(cond["type"] == "Ready" and cond["status"] == "True"
+               for cond in (pod.get("status") or {}).get("conditions") or [])
+
+
+def pods(c: Cluster, namespace: str | None = None) -> list[dict]:
+    return c.store.snapshot(PODS, namespace)[0]
+
+
+# ---- results ---------------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """One benchmark's figures: rows of (metric, value, target, verdict) plus free-form notes."""
+    name: str
+    command: str
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+    def add(self, metric: str, value, target: str = "", met: bool | None = None) -> None:
+        verdict = "" if met is None else ("met" if met else "NOT met")
+        self.rows.append((metric, str(value), target, verdict))
+
+    def markdown(self) -> str:
+        lines = [f"### {self.name}", "", f"`{self.command}`", "", "| metric | value | target | verdict |",
+                 "|---|---|---|---|"]
+        lines += [f"| {m} | {v} | {t} | {r} |" for m, v, t, r in self.rows]
+        lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def machine_facts() -> str:
+    import platform
+    return (f"nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.system()} {platform.release()}, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def save(key: str, result: Result) -> None:
+    """Keep the raw figures next to the printed table (bench/results/<name>.json, not committed)."""
+    out = os.path.join(REPO_ROOT, "bench", "results")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{key}.json"), "w") as f:
+        json.dump({"machine": machine_facts(), "rows": result.rows, "notes": result.notes, "raw": result.raw},
+                  f, indent=1, default=str)
+
+
+
+def processes_of_pods(uids: set[str]) -> list[int]:
+    """Pids of every process on the machine marked as belonging to one of these pods (KUBESIM_POD_UID in
+    its environment, which children inherit): catches processes that outlived or escaped their parent."""
+    marks = {f"KUBESIM_POD_UID={uid}".encode() for uid in uids}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = set(f.read().split(b"\0"))
+        except OSError:
+            continue
+        if environ & marks:
+            found.append(int(entry))
+    return found
+
+
+def create_app(c: Cluster, name: str, replicas: int, node: str | None, image: str = "nginx", port: int = 8080,
+               namespace: str = "default") -> None:
+    """A Deployment and its Service (ClusterIP allocated by the API server) through the real client."""
+    from kubernetes import client
+    api = api_client(c)
+    client.AppsV1Api(api).create_namespaced_deployment(
+        namespace, deployment(name, replicas, node, image=image, port=port, namespace=namespace))
+    client.CoreV1Api(api).create_namespaced_service(namespace, service(name, port, namespace))
+
+
+def ready_pods(c: Cluster, app: str, namespace: str = "default") -> list[dict]:
+    return [p for p in pods(c, namespace) if (p["metadata"].get("labels") or {}).get("app") == app
+            and pod_ready(p) and not p["metadata"].get("deletionTimestamp")]

@@ -1,0 +1,139 @@
+"""The migration report: where the pods ran before and after, what the probe saw, which rows survived.
+
+Plain Python (the operators in operators/observe.py call it): starting and stopping the availability probe
+process, reading placements, and composing the report that goes to XCom, the task log and a JSON file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from k8smove import release_selector
+from k8smove.kube import list_objects
+
+PLUGINS_DIR = Path(__file__).resolve().parents[1]
+REPORT_DIR_ENV = "K8SMOVE_REPORT_DIR"
+STOP_WAIT_SECONDS = 15
+
+
+def pods_by_node(api, namespace: str, release: str) -> dict[str, list[str]]:
+    """Node name -> names of the release's pods on it that are not terminating (unscheduled under "")."""
+    placement: dict[str, list[str]] = {}
+    for pod in list_objects(api, "v1", "Pod", namespace, release_selector(release)):
+        if not pod["metadata"].get("deletionTimestamp"):
+            placement.setdefault(pod["spec"].get("nodeName") or "", []).append(pod["metadata"]["name"])
+    return {node: sorted(names) for node, names in sorted(placement.items())}
+
+
+def start_probe(url: str, rate: float, write_rate: float, max_seconds: float) -> dict:
+    """Start the probe process in its own session (it outlives the task that starts it); returns its handle."""
+    out = tempfile.NamedTemporaryFile(prefix="k8smove-probe-", suffix=".json", delete=False).name
+    os.unlink(out)  # the probe creates it when it stops; its absence means "still running"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS_DIR),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "k8smove.availability", "--url", url, "--rate", str(rate),
+         "--write-rate", str(write_rate), "--out", out, "--max-seconds", str(max_seconds)],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    return {"pid": process.pid, "out": out, "url": url, "rate": rate, "write_rate": write_rate,
+            "started_at": time.time()}
+
+
+def stop_probe(handle: dict) -> dict:
+    """Stop the probe (if it is still running) and return its summary."""
+    try:
+        os.kill(handle["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # it already stopped by itself at --max-seconds
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while not os.path.exists(handle["out"]):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the availability probe (pid {handle['pid']}) wrote no result within "
+                               f"{STOP_WAIT_SECONDS} s")
+        time.sleep(0.05)
+    try:
+        return json.loads(Path(handle["out"]).read_text())
+    finally:
+        os.unlink(handle["out"])
+
+
+def data_check(acknowledged: list[int], present: list[int]) -> dict:
+    lost = sorted(set(acknowledged) - set(present))
+    return {"rows_acknowledged": len(acknowledged), "rows_present": len(present), "rows_lost": len(lost),
+            "lost_ids": lost[:100]}
+
+
+def write_report(report: dict, dag_id: str, run_id: str) -> str | None:
+    """Write the report as JSON where ``K8SMOVE_REPORT_DIR`` says; None when it is not set."""
+    directory = os.environ.get(REPORT_DIR_ENV)
+    if not directory:
+        return None
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{dag_id}__{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    return path
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The report in a few lines for the task log."""
+    probe, db = report.get("probe") or {}, report.get("db") or {}
+    return [
+        f"outcome: {report['outcome']} in {report['duration_s']} s",
+        f"pods before: {json.dumps(report['pods_before'])}",
+        f"pods after:  {json.dumps(report['pods_after'])}",
+        f"probe: {probe.get('sent')} sent, {probe.get('failed')} failed, longest gap {probe.get('max_gap_ms')} ms, "
+        f"latency p50 {(probe.get('latency_ms') or {}).get('p50')} ms",
+        f"rows: {db.get('rows_acknowledged')} acknowledged, {db.get('rows_present')} present, "
+        f"{db.get('rows_lost')} lost",
+        "steps: " + ", ".join(f"{task} {step['state']} {step.get('duration_s', '-')} s"
+                              for task, step in report["steps"].items()),
+    ]
+
+
+# Steps whose failure is the move's failure (the others prove or repair it).
+PROBE_STEPS = ("start_probe", "stop_probe")
+ROLLBACK_STEP = "rollback"
+
+
+def migration_outcome(steps: dict[str, dict], pods_before: dict | None, pods_after: dict,
+                      db: dict | None) -> tuple[str, str | None]:
+    """(outcome, reason): moved, unchanged, refused, rolled_back, failed, unverified or data_lost."""
+    failed = [t for t, step in steps.items() if step["state"] in ("failed", "upstream_failed")
+              and t not in PROBE_STEPS and t != ROLLBACK_STEP]
+    if failed:
+        first = failed[0]
+        reason = steps[first].get("error") or f"task {first} ended {steps[first]['state']}"
+        if first == "preflight":
+            return "refused", reason
+        if steps.get(ROLLBACK_STEP, {}).get("state") == "success":
+            return "rolled_back", f"{reason} (rolled back: the release runs where it ran before)"
+        return "failed", reason
+    broken_proof = [t for t in PROBE_STEPS if t in steps and steps[t]["state"] != "success"]
+    if broken_proof:
+        t = broken_proof[0]
+        return "unverified", steps[t].get("error") or f"task {t} ended {steps[t]['state']}"
+    if db and db.get("rows_lost"):
+        return "data_lost", f"{db['rows_lost']} acknowledged rows are missing after the move: {db['lost_ids']}"
+    return ("unchanged" if pods_before == pods_after else "moved"), None
+
+
+def compose(step_ids: list[str], states: dict[str, str], recorded: dict[str, dict], pods_before: dict | None,
+            pods_after: dict, observed: dict, started) -> dict:
+    """The migration report (see README: "The migration report")."""
+    steps = {t: {**(recorded.get(t) or {}), "state": states.get(t) or "none"} for t in step_ids}
+    outcome, reason = migration_outcome(steps, pods_before, pods_after, observed.get("db"))
+    return {
+        "outcome": outcome, "reason": reason,
+        "duration_s": round(time.time() - started.timestamp(), 3) if started else None,
+        "pods_before": pods_before or {}, "pods_after": pods_after,
+        "probe": observed.get("probe"), "db": observed.get("db"), "steps": steps,
+    }

@@ -1,0 +1,117 @@
+"""`make demo`: kubesim with node1 and node2, then deploy_app and migrate_app through Airflow, then a report.
+
+Everything it starts (kubesim, its processes, Airflow's sqlite home) is stopped or removed at the end;
+the JSON report stays in reports/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from scripts.local_airflow import ROOT, airflow_environ, run_airflow
+
+REPORT_DIR = ROOT / "reports"
+
+
+def free_port(host: str, preferred: int) -> int:
+    """``preferred`` or the nearest free port above it on ``host``."""
+    for port in range(preferred, preferred + 100):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+                return port
+            except OSError:
+                continue
+    raise SystemExit(f"no free port in {preferred}..{preferred + 99} on {host}")
+
+
+def run_dag(env: dict, dag_id: str, conf: dict) -> dict:
+    """``airflow dags test`` with ``conf``; returns the run's state, wall time and task states."""
+    print(f"--> airflow dags test {dag_id} --conf '{json.dumps(conf)}'", flush=True)
+    started = time.monotonic()
+    result = run_airflow(env, "dags", "test", dag_id, "--conf", json.dumps(conf))
+    elapsed = round(time.monotonic() - started, 2)
+    log_path = REPORT_DIR / f"{dag_id}.log"
+    log_path.write_text(result.stdout)
+    runs = json.loads(run_airflow(env, "dags", "list-runs", dag_id, "-o", "json").stdout or "[]")
+    state = runs[0]["state"] if runs else "unknown"
+    print(f"    {dag_id}: {state} in {elapsed} s (log: {log_path.relative_to(ROOT)})", flush=True)
+    return {"state": state, "wall_s": elapsed, "log": str(log_path)}
+
+
+def newest_report(dag_id: str) -> dict:
+    reports = sorted(REPORT_DIR.glob(f"{dag_id}__*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(reports[-1].read_text()) if reports else {}
+
+
+def human_summary(report: dict, report_path: Path) -> str:
+    m = report["migrate"]
+    probe, db = m.get("probe", {}), m.get("db", {})
+    lines = [
+        "",
+        "k8smove demo report",
+        "===================",
+        f"service      {report['service_url']}",
+        f"deploy_app   {report['deploy']['state']}  ({report['deploy']['wall_s']} s)",
+        f"migrate_app  {m['state']}  ({m.get('duration_s')} s, outcome: {m.get('outcome')})",
+        f"pods before  {json.dumps(m.get('pods_before', {}))}",
+        f"pods after   {json.dumps(m.get('pods_after', {}))}",
+        f"probe        {probe.get('sent')} requests, {probe.get('failed')} failed, longest gap "
+        f"{probe.get('max_gap_ms')} ms, p50 {probe.get('latency_ms', {}).get('p50')} ms",
+        f"database     {db.get('rows_acknowledged')} rows acknowledged, {db.get('rows_present')} present, "
+        f"{db.get('rows_lost')} lost",
+        f"JSON report  {report_path}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--external-ip", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="8080, or the nearest free port above it")
+    args = parser.parse_args(argv)
+
+    from kubesim.cluster import Cluster
+
+    REPORT_DIR.mkdir(exist_ok=True)
+    for old in REPORT_DIR.glob("*"):
+        old.unlink()
+    port = free_port(args.external_ip, args.port)
+    work = Path(tempfile.mkdtemp(prefix="k8smove-demo-"))
+    try:
+        print("--> starting kubesim (nodes node1, node2)", flush=True)
+        with Cluster(nodes=["node1", "node2"], work_dir=str(work / "kubesim"),
+                     kubeconfig_path=str(work / "kubeconfig")) as cluster:
+            print(f"    API server {cluster.url}; kubeconfig {cluster.kubeconfig_path}", flush=True)
+            env = airflow_environ(work / "airflow", cluster.kubeconfig_path, REPORT_DIR)
+            print("--> preparing Airflow (sqlite metadata DB)", flush=True)
+            migrated = run_airflow(env, "db", "migrate")
+            if migrated.returncode != 0:
+                print(migrated.stdout, file=sys.stderr)
+                return 1
+            deploy_conf = {"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
+                           "node_label": {"demo": "node1"}, "external_ip": args.external_ip, "port": port}
+            deploy = run_dag(env, "deploy_app", deploy_conf)
+            migrate = run_dag(env, "migrate_app", {"node_label": {"demo": "node2"}}) \
+                if deploy["state"] == "success" else {"state": "not run"}
+            migration = newest_report("migrate_app")
+            print("--> stopping kubesim", flush=True)
+        report = {"service_url": f"http://{args.external_ip}:{port}/", "deploy": deploy,
+                  "migrate": {**migration, "state": migrate["state"], "wall_s": migrate.get("wall_s")}}
+        report_path = REPORT_DIR / "demo-report.json"
+        report_path.write_text(json.dumps(report, indent=2))
+        print(human_summary(report, report_path.relative_to(ROOT)))
+        ok = deploy["state"] == "success" and migrate["state"] == "success"
+        return 0 if ok else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
