@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import socket
 import sys
@@ -16,7 +17,6 @@ from pathlib import Path
 
 from scripts.local_airflow import ROOT, airflow_environ, run_airflow
 
-REPORT_DIR = ROOT / "reports"
 
 
 def free_port(host: str, preferred: int) -> int:
@@ -31,22 +31,22 @@ def free_port(host: str, preferred: int) -> int:
     raise SystemExit(f"no free port in {preferred}..{preferred + 99} on {host}")
 
 
-def run_dag(env: dict, dag_id: str, conf: dict) -> dict:
+def run_dag(env: dict, dag_id: str, conf: dict, report_dir: Path) -> dict:
     """``airflow dags test`` with ``conf``; returns the run's state, wall time and task states."""
     print(f"--> airflow dags test {dag_id} --conf '{json.dumps(conf)}'", flush=True)
     started = time.monotonic()
     result = run_airflow(env, "dags", "test", dag_id, "--conf", json.dumps(conf))
     elapsed = round(time.monotonic() - started, 2)
-    log_path = REPORT_DIR / f"{dag_id}.log"
+    log_path = report_dir / f"{dag_id}.log"
     log_path.write_text(result.stdout)
-    runs = json.loads(run_airflow(env, "dags", "list-runs", dag_id, "-o", "json").stdout or "[]")
-    state = runs[0]["state"] if runs else "unknown"
-    print(f"    {dag_id}: {state} in {elapsed} s (log: {log_path.relative_to(ROOT)})", flush=True)
+    finished = re.findall(rf"DagRun Finished: dag_id={dag_id}, .*? state=(\w+)", result.stdout)
+    state = finished[-1] if finished else f"did not finish (exit {result.returncode})"
+    print(f"    {dag_id}: {state} in {elapsed} s (log: {log_path})", flush=True)
     return {"state": state, "wall_s": elapsed, "log": str(log_path)}
 
 
-def newest_report(dag_id: str) -> dict:
-    reports = sorted(REPORT_DIR.glob(f"{dag_id}__*.json"), key=lambda p: p.stat().st_mtime)
+def newest_report(report_dir: Path, dag_id: str) -> dict:
+    reports = sorted(report_dir.glob(f"{dag_id}__*.json"), key=lambda p: p.stat().st_mtime)
     return json.loads(reports[-1].read_text()) if reports else {}
 
 
@@ -75,12 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--external-ip", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="8080, or the nearest free port above it")
+    parser.add_argument("--report-dir", type=Path, default=ROOT / "reports")
     args = parser.parse_args(argv)
+    report_dir = args.report_dir.resolve()
 
     from kubesim.cluster import Cluster
 
-    REPORT_DIR.mkdir(exist_ok=True)
-    for old in REPORT_DIR.glob("*"):
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for old in report_dir.glob("*"):
         old.unlink()
     port = free_port(args.external_ip, args.port)
     work = Path(tempfile.mkdtemp(prefix="k8smove-demo-"))
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         with Cluster(nodes=["node1", "node2"], work_dir=str(work / "kubesim"),
                      kubeconfig_path=str(work / "kubeconfig")) as cluster:
             print(f"    API server {cluster.url}; kubeconfig {cluster.kubeconfig_path}", flush=True)
-            env = airflow_environ(work / "airflow", cluster.kubeconfig_path, REPORT_DIR)
+            env = airflow_environ(work / "airflow", cluster.kubeconfig_path, report_dir)
             print("--> preparing Airflow (sqlite metadata DB)", flush=True)
             migrated = run_airflow(env, "db", "migrate")
             if migrated.returncode != 0:
@@ -97,16 +99,16 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             deploy_conf = {"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
                            "node_label": {"demo": "node1"}, "external_ip": args.external_ip, "port": port}
-            deploy = run_dag(env, "deploy_app", deploy_conf)
-            migrate = run_dag(env, "migrate_app", {"node_label": {"demo": "node2"}}) \
+            deploy = run_dag(env, "deploy_app", deploy_conf, report_dir)
+            migrate = run_dag(env, "migrate_app", {"node_label": {"demo": "node2"}}, report_dir) \
                 if deploy["state"] == "success" else {"state": "not run"}
-            migration = newest_report("migrate_app")
+            migration = newest_report(report_dir, "migrate_app")
             print("--> stopping kubesim", flush=True)
         report = {"service_url": f"http://{args.external_ip}:{port}/", "deploy": deploy,
                   "migrate": {**migration, "state": migrate["state"], "wall_s": migrate.get("wall_s")}}
-        report_path = REPORT_DIR / "demo-report.json"
+        report_path = report_dir / "demo-report.json"
         report_path.write_text(json.dumps(report, indent=2))
-        print(human_summary(report, report_path.relative_to(ROOT)))
+        print(human_summary(report, report_path))
         ok = deploy["state"] == "success" and migrate["state"] == "success"
         return 0 if ok else 1
     finally:

@@ -9,37 +9,23 @@ conftest: ``from airflow_env import airflow_home, airflow_cli  # noqa: F401`` (f
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+from scripts import local_airflow
+from scripts.local_airflow import AIRFLOW
+
 HOME = tempfile.mkdtemp(prefix="k8smove-airflow-")
 atexit.register(shutil.rmtree, HOME, ignore_errors=True)
 
 
 def airflow_environ(kubeconfig: str | None = None) -> dict[str, str]:
-    """Environment for Airflow against this repo (and, with ``kubeconfig``, against that cluster)."""
-    env = {
-        "AIRFLOW_HOME": HOME,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME}/airflow.db",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
-    }
-    if kubeconfig:
-        env["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
-            {"conn_type": "kubernetes", "extra": {"kube_config_path": kubeconfig}})
-    return env
+    """Environment for the session's Airflow against this repo (and, with ``kubeconfig``, that cluster)."""
+    return local_airflow.airflow_environ(HOME, kubeconfig)
 
 
 os.environ.update(airflow_environ())
@@ -58,7 +44,6 @@ def airflow_cli(airflow_home):
     """Run ``airflow <args>``; returns the CompletedProcess (stdout and stderr merged into ``.stdout``)."""
     def run(*args: str, kubeconfig: str | None = None, timeout: float = 600,
             extra_env: dict | None = None) -> subprocess.CompletedProcess:
-        env = {**os.environ, **airflow_environ(kubeconfig), **(extra_env or {})}
-        return subprocess.run([AIRFLOW, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=timeout, cwd=ROOT)
+        return local_airflow.run_airflow({**airflow_environ(kubeconfig), **(extra_env or {})}, *args,
+                                         timeout=timeout)
     return run

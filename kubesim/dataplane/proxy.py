@@ -314,11 +314,11 @@ class ServiceProxy:
                 continue
             sock.listen(1024)
             server = await self._loop.create_server(lambda: _Client(self, backends), sock=sock)
-            self._listeners[key] = _Listener(server, sock.getsockname())
-            if not backends.addresses:   # the address is reserved and reported; connecting is refused
-                self._close(self._listeners[key])
+            listener = self._listeners[key] = _Listener(server, sock.getsockname())
             log.info("service %s/%s port %s: %s %s:%d listening on %s:%d", namespace, name, port_name or number,
-                     kind, host, number, *sock.getsockname())
+                     kind, host, number, *listener.address)
+            if not backends.addresses:   # the address is reserved and reported; connecting is refused
+                self._close(listener)
             return
 
     def _report_fallbacks(self, service: dict) -> None:

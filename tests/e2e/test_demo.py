@@ -1,0 +1,29 @@
+"""`make demo` as a user runs it (the script behind it), checked through the JSON report it leaves."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scripts.local_airflow import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_deploys_migrates_and_reports(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "scripts.demo", "--report-dir", str(tmp_path)], cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+    assert result.returncode == 0, result.stdout[-5000:]
+    report = json.loads((tmp_path / "demo-report.json").read_text())
+    assert report["deploy"]["state"] == "success"
+    migrate = report["migrate"]
+    assert migrate["state"] == "success" and migrate["outcome"] == "moved"
+    assert set(migrate["pods_before"]) == {"node1"} and len(migrate["pods_before"]["node1"]) == 2
+    assert set(migrate["pods_after"]) == {"node2"} and len(migrate["pods_after"]["node2"]) == 2
+    assert migrate["probe"]["sent"] >= 20 and migrate["probe"]["failed"] == 0
+    assert migrate["probe"]["max_gap_ms"] < 1000
+    assert migrate["db"]["rows_acknowledged"] > 0 and migrate["db"]["rows_lost"] == 0
+    assert migrate["duration_s"] > 0
+    assert "k8smove demo report" in result.stdout and str(tmp_path / "demo-report.json") in result.stdout
