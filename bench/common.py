@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -105,7 +104,7 @@ def cluster(**overrides) -> Iterator[Cluster]:
 
 def api_client(c: Cluster):
     """The real ``kubernetes`` client over HTTP, configured from the cluster's kubeconfig."""
-    from kubernetes import client, config
+    from kubernetes import config
     return config.new_client_from_config(config_file=c.kubeconfig_path)
 
 
@@ -114,7 +113,8 @@ class Kubectl:
 
     def __init__(self, c: Cluster):
         self.kubeconfig = c.kubeconfig_path
-        self.home = tempfile.mkdtemp(prefix="bench-kubectl-")
+        self.home = os.path.join(c.config.work_dir, "kubectl-home")   # removed with the cluster
+        os.makedirs(self.home, exist_ok=True)
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         result = subprocess.run(["kubectl", "--kubeconfig", self.kubeconfig, *args], capture_output=True,

@@ -20,20 +20,21 @@ RATE, PORT, SETTLE_SECONDS = 25.0, 8080, 3.0
 
 @contextlib.contextmanager
 def probing(c, app: str):
-    """The availability probe (GET / at RATE/s) on the app's Service clusterIP while the block runs."""
+    """The availability probe (GET / at RATE/s) on the app's Service clusterIP while the block runs; yields
+    a dict that holds the probe's summary once the block has ended."""
     url = f"http://{c.store.get(SERVICES, 'default', app)['spec']['clusterIP']}:{PORT}"
     wait_for(lambda: _answers(url), 30, what="the Service to answer")
-    stop, record = threading.Event(), availability.ProbeRecord()
+    stop, record, out = threading.Event(), availability.ProbeRecord(), {}
     thread = threading.Thread(target=availability.run, args=(url, RATE, 0.0, stop, record), daemon=True)
     thread.start()
     time.sleep(SETTLE_SECONDS)   # a steady baseline before the move
     try:
-        yield record
+        yield out
         time.sleep(SETTLE_SECONDS)   # and after it
     finally:
         stop.set()
         thread.join(timeout=10)
-    record.final = record.summary(time.monotonic())
+    out.update(record.summary(time.monotonic()))
 
 
 def _answers(url: str) -> bool:
@@ -56,13 +57,13 @@ def evict_first() -> dict:
         create_app(c, "web", 1, None, port=PORT)
         wait_for(lambda: _on(c, "web", "node1"), 60, what="web on node1")
         kubectl("uncordon", "node2")
-        with probing(c, "web") as record:
+        with probing(c, "web") as probe:
             started = now()
             kubectl("drain", "node1", "--ignore-daemonsets", "--delete-emptydir-data", "--force")
             drained = now() - started
             wait_for(lambda: _on(c, "web", "node2"), 60, what="web on node2")
             moved = now() - started
-    return {**record.final, "command_s": round(drained, 2), "moved_s": round(moved, 2)}
+    return {**probe, "command_s": round(drained, 2), "moved_s": round(moved, 2)}
 
 
 def surge_first() -> dict:
@@ -70,7 +71,7 @@ def surge_first() -> dict:
         kubectl = Kubectl(c)
         create_app(c, "web", 1, "node1", port=PORT)
         wait_for(lambda: _on(c, "web", "node1"), 60, what="web on node1")
-        with probing(c, "web") as record:
+        with probing(c, "web") as probe:
             started = now()
             kubectl("patch", "deployment", "web", "--type", "merge", "-p",
                     '{"spec":{"template":{"spec":{"nodeSelector":{"kubernetes.io/hostname":"node2"}}}}}')
@@ -78,7 +79,7 @@ def surge_first() -> dict:
             kubectl("rollout", "status", "deployment/web", "--timeout=60s")
             wait_for(lambda: _on(c, "web", "node2"), 60, what="web on node2")
             moved = now() - started
-    return {**record.final, "command_s": round(patched, 2), "moved_s": round(moved, 2)}
+    return {**probe, "command_s": round(patched, 2), "moved_s": round(moved, 2)}
 
 
 def run() -> Result:

@@ -34,6 +34,7 @@ _VERB = Param(str, "*", "API verb (get, list, watch, create, update, patch, dele
 _RESOURCE = Param(str, "*", 'resource key ("pods", "apps/deployments", …) or a pattern')
 _IMAGE = Param(str, help="image reference or pattern, e.g. 'postgres:*'")
 _NODE = Param(str, help="node name or pattern")
+_ON_NODE = Param(str, "*", "only on this node (name or pattern): a target that cannot run the image")
 
 # kind -> (what it does, its parameters). The query methods below say how each kind strikes.
 FAULT_KINDS: dict[str, tuple[str, dict[str, Param]]] = {
@@ -49,10 +50,11 @@ FAULT_KINDS: dict[str, tuple[str, dict[str, Param]]] = {
     "api-latency": ("matching API requests wait before they are handled",
                     {"verb": _VERB, "resource": _RESOURCE, "seconds": Param(float, help="added latency")}),
     "image-pull-error": ("pulling the image fails (ErrImagePull / ImagePullBackOff)",
-                         {"image": _IMAGE, "message": Param(str, "", "the pull error's message")}),
+                         {"image": _IMAGE, "node": _ON_NODE,
+                          "message": Param(str, "", "the pull error's message")}),
     "image-crash": ("the container exits with code 1 right after it starts (CrashLoopBackOff)",
-                    {"image": _IMAGE}),
-    "image-never-ready": ("the container runs but never becomes Ready", {"image": _IMAGE}),
+                    {"image": _IMAGE, "node": _ON_NODE}),
+    "image-never-ready": ("the container runs but never becomes Ready", {"image": _IMAGE, "node": _ON_NODE}),
     "slow-startup": ("pods on the node take longer to start", {"node": _NODE,
                                                              "seconds": Param(float, help="extra startup time")}),
 }
@@ -162,19 +164,19 @@ class FaultRegistry:
     def extra_startup_seconds(self, node: str) -> float:
         return sum(f.params["seconds"] for f in self._matching("slow-startup", node=node))
 
-    def image_pull_error(self, image: str) -> str | None:
-        faults = self._matching("image-pull-error", image=image)
+    def image_pull_error(self, image: str, node: str) -> str | None:
+        faults = self._matching("image-pull-error", image=image, node=node)
         if not faults:
             return None
         return faults[0].params["message"] or (
             f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and unpack image '
             f'"{image}": failed to resolve reference "{image}": {image}: not found')
 
-    def image_crashes(self, image: str) -> bool:
-        return bool(self._matching("image-crash", image=image))
+    def image_crashes(self, image: str, node: str) -> bool:
+        return bool(self._matching("image-crash", image=image, node=node))
 
-    def image_never_ready(self, image: str) -> bool:
-        return bool(self._matching("image-never-ready", image=image))
+    def image_never_ready(self, image: str, node: str) -> bool:
+        return bool(self._matching("image-never-ready", image=image, node=node))
 
     # ---- the admin endpoint ---------------------------------------------------------------------
     def handle_admin(self, method: str, path: str, body: bytes | str | dict | None = None) -> tuple[int, dict]:

@@ -92,7 +92,7 @@ class ProcessRuntime:
     # ---- ContainerRuntime ----------------------------------------------------------------------
     def pull(self, pod: dict, node: str) -> str | None:
         for container in _containers(pod):
-            message = self.faults.image_pull_error(container["image"]) if self.faults else None
+            message = self.faults.image_pull_error(container["image"], node) if self.faults else None
             if message:
                 return message
         return None
@@ -254,7 +254,7 @@ class PodSupervisor(threading.Thread):
 
     def _ready(self, run: ContainerRun) -> bool:
         faults = self.runtime.faults
-        if faults and faults.image_never_ready(run.spec["image"]):
+        if faults and faults.image_never_ready(run.spec["image"], self.node):
             return False
         return all(run.probes[k].passing for k in ("startup", "readiness") if k in run.probes)
 
@@ -353,7 +353,7 @@ class PodSupervisor(threading.Thread):
         launch = _LAUNCHERS[run.entry.run](self, run, env, placeholders, ports)
         launch.stop_signal = signal.Signals[run.entry.stop_signal]
         faults = self.runtime.faults
-        if faults and faults.image_crashes(spec["image"]):
+        if faults and faults.image_crashes(spec["image"], self.node):
             launch.argv = ["/bin/sh", "-c", f"echo 'kubesim fault: image {spec['image']} crashes on start' >&2; "
                                             f"exit 1"]
         return launch

@@ -6,7 +6,7 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.exceptions import ParamValidationError
 from airflow.serialization.serialized_objects import DagSerialization
 
-from airflow_env import ROOT
+from scripts.local_airflow import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from dataplane_support import create_pod, make_dataplane, wait_for, wait_ready
 from kubesim import resources
 from kubesim.dataplane import PROXY_ADDRESS_ANNOTATION
 
-CLUSTER_IP = "127.96.7.1"
+CLUSTER_IP = "127.95.7.1"   # outside 127.96.0.0/14, where running clusters allocate theirs
 POD_IPS = {"web-a": "127.0.70.1", "web-b": "127.0.70.2"}
 
 

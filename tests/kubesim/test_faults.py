@@ -115,6 +115,23 @@ def test_image_never_ready_fault_until_cleared(plane):
     wait_ready(dataplane, pod, "web")
 
 
+def test_image_faults_scoped_to_a_node(plane):
+    store, dataplane, faults = plane
+    faults.add("image-never-ready", image="shop/web:*", node="node2")
+    faults.add("image-pull-error", image="postgres:*", node="node2")
+    spec = {"name": "web", "image": "shop/web:4", "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 0.1}}
+    on_source, on_target = create_pod(store, "source", [spec]), create_pod(store, "target", [spec])
+    dataplane.runtime.start_pod(on_source, "node1", "127.0.90.3")
+    dataplane.runtime.start_pod(on_target, "node2", "127.0.90.4")
+    wait_ready(dataplane, on_source, "web")
+    time.sleep(1.0)
+    status = container(dataplane, on_target, "web")
+    assert status.running and not status.ready
+    db = create_pod(store, "db", [{"name": "db", "image": "postgres:16"}])
+    assert dataplane.runtime.pull(db, "node1") is None and "postgres:16" in dataplane.runtime.pull(db, "node2")
+
+
 def test_admin_endpoint():
     faults = FaultRegistry()
     status, created = faults.handle_admin("POST", ADMIN_PATH, b'{"kind": "node-not-ready", "node": "node1"}')

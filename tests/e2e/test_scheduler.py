@@ -1,0 +1,110 @@
+"""deploy_app then migrate_app through the REAL scheduler path: runs triggered by the CLI and the REST API v2,
+scheduled by the scheduler, executed by the LocalExecutor, WaitReady deferred to the triggerer.
+The components (tests/e2e/conftest.py) start once per module."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operators"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
+
+from k8smove.verify import verify_endpoint  # noqa: E402
+from kubesim_release import pods_by_component, unique_external_ip  # noqa: E402
+from test_e2e_kubesim import assert_moved_without_disruption, clear_request_log, pods_on  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]   # the first test also starts the components
+
+RUN_TIMEOUT = 150
+
+
+def run_id(prefix: str) -> str:
+    return f"{prefix}__{uuid.uuid4().hex[:12]}"
+
+
+def test_deploy_by_cli_then_migrate_by_rest_api(cluster, kube_client, airflow_stack):
+    conf = {"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
+            "node_label": {"demo": "node1"}, "external_ip": unique_external_ip(), "port": 8080}
+    url = f"http://{conf['external_ip']}:8080/"
+
+    # deploy_app: triggered from the CLI, run by the scheduler.
+    deploy_run = run_id("cli_deploy")
+    triggered = airflow_stack.cli("dags", "trigger", "deploy_app", "--run-id", deploy_run,
+                                  "--conf", json.dumps(conf), "--output", "json")
+    assert triggered.returncode == 0, triggered.stdout[-5000:]
+    assert deploy_run in triggered.stdout, triggered.stdout[-5000:]
+    run = airflow_stack.wait_for_run("deploy_app", deploy_run, RUN_TIMEOUT)
+    states = airflow_stack.task_states("deploy_app", deploy_run)
+    assert run["state"] == "success", (states, airflow_stack.logs_tail())
+    assert run["run_type"] == "manual" and run["conf"] == conf
+    assert set(states.values()) == {"success"} and len(states) == 6, states
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+    assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node1"
+
+    # migrate_app: triggered through the REST API v2.
+    migrate_run = run_id("api_migrate")
+    response = airflow_stack.post("/dags/migrate_app/dagRuns", {
+        "dag_run_id": migrate_run, "logical_date": None, "conf": {"node_label": {"demo": "node2"}}})
+    assert response.status_code == 200, response.text
+    assert response.json()["dag_run_id"] == migrate_run
+    run = airflow_stack.wait_for_run("migrate_app", migrate_run, RUN_TIMEOUT)
+    states = airflow_stack.task_states("migrate_app", migrate_run)
+    assert run["state"] == "success", (states, airflow_stack.logs_tail())
+    assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
+    assert pods_on(kube_client, "node1") == []
+    assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node2"
+
+    report_path = airflow_stack.report_dir / f"migrate_app__{migrate_run}.json"
+    assert report_path.exists(), sorted(airflow_stack.report_dir.glob("*"))
+    report = json.loads(report_path.read_text())
+    assert_moved_without_disruption(report, "node1", "node2")
+    assert report["probe"]["failed"] == 0 and report["db"]["rows_lost"] == 0
+
+    # WaitReady really deferred to the triggerer, for both DAGs: the audit log shows the try going
+    # running -> deferred -> running -> success (a deferral is not a retry: one try); the task log, as the
+    # REST API serves it, merges the worker's log with the log file the TRIGGERER process (its job id is in the
+    # file name) wrote for this trigger, in which the trigger fires its success event.
+    triggerer_jobs = airflow_stack.job_ids("TriggererJob")
+    assert triggerer_jobs, airflow_stack.get("/jobs").text
+    for dag_id, dag_run in (("deploy_app", deploy_run), ("migrate_app", migrate_run)):
+        ti = airflow_stack.task_instances(dag_id, dag_run)["wait_ready"]
+        assert ti["state"] == "success" and ti["try_number"] == 1, ti
+        assert airflow_stack.task_events(dag_id, dag_run, "wait_ready") == [
+            ("running", 1), ("deferred", 1), ("running", 1), ("success", 1)]
+
+        log = airflow_stack.task_log(dag_id, dag_run, "wait_ready")
+        events = [entry["event"] for entry in log]
+        trigger_files = [e for e in events if re.search(r"/task_id=wait_ready/attempt=1\.log\.trigger\.\d+\.log$", e)]
+        assert len(trigger_files) == 1, events[:10]
+        assert int(trigger_files[0].rsplit(".", 2)[-2]) in triggerer_jobs, (trigger_files, triggerer_jobs)
+        fired = [entry for entry in log if entry["event"] == "Trigger fired event"]
+        assert len(fired) == 1 and "'status': 'success'" in fired[0]["result"], fired
+        assert events.index("Pausing task as DEFERRED. ") < events.index("Trigger fired event") < events.index(
+            "Rollout complete: every pod Running and Ready on its target nodes"), events
+
+
+@pytest.mark.parametrize("conf,message", [
+    ({"port": 70000}, "Invalid input for param port: 70000 is greater than the maximum of 65535"),
+    ({"external_ip": "10.0.0.300"}, "Invalid input for param external_ip: '10.0.0.300' is not a 'ipv4'"),
+], ids=["port", "external_ip"])
+def test_invalid_conf_is_refused_by_cli_and_rest_api_before_any_write(cluster, kube_client, airflow_stack,
+                                                                      conf, message):
+    runs_before = airflow_stack.get("/dags/deploy_app/dagRuns").json()["total_entries"]
+    clear_request_log(cluster, kube_client)
+
+    by_cli = airflow_stack.cli("dags", "trigger", "deploy_app", "--conf", json.dumps(conf))
+    assert by_cli.returncode != 0, by_cli.stdout[-5000:]
+    # The CLI prints a traceback ending in the exception: a readable reason naming the param.
+    assert f"ParamValidationError: {message}" in by_cli.stdout, by_cli.stdout[-5000:]
+
+    by_api = airflow_stack.post("/dags/deploy_app/dagRuns", {"logical_date": None, "conf": conf})
+    assert by_api.status_code == 400, by_api.text
+    assert by_api.json()["detail"].startswith(message), by_api.text
+
+    assert airflow_stack.get("/dags/deploy_app/dagRuns").json()["total_entries"] == runs_before
+    assert cluster.writes() == []
