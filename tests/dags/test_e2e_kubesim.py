@@ -3,74 +3,22 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from kubernetes.client import AppsV1Api, CoreV1Api
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operators"))
-
-from k8smove.verify import verify_endpoint  # noqa: E402
-from kubesim_release import pods_by_component, unique_external_ip  # noqa: E402
+from k8smove.verify import verify_endpoint
+from kubesim_release import pods_by_component
+from migration_support import (
+    assert_moved_without_disruption,
+    clear_request_log,
+    deploy_conf,
+    generations,
+    newest_report,
+    pods_on,
+)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def report_dir(tmp_path):
-    return tmp_path / "reports"
-
-
-@pytest.fixture
-def dags_test(airflow_cli, cluster, report_dir):
-    def run(dag_id: str, conf: dict, **kwargs):
-        return airflow_cli("dags", "test", dag_id, "--conf", json.dumps(conf), kubeconfig=cluster.kubeconfig_path,
-                           extra_env={"K8SMOVE_REPORT_DIR": str(report_dir)}, **kwargs)
-    return run
-
-
-def newest_report(report_dir: Path) -> dict:
-    reports = sorted(report_dir.glob("migrate_app__*.json"), key=lambda p: p.stat().st_mtime)
-    assert reports, f"no migration report in {report_dir}"
-    return json.loads(reports[-1].read_text())
-
-
-def assert_moved_without_disruption(report: dict, source: str, target: str) -> None:
-    """The migration report proves the move: placement changed, every request answered, no row lost."""
-    assert report["outcome"] == "moved", report
-    assert set(report["pods_before"]) == {source} and len(report["pods_before"][source]) == 2
-    assert set(report["pods_after"]) == {target} and len(report["pods_after"][target]) == 2
-    probe = report["probe"]
-    assert probe["sent"] >= 20 and probe["failed"] == 0, probe
-    assert probe["placements"][0]["node"] == source and probe["placements"][-1]["node"] == target
-    db = report["db"]
-    assert db["rows_acknowledged"] > 0 and db["rows_lost"] == 0, db
-    assert all(report["steps"][t]["state"] == "success" for t in
-               ("preflight", "start_probe", "apply", "wait_ready", "verify_endpoint", "stop_probe"))
-    assert report["steps"]["rollback"]["state"] == "skipped"
-    assert report["steps"]["wait_ready"]["duration_s"] > 0
-
-
-def clear_request_log(cluster, kube_client):
-    """kubesim logs a request after answering it: one more request first, so nothing earlier is left over."""
-    CoreV1Api(kube_client).read_namespace("default")
-    cluster.clear_request_log()
-
-
-def generations(kube_client):
-    return {d.metadata.name: (d.metadata.generation, d.metadata.resource_version)
-            for d in AppsV1Api(kube_client).list_namespaced_deployment("default").items}
-
-
-def pods_on(kube_client, node):
-    return [p.metadata.name for p in CoreV1Api(kube_client).list_pod_for_all_namespaces().items
-            if p.spec.node_name == node]
-
-
-def deploy_conf():
-    return {"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
-            "node_label": {"demo": "node1"}, "external_ip": unique_external_ip(), "port": 8080}
 
 
 def test_deploy_then_migrate(cluster, kube_client, dags_test, report_dir):

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
 
 from k8smove.verify import verify_endpoint  # noqa: E402
 from kubesim_release import pods_by_component, unique_external_ip  # noqa: E402
-from test_e2e_kubesim import assert_moved_without_disruption, clear_request_log, pods_on  # noqa: E402
+from migration_support import assert_moved_without_disruption, clear_request_log, pods_on  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]   # the first test also starts the components
 
