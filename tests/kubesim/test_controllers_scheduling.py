@@ -68,7 +68,9 @@ def test_node_registration_and_lease(cluster):
     assert node["status"]["capacity"]["pods"] == "110"
     ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"], ready["message"]) == ("True", "KubeletReady", "kubelet is posting ready status")
-    first = store.get(LEASES, "kube-node-lease", "node1")["spec"]["renewTime"]
+    # the kubelet creates its Lease right after registering, as upstream (asynchronously to the test)
+    lease = wait_for(lambda: store.find(LEASES, "kube-node-lease", "node1"), what="the node's Lease")
+    first = lease["spec"]["renewTime"]
     wait_for(lambda: store.get(LEASES, "kube-node-lease", "node1")["spec"]["renewTime"] != first, what="lease renewal")
 
 

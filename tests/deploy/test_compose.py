@@ -1,0 +1,213 @@
+"""docker-compose.yaml, docker/ and .env.example: Airflow 3.3.2 on LocalExecutor with PostgreSQL, our code and
+the user's kubeconfig mounted read-only, and every credential coming from .env.
+
+No Docker engine is needed: the files are read with PyYAML and checked against what compose does with them
+(YAML merge keys, `${VAR}` interpolation from .env). The default kubernetes_default connection is checked by
+the provider's KubernetesHook against kubesim.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yaml"
+KIND_OVERRIDE = ROOT / "docker" / "compose.kind.yaml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+AIRFLOW_VERSION = "3.3.2"
+# Airflow component -> (service, command) — the official compose's names.
+COMPONENTS = {"api-server": "airflow-apiserver", "scheduler": "airflow-scheduler",
+              "dag-processor": "airflow-dag-processor", "triggerer": "airflow-triggerer"}
+AIRFLOW_SERVICES = [*COMPONENTS.values(), "airflow-init"]
+KUBECONFIG_TARGET = "/opt/airflow/.kube/config"
+CODE_MOUNTS = {"./dags": "/opt/airflow/dags", "./plugins": "/opt/airflow/plugins",
+               "./include": "/opt/airflow/include"}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|_KEY$")
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error} — but not $${...} (for the shell).
+USERINFO = re.compile(r"://(\$\{[^}]*\}|[^:@/]*):(\$\{[^}]*\}|[^@/]*)@")
+REFERENCE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def references(text: str) -> list[tuple[str, str | None]]:
+    """(variable, operator) of every interpolation; operator None, "?" or ":?" means no default."""
+    return [(name, op) for name, op, _ in REFERENCE.findall(text)] if text else []
+
+
+def interpolated_text(document) -> str:
+    """Every key and value compose interpolates (comments are not), one per line."""
+    if isinstance(document, dict):
+        return "\n".join(f"{k}\n{interpolated_text(v)}" for k, v in document.items())
+    if isinstance(document, list):
+        return "\n".join(interpolated_text(v) for v in document)
+    return "" if document is None else str(document)
+
+
+def required_variables(text: str) -> set[str]:
+    return {name for name, op in references(text) if op in ("", "?", ":?")}
+
+
+def env_file(path: Path) -> dict[str, str]:
+    pairs = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"not KEY=value: {line!r}"
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def mounts(service: dict) -> list[dict]:
+    """Volumes in long syntax: {type, source, target, read_only}."""
+    result = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *options = volume.split(":")
+            result.append({"type": "bind" if source.startswith((".", "/", "~", "$")) else "volume",
+                           "source": source, "target": target, "read_only": "ro" in ",".join(options).split(",")})
+        else:
+            result.append(volume)
+    return result
+
+
+def test_compose_file_parses_with_the_official_airflow_3_layout(compose, services):
+    assert "x-airflow-common" in compose                # the official anchor, merged into every Airflow service
+    assert set(services) == {"postgres", *AIRFLOW_SERVICES}
+    for service in AIRFLOW_SERVICES:
+        assert services[service]["image"] == compose["x-airflow-common"]["image"], service
+        assert services[service]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", service
+    assert "postgres-db-volume" in compose["volumes"]
+
+
+def test_every_component_runs_with_a_healthcheck_after_postgres_and_init(services):
+    for command, name in COMPONENTS.items():
+        service = services[name]
+        assert service["command"] == command, name
+        assert service["healthcheck"]["test"], name
+        assert service["restart"] == "always", name
+        assert service["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                         "airflow-init": {"condition": "service_completed_successfully"}}, name
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert services["airflow-apiserver"]["ports"] == ["${AIRFLOW_API_PORT:-8080}:8080"]
+    assert "8974/health" in " ".join(services["airflow-scheduler"]["healthcheck"]["test"])
+    assert services["airflow-scheduler"]["environment"]["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
+    for name, job in (("airflow-dag-processor", "DagProcessorJob"), ("airflow-triggerer", "TriggererJob")):
+        assert f"--job-type {job}" in " ".join(services[name]["healthcheck"]["test"])
+
+
+def test_init_migrates_the_db_and_creates_the_admin_user(services):
+    init = services["airflow-init"]
+    assert init["environment"]["_AIRFLOW_DB_MIGRATE"] == "true"
+    assert init["environment"]["_AIRFLOW_WWW_USER_CREATE"] == "true"
+    assert init["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert "/entrypoint airflow version" in init["command"][-1]
+    assert services["airflow-apiserver"]["environment"]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == \
+        "http://airflow-apiserver:8080/execution/"
+
+
+def test_code_is_mounted_read_only_and_the_kubeconfig_too(services):
+    for name in AIRFLOW_SERVICES:
+        by_target = {m["target"]: m for m in mounts(services[name])}
+        for source, target in CODE_MOUNTS.items():
+            assert by_target[target]["source"] == source and by_target[target]["read_only"] is True, (name, target)
+        kubeconfig = by_target[KUBECONFIG_TARGET]
+        assert kubeconfig["type"] == "bind" and kubeconfig["read_only"] is True, name
+        assert references(kubeconfig["source"]) == [("KUBECONFIG_PATH", ":-")], name
+        assert kubeconfig["bind"]["create_host_path"] is False, name   # a wrong path fails, no empty dir
+        assert services[name]["environment"]["KUBECONFIG"] == KUBECONFIG_TARGET
+
+
+def test_image_is_the_official_3_3_2_extended_with_requirements_txt(compose):
+    build = compose["x-airflow-common"]["build"]
+    assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+    instructions = [line for line in DOCKERFILE.read_text().splitlines() if line and not line.startswith("#")]
+    assert instructions[0] == f"FROM apache/airflow:{AIRFLOW_VERSION}"
+    assert any(line.startswith("COPY requirements.txt ") for line in instructions)
+    assert any(line.startswith("RUN pip install") and "-r /requirements.txt" in line
+               and '"apache-airflow==${AIRFLOW_VERSION}"' in line for line in instructions)
+    assert f"apache-airflow=={AIRFLOW_VERSION}" in (ROOT / "requirements.txt").read_text().splitlines()
+    # The build context is the repo root: its own ignore file keeps .venv/ and the rest out of it.
+    ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().split()
+    assert [p for p in ignore if not p.startswith("#")][-2:] == ["*", "!requirements.txt"]
+
+
+def test_no_literal_secret_every_credential_is_a_variable_without_default(services):
+    checked = 0
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            value = str(value)
+            if SECRET_NAME.search(key):
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", value), f"{name}: {key}={value!r}"
+                checked += 1
+            for _, password in USERINFO.findall(value):                   # user:password@ in a URL
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", password), f"{name}: {key} holds a password"
+                checked += 1
+    assert checked >= 10
+    # Nothing that looks like a credential anywhere else in the file either.
+    for line in COMPOSE.read_text().splitlines():
+        if re.search(r"(?i)(password|secret|fernet)\w*\s*[:=]\s*\S", line) and not line.lstrip().startswith("#"):
+            assert "${" in line, line
+
+
+def test_env_example_defines_every_variable_without_a_default(compose):
+    text = interpolated_text(compose)
+    assert not re.search(r"(?<!\$)\$[A-Za-z_]", text), "use ${VAR}, not $VAR (or $$ for the shell)"
+    required = required_variables(text)
+    assert {"POSTGRES_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY",
+            "AIRFLOW_ADMIN_PASSWORD"} <= required
+    example = env_file(ENV_EXAMPLE)
+    assert required - set(example) == set()
+    assert "KUBECONFIG_PATH" in example                                   # the one setting everyone changes
+    for key in required:
+        if SECRET_NAME.search(key):
+            assert example[key] == "change-me", f"{key}: a placeholder, never a usable secret"
+    documented = set(example) | set(re.findall(r"^#([A-Z_]+)=", ENV_EXAMPLE.read_text(), re.M))
+    assert {name for name, _ in references(text)} - documented == set()
+
+
+def test_env_is_git_ignored():
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_default_connection_points_at_the_mounted_kubeconfig(services):
+    from airflow.models.connection import Connection
+
+    value = services["airflow-scheduler"]["environment"]["AIRFLOW_CONN_KUBERNETES_DEFAULT"]
+    [(name, op, default)] = REFERENCE.findall(value)
+    assert (name, op) == ("AIRFLOW_CONN_KUBERNETES_DEFAULT", ":-")
+    connection = Connection(conn_id="kubernetes_default", uri=default)
+    assert connection.conn_type == "kubernetes"
+    assert connection.extra_dejson == {"kube_config_path": KUBECONFIG_TARGET}
+
+
+def test_that_connection_form_gets_the_operators_a_client(cluster, monkeypatch, services):
+    """The same URI with kubesim's kubeconfig in place of the mounted one: the hook lists the nodes."""
+    from kubernetes.client import CoreV1Api
+
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    [(_, _, default)] = REFERENCE.findall(services["airflow-triggerer"]["environment"]
+                                          ["AIRFLOW_CONN_KUBERNETES_DEFAULT"])
+    uri = default.replace(KUBECONFIG_TARGET, cluster.kubeconfig_path)
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", uri)
+    api = KubernetesHook(conn_id="kubernetes_default").get_conn()
+    assert sorted(n.metadata.name for n in CoreV1Api(api).list_node().items) == ["node1", "node2"]
+
+
+def test_kind_override_joins_the_kind_network():
+    override = yaml.safe_load(KIND_OVERRIDE.read_text())
+    assert override == {"networks": {"default": {"name": "kind", "external": True}}}
