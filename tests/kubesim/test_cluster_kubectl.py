@@ -229,6 +229,11 @@ def test_logs_events_and_delete(cluster):
                                     "connect: connection refused")
     table = kubectl(cluster, "get", "events").stdout
     assert f"Successfully assigned default/{name} to {pod['spec']['nodeName']}" in table
+    wait_for(lambda: f"{ip}:80" in kubectl(cluster, "get", "endpoints", "talk").stdout, what="ready endpoint")
+    described = " ".join(kubectl(cluster, "describe", "pod", name).stdout.split())
+    for shown in (f"Node: {pod['spec']['nodeName']}/", f"IP: {ip}", "Status: Running", "State: Running",
+                  "Ready: True", "Image: nginx:1.27", "Restart Count: 0", "Started container web"):
+        assert shown in described, shown
     assert f"Scaled up replica set {rs} from 0 to 1" in table
 
     out = kubectl(cluster, "delete", "deployment", "talk").stdout
