@@ -7,7 +7,7 @@ import traceback
 
 from .common import machine_facts, save
 
-BENCHMARKS = ("api", "controllers", "dataplane", "evict_vs_surge")
+BENCHMARKS = ("api", "controllers", "dataplane", "evict_vs_surge", "dag_package")
 
 
 def main(argv: list[str]) -> int:

@@ -11,13 +11,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+PLUGINS = os.path.join(REPO_ROOT, "plugins")   # k8smove, operators: importable as Airflow imports them
+for _path in (REPO_ROOT, PLUGINS):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from kubesim.cluster import Cluster  # noqa: E402
 from kubesim.resources import DEPLOYMENTS, NODES, PODS  # noqa: E402
@@ -123,6 +126,36 @@ class Kubectl:
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result
+
+
+# ---- availability ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def probing(url: str, rate: float, settle_seconds: float, write_rate: float = 0.0) -> Iterator[dict]:
+    """plugins/k8smove/availability.py ``run()`` on ``url`` (GET / at ``rate``/s, POST /rows at
+    ``write_rate``/s) while the block runs, with ``settle_seconds`` of steady baseline before and after;
+    yields a dict that holds the probe's summary once the block has ended."""
+    from k8smove import availability
+
+    wait_for(lambda: _answers(url), 30, what=f"{url} to answer")
+    stop, record, out = threading.Event(), availability.ProbeRecord(), {}
+    thread = threading.Thread(target=availability.run, args=(url, rate, write_rate, stop, record), daemon=True)
+    thread.start()
+    time.sleep(settle_seconds)   # a steady baseline before the move
+    try:
+        yield out
+        time.sleep(settle_seconds)   # and after it
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    out.update(record.summary(time.monotonic()))
+
+
+def _answers(url: str) -> bool:
+    from k8smove import availability
+    try:
+        return availability._request(url)[0] == 200
+    except OSError:
+        return False
 
 
 # ---- manifests and states --------------------------------------------------------------------------------

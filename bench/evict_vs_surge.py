@@ -3,45 +3,16 @@ steady HTTP probe, moved off node1 (a) by ``kubectl drain node1`` and (b) by a n
 with maxSurge=1/maxUnavailable=0. Each scenario gets a fresh, identically configured 2-node cluster."""
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import threading
-import time
-
-from .common import REPO_ROOT, Kubectl, Result, cluster, create_app, now, pods, ready_pods, wait_for
+from .common import Kubectl, Result, cluster, create_app, now, pods, probing as probing_url, ready_pods, wait_for
 from kubesim.resources import SERVICES
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "plugins"))
-from k8smove import availability  # noqa: E402
 
 RATE, PORT, SETTLE_SECONDS = 25.0, 8080, 3.0
 
 
-@contextlib.contextmanager
 def probing(c, app: str):
-    """The availability probe (GET / at RATE/s) on the app's Service clusterIP while the block runs; yields
-    a dict that holds the probe's summary once the block has ended."""
+    """The availability probe (GET / at RATE/s) on the app's Service clusterIP while the block runs."""
     url = f"http://{c.store.get(SERVICES, 'default', app)['spec']['clusterIP']}:{PORT}"
-    wait_for(lambda: _answers(url), 30, what="the Service to answer")
-    stop, record, out = threading.Event(), availability.ProbeRecord(), {}
-    thread = threading.Thread(target=availability.run, args=(url, RATE, 0.0, stop, record), daemon=True)
-    thread.start()
-    time.sleep(SETTLE_SECONDS)   # a steady baseline before the move
-    try:
-        yield out
-        time.sleep(SETTLE_SECONDS)   # and after it
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-    out.update(record.summary(time.monotonic()))
-
-
-def _answers(url: str) -> bool:
-    try:
-        return availability._request(url)[0] == 200
-    except OSError:
-        return False
+    return probing_url(url, RATE, SETTLE_SECONDS)
 
 
 def _on(c, app: str, node: str) -> bool:
