@@ -18,6 +18,7 @@ KINDS = {
     "Secret": ("secrets", True),
     "Service": ("services", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
+    "PersistentVolume": ("persistentvolumes", False),
     "Deployment": ("deployments", True),
     "StatefulSet": ("statefulsets", True),
     "Node": ("nodes", False),
@@ -61,10 +62,11 @@ def get(api: ApiClient, manifest: dict) -> dict | None:
         raise
 
 
-def server_side_apply(api: ApiClient, manifest: dict, dry_run: bool = False) -> dict:
-    """PATCH application/apply-patch+yaml as fieldManager k8smove; we own our fields, so conflicts are forced."""
+def server_side_apply(api: ApiClient, manifest: dict, dry_run: bool = False,
+                      field_manager: str = FIELD_MANAGER) -> dict:
+    """PATCH application/apply-patch+yaml as ``field_manager``; we own our fields, so conflicts are forced."""
     meta = manifest["metadata"]
-    query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+    query = [("fieldManager", field_manager), ("force", "true")]
     if dry_run:
         query.append(("dryRun", "All"))
     path = object_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])

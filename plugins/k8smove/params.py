@@ -137,3 +137,59 @@ MIGRATE_PARAMS = {
         "uniqueItems": True,
     },
 }
+
+_OPTIONAL_SELECTOR = {**_SELECTOR, "type": ["object", "null"], "default": None}
+MAINTENANCE_LABEL = {
+    **_SELECTOR,
+    "default": {"maintenance": "scheduled"},
+    "title": "Nodes labelled",
+    "description": "Label selector of the nodes to take into maintenance.",
+}
+
+NODE_MAINTENANCE_PARAMS = {
+    "maintenance_label": MAINTENANCE_LABEL,
+    "target_selector": {
+        **_OPTIONAL_SELECTOR,
+        "title": "Move to nodes labelled",
+        "description": "Label selector of the pool the moved workloads go to; empty: any other Ready, "
+                       "schedulable node.",
+    },
+    "extra_selector": {
+        **_OPTIONAL_SELECTOR,
+        "title": "Also move workloads labelled",
+        "description": "Deployments/StatefulSets (any namespace) to move like k8smove's own, besides those "
+                       "labelled app.kubernetes.io/managed-by=k8smove.",
+    },
+    "ready_label": {
+        **_SELECTOR,
+        "default": {"maintenance": "ready"},
+        "title": "Label set when empty",
+        "description": "Labels set on the nodes once nothing but DaemonSet and mirror pods runs on them.",
+    },
+    "allow_local_storage": {
+        "default": False,
+        "title": "Evict pods with emptyDir volumes",
+        "description": "Evict pods whose emptyDir data would be lost; otherwise they are reported and stay.",
+        "type": "boolean",
+    },
+    "dry_run": {
+        "default": False,
+        "title": "Dry run",
+        "description": "Log the plan (which workloads go where, what is evicted) and write nothing.",
+        "type": "boolean",
+    },
+    "timeout_seconds": {**TIMEOUT_SECONDS, "description": "How long each workload's move may take."},
+    "eviction_timeout_seconds": {
+        "default": 120,
+        "title": "Eviction timeout (seconds)",
+        "description": "How long an eviction a PodDisruptionBudget refuses is retried before it is reported.",
+        "type": "integer",
+        "minimum": 5,
+        "maximum": 3600,
+    },
+}
+
+END_MAINTENANCE_PARAMS = {
+    "maintenance_label": {**MAINTENANCE_LABEL, "default": {"maintenance": "ready"},
+                          "description": "Label selector of the nodes to bring back; the label is removed."},
+}

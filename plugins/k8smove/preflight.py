@@ -75,14 +75,14 @@ def node_problems(node: dict, pod_spec: dict, used: dict) -> list[str]:
     return problems
 
 
-def _used_by_node(pods: list[dict], release: str) -> dict[str, dict]:
+def used_by_node(pods: list[dict], release: str | None = None) -> dict[str, dict]:
     """Requests of running/pending pods per node, the release's own pods excepted (they are replaced)."""
     used: dict[str, dict] = {}
     for pod in pods:
         labels = pod["metadata"].get("labels") or {}
         node = pod.get("spec", {}).get("nodeName")
         if not node or pod.get("status", {}).get("phase") in ("Succeeded", "Failed") or \
-                matches({LABEL_INSTANCE: release, LABEL_MANAGED_BY: MANAGED_BY}, labels):
+                release and matches({LABEL_INSTANCE: release, LABEL_MANAGED_BY: MANAGED_BY}, labels):
             continue
         totals = used.setdefault(node, {})
         for resource, amount in _requests(pod["spec"]).items():
@@ -96,7 +96,7 @@ def check_targets(nodes: list[dict], node_labels: dict[str, dict], pods: list[di
     selected = [n for n in nodes if matches(target, node_labels[n["metadata"]["name"]])]
     if not selected:
         raise K8sMoveError(f"node_label {selector_string(target)} matches no node")
-    used = _used_by_node(pods, release)
+    used = used_by_node(pods, release)
     problems = []
     for manifest in manifests:
         if manifest["kind"] not in ("Deployment", "StatefulSet"):

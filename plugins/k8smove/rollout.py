@@ -42,7 +42,7 @@ def _rollout_problem(workload: dict) -> str | None:
 
 class RolloutTracker:
     def __init__(self, workloads: list[dict]):
-        self.workloads = workloads                         # [{kind, name, node_selector}]
+        self.workloads = workloads                         # [{kind, name, node_selector, avoid_nodes?}]
         self.objects: dict[tuple[str, str], dict] = {}     # (kind, name) -> latest workload object
         self.pods: dict[str, dict] = {}                    # name -> latest pod
         self.node_labels: dict[str, dict] = {}             # node name -> labels
@@ -91,12 +91,14 @@ class RolloutTracker:
                 continue
             pods = self.pods_of(workload)
             want = obj["spec"].get("replicas", 1)
-            target = workload["node_selector"]
+            target, avoid = workload["node_selector"], workload.get("avoid_nodes", ())
             good = [p for p in pods if _pod_ready(p) and not p["metadata"].get("deletionTimestamp")
+                    and p["spec"].get("nodeName") not in avoid
                     and matches(target, self.node_labels.get(p["spec"].get("nodeName"), {}))]
             if len(good) != want or len(pods) != want:
-                problems.append(f"{label}: {len(good)}/{want} pods Ready on nodes with "
-                                f"{selector_string(target)}, {len(pods)} pods in total")
+                where = (f" with {selector_string(target)}" if target else "") + (
+                    f" outside {', '.join(avoid)}" if avoid else "")
+                problems.append(f"{label}: {len(good)}/{want} pods Ready on nodes{where}, {len(pods)} pods in total")
         return problems
 
 

@@ -97,13 +97,16 @@ class _Feed:
         await asyncio.sleep(RECONNECT_DELAY_SECONDS)
 
 
-async def wait_for_rollout(api: ApiClient, namespace: str, release: str, workloads: list[dict],
+async def wait_for_rollout(api: ApiClient, namespace: str, release: str | None, workloads: list[dict],
                            timeout_seconds: float) -> dict:
-    """{"status": "success"} once done, else {"status": "timeout", "pending": [...], "reasons": [...]}."""
+    """{"status": "success"} once done, else {"status": "timeout", "pending": [...], "reasons": [...]}.
+
+    ``release`` None watches every workload and pod of the namespace (workloads k8smove did not deploy).
+    """
     tracker = RolloutTracker(workloads)
     changed = asyncio.Event()
     core, apps = CoreV1Api(api), AppsV1Api(api)
-    selector = release_selector(release)
+    selector = release_selector(release) if release else None
     feeds = [
         _Feed("Node", core.list_node, (), None, tracker, changed),
         _Feed("Pod", core.list_namespaced_pod, (namespace,), selector, tracker, changed),

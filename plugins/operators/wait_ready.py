@@ -12,7 +12,7 @@ class RolloutWaitOperator(KubernetesOperator):
     """Waits for workloads' rollouts: deferred to WaitReadyTrigger (default: the wait holds no worker slot),
     or in the worker with the same watch code (``deferrable=False``)."""
 
-    def __init__(self, *, namespace: str, release: str, timeout_seconds: int | str = 600,
+    def __init__(self, *, namespace: str, release: str | None, timeout_seconds: int | str = 600,
                  deferrable: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.namespace = namespace

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
-async def wait_until_ready(kubernetes_conn_id: str, namespace: str, release: str, workloads: list[dict],
+async def wait_until_ready(kubernetes_conn_id: str, namespace: str, release: str | None, workloads: list[dict],
                            deadline: float) -> dict:
     """k8smove.watching.wait_for_rollout with the client of the provider's AsyncKubernetesHook."""
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
@@ -27,7 +27,7 @@ class WaitReadyTrigger(BaseTrigger):
     :param deadline: epoch seconds (absolute, so a triggerer restart does not extend the wait)
     """
 
-    def __init__(self, kubernetes_conn_id: str, namespace: str, release: str, workloads: list[dict],
+    def __init__(self, kubernetes_conn_id: str, namespace: str, release: str | None, workloads: list[dict],
                  deadline: float) -> None:
         super().__init__()
         self.kubernetes_conn_id = kubernetes_conn_id

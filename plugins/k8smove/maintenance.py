@@ -1,0 +1,431 @@
+"""Node maintenance: cordon the marked nodes, move k8smove's workloads off them, evict the rest, prove them empty.
+
+How a workload leaves a node:
+
+* **surge** (Deployments with a RollingUpdate strategy): a required nodeAffinity expression
+  ``kubernetes.io/hostname NotIn [maintenance nodes]`` (plus ``In`` expressions for the target pool) is
+  server-side applied as field manager ``k8smove-maintenance`` and ANDed into each of the workload's own
+  nodeSelectorTerms; its nodeSelector and affinity are kept, so the app's placement intent still holds and
+  the Deployment rolls out surge-first (maxSurge) off the nodes. A separate field manager keeps these fields
+  apart from the manifests ``deploy_app``/``migrate_app`` apply, and lets ``end_maintenance`` remove exactly them.
+* **recreate** (StatefulSets, Deployments with strategy Recreate or a ReadWriteOnce volume, which a surge pod
+  elsewhere could not attach): the pods on the nodes are evicted through
+  the Eviction API (their PodDisruptionBudget is respected) and the controller recreates them on a schedulable
+  node; the template is not changed, so nothing has to be undone afterwards. A pod on a node-local volume is
+  refused instead: its data would stay behind on the node.
+
+Every other pod on the nodes is evicted (Eviction API, never deleted), except the ones ``kubectl drain``
+would not touch without force: DaemonSet and mirror pods (left in place; they do not make a node busy),
+pods no controller recreates, and pods with emptyDir volumes unless ``allow_local_storage``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
+from kubernetes.client.exceptions import ApiException
+
+from k8smove import LABEL_MANAGED_BY, MANAGED_BY, K8sMoveError, kube
+from k8smove.labels import matches, selector_string
+from k8smove.preflight import node_problems, used_by_node
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_FIELD_MANAGER = "k8smove-maintenance"
+# Our nodeAffinity expressions as JSON, so a later apply (or end_maintenance) can tell them from the app's.
+EXCLUSION_ANNOTATION = "k8smove.io/maintenance-exclusion"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+REQUIRED_AFFINITY = "requiredDuringSchedulingIgnoredDuringExecution"
+FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 5.0
+
+
+def pod_ref(pod: dict) -> str:
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+def _ready(node: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in node.get("status", {}).get("conditions") or [])
+
+
+def select_nodes(nodes: list[dict], maintenance_label: dict, target_selector: dict | None) -> tuple[list, list]:
+    """(names of the nodes marked for maintenance, names of the Ready, schedulable nodes they may move to)."""
+    marked = sorted(n["metadata"]["name"] for n in nodes if matches(maintenance_label, n["metadata"].get("labels")))
+    pool = sorted(n["metadata"]["name"] for n in nodes
+                  if n["metadata"]["name"] not in marked and _ready(n) and not n.get("spec", {}).get("unschedulable")
+                  and matches(target_selector or {}, n["metadata"].get("labels")))
+    if marked and not pool:
+        wanted = f" labelled {selector_string(target_selector)}" if target_selector else ""
+        raise K8sMoveError(f"no Ready, schedulable node{wanted} outside maintenance ({', '.join(marked)}) "
+                           f"to move the workloads to")
+    return marked, pool
+
+
+def _owner_kind(pod: dict) -> str | None:
+    owners = [o for o in pod["metadata"].get("ownerReferences") or [] if o.get("controller")]
+    return owners[0]["kind"] if owners else None
+
+
+def _finished(pod: dict) -> bool:
+    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def left_in_place(pod: dict) -> str | None:
+    """Why a pod stays on a drained node without making it busy (kubectl drain ignores these too), or None."""
+    if MIRROR_ANNOTATION in (pod["metadata"].get("annotations") or {}):
+        return "mirror pod: the kubelet runs it from a static manifest"
+    if _owner_kind(pod) == "DaemonSet":
+        return "DaemonSet pod: its DaemonSet runs one on every node"
+    return None
+
+
+def refused_eviction(pod: dict, allow_local_storage: bool) -> str | None:
+    """Why evicting ``pod`` would lose something, so it is reported instead; None when it can be evicted."""
+    if _owner_kind(pod) is None:
+        return "not managed by a controller: evicting it would delete it for good"
+    empty_dirs = [v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v]
+    if empty_dirs and not allow_local_storage:
+        return (f"uses local storage (emptyDir {', '.join(empty_dirs)}): its data would be lost "
+                f"(allow_local_storage evicts it)")
+    return None
+
+
+def _pods_of(workload: dict, pods: list[dict]) -> list[dict]:
+    selector = workload["spec"]["selector"].get("matchLabels") or {}
+    return [p for p in pods if p["metadata"]["namespace"] == workload["metadata"]["namespace"]
+            and selector and matches(selector, p["metadata"].get("labels"))]
+
+
+def _claims(pods: list[dict], pvcs: dict[str, dict]) -> list[tuple[dict, str, dict | None]]:
+    """(pod, claim name, the PersistentVolumeClaim if it exists) for each claim the pods mount."""
+    return [(pod, claim, pvcs.get(f"{pod['metadata']['namespace']}/{claim}"))
+            for pod in pods for volume in pod["spec"].get("volumes") or []
+            if (claim := (volume.get("persistentVolumeClaim") or {}).get("claimName"))]
+
+
+def move_mode(workload: dict, claims: list[tuple[dict, str, dict | None]]) -> str:
+    """``surge`` when the controller can start new pods before stopping old ones, else ``recreate``.
+
+    A surge pod on another node cannot attach a ReadWriteOnce volume the old pod still holds.
+    """
+    single_writer = any(set((pvc or {}).get("spec", {}).get("accessModes") or ["ReadWriteOnce"])
+                        & {"ReadWriteOnce", "ReadWriteOncePod"} for _, _, pvc in claims)
+    if workload["kind"] == "Deployment" and not single_writer and \
+            (workload["spec"].get("strategy") or {}).get("type") != "Recreate":
+        return "surge"
+    return "recreate"
+
+
+def node_local_volumes(claims: list[tuple[dict, str, dict | None]], pvs: dict[str, dict]) -> list[str]:
+    """``pod: claim on volume`` for each claim bound to a volume that lives on one node."""
+    found = []
+    for pod, claim, pvc in claims:
+        pv = pvs.get((pvc or {}).get("spec", {}).get("volumeName"))
+        if pv and ({"nodeAffinity", "local", "hostPath"} & set(pv["spec"])):
+            found.append(f"pod {pod['metadata']['name']}: PersistentVolumeClaim {claim} on node-local "
+                         f"volume {pv['metadata']['name']}")
+    return found
+
+
+def _enforced_target(mode: str, target_selector: dict | None) -> dict:
+    """The pool's labels a move's new pods must have: only a surge move changes placement (recreate evicts)."""
+    return (target_selector or {}) if mode == "surge" else {}
+
+
+def _placement_problem(workload: dict, mode: str, pool_nodes: list[dict], used: dict,
+                       target_selector: dict | None) -> str | None:
+    """None when at least one pool node takes the workload's pods, else why none does."""
+    pod_spec = workload["spec"]["template"]["spec"]
+    wanted = {**(pod_spec.get("nodeSelector") or {}), **_enforced_target(mode, target_selector)}
+    verdicts = {}
+    for node in pool_nodes:
+        name = node["metadata"]["name"]
+        if not matches(wanted, node["metadata"].get("labels")):
+            verdicts[name] = [f"not labelled {selector_string(wanted)}"]
+        else:
+            verdicts[name] = node_problems(node, pod_spec, used.get(name, {}))
+    if all(verdicts.values()):
+        return "fits on no node outside maintenance: " + "; ".join(
+            f"{node}: {', '.join(problems)}" for node, problems in verdicts.items())
+    return None
+
+
+def make_plan(nodes: list[dict], pods: list[dict], workloads: list[dict], pvcs: list[dict], pvs: list[dict],
+              maintenance_label: dict, target_selector: dict | None, ready_label: dict,
+              allow_local_storage: bool) -> dict:
+    """What a maintenance run does, from the objects as listed; pure, so the dry run and the tests share it.
+
+    ``moves``: one per workload with pods on the nodes (the mapped move tasks' input); ``refused``: workloads
+    that cannot move without losing data or room; ``evict``: other pods to evict; ``untouched``: pods left
+    alone and why (``blocks``: whether it keeps the node from being empty).
+    """
+    marked, pool = select_nodes(nodes, maintenance_label, target_selector)
+    on_nodes = [p for p in pods if p["spec"].get("nodeName") in marked and not _finished(p)]
+    pool_nodes = [n for n in nodes if n["metadata"]["name"] in pool]
+    used = used_by_node(pods)
+    pvc_by_ref = {f"{c['metadata']['namespace']}/{c['metadata']['name']}": c for c in pvcs}
+    pv_by_name = {v["metadata"]["name"]: v for v in pvs}
+    moves, refused, claimed = [], [], set()
+    for workload in workloads:
+        its_pods = _pods_of(workload, on_nodes)
+        if not its_pods:
+            continue
+        claimed |= {pod_ref(p) for p in its_pods}
+        claims = _claims(its_pods, pvc_by_ref)
+        mode = move_mode(workload, claims)
+        local = node_local_volumes(claims, pv_by_name)
+        problem = (f"on node-local storage ({'; '.join(local)}): moving it would leave its data behind" if local
+                   else _placement_problem(workload, mode, pool_nodes, used, target_selector))
+        pod_names = sorted(pod_ref(p) for p in its_pods)
+        if problem:
+            refused.append({"workload": kube.ref(workload), "pods": pod_names, "reason": problem})
+            continue
+        own_selector = workload["spec"]["template"]["spec"].get("nodeSelector") or {}
+        target = _enforced_target(mode, target_selector)
+        moves.append({
+            "kind": workload["kind"], "namespace": workload["metadata"]["namespace"],
+            "name": workload["metadata"]["name"], "mode": mode, "pods": pod_names, "avoid_nodes": marked,
+            "target_selector": target, "node_selector": {**own_selector, **target}})
+    evict, untouched = [], []
+    for pod in on_nodes:
+        if pod_ref(pod) in claimed:
+            continue
+        if reason := left_in_place(pod):
+            untouched.append({"pod": pod_ref(pod), "node": pod["spec"]["nodeName"], "reason": reason, "blocks": False})
+        elif reason := refused_eviction(pod, allow_local_storage):
+            untouched.append({"pod": pod_ref(pod), "node": pod["spec"]["nodeName"], "reason": reason, "blocks": True})
+        else:
+            evict.append({"namespace": pod["metadata"]["namespace"], "name": pod["metadata"]["name"],
+                          "node": pod["spec"]["nodeName"]})
+    return {"nodes": marked, "pool": pool, "moves": moves, "refused": refused, "evict": evict,
+            "untouched": untouched, "ready_labels": {node: ready_label for node in marked}}
+
+
+def _workloads(api: ApiClient, extra_selector: dict | None) -> list[dict]:
+    """k8smove's Deployments/StatefulSets in every namespace, and the ones ``extra_selector`` picks."""
+    selectors = [f"{LABEL_MANAGED_BY}={MANAGED_BY}"] + ([selector_string(extra_selector)] if extra_selector else [])
+    found = {}
+    for selector in selectors:
+        for kind in ("Deployment", "StatefulSet"):
+            for workload in kube.list_objects(api, "apps/v1", kind, label_selector=selector):
+                found[kube.ref({**workload, "kind": kind})] = {**workload, "kind": kind, "apiVersion": "apps/v1"}
+    return [found[ref] for ref in sorted(found)]
+
+
+def plan_maintenance(api: ApiClient, maintenance_label: dict, target_selector: dict | None,
+                     extra_selector: dict | None, ready_label: dict, allow_local_storage: bool) -> dict:
+    """``make_plan`` over the cluster as it is now (reads only)."""
+    return make_plan(
+        kube.list_objects(api, "v1", "Node"), kube.list_objects(api, "v1", "Pod"), _workloads(api, extra_selector),
+        kube.list_objects(api, "v1", "PersistentVolumeClaim"),
+        kube.list_objects(api, "v1", "PersistentVolume"), maintenance_label, target_selector, ready_label,
+        allow_local_storage)
+
+
+def describe_plan(plan: dict) -> list[str]:
+    """The plan in lines a person reads in the task log."""
+    if not plan["nodes"]:
+        return ["No node is marked for maintenance: nothing to do"]
+    lines = [f"Maintenance of {', '.join(plan['nodes'])}; workloads may go to {', '.join(plan['pool'])}"]
+    for move in plan["moves"]:
+        where = (f"nodes with {selector_string(move['node_selector'])}" if move["node_selector"] else "any pool node")
+        lines.append(f"move {move['mode']:8} {move['kind']} {move['namespace']}/{move['name']} "
+                     f"({', '.join(move['pods'])}) -> {where}")
+    lines += [f"refuse   {r['workload']} ({', '.join(r['pods'])}): {r['reason']}" for r in plan["refused"]]
+    lines += [f"evict    pod {p['namespace']}/{p['name']} on {p['node']}" for p in plan["evict"]]
+    lines += [f"{'keep' if u['blocks'] else 'ignore':8} pod {u['pod']} on {u['node']}: {u['reason']}"
+              for u in plan["untouched"]]
+    return lines
+
+
+def _property_path(obj: dict, *keys: str):
+    for key in keys:
+        obj = (obj or {}).get(key)
+    return obj
+
+
+def _recorded(workload: dict) -> list[dict]:
+    return json.loads((workload["metadata"].get("annotations") or {}).get(EXCLUSION_ANNOTATION, "[]"))
+
+
+def _node_terms(workload: dict, avoid_nodes: list[str], target_selector: dict) -> tuple[list[dict], list[dict]]:
+    """(our expressions, the required nodeSelectorTerms with them): ours ANDed into each of the workload's own
+    terms (the recorded expressions of an earlier run replaced), or a term of their own if it has none."""
+    ours = ([{"key": HOSTNAME_LABEL, "operator": "NotIn", "values": sorted(avoid_nodes)}] +
+            [{"key": key, "operator": "In", "values": [value]} for key, value in sorted(target_selector.items())]
+            if avoid_nodes else [])
+    recorded = _recorded(workload)
+    current = _property_path(workload, "spec", "template", "spec", "affinity", "nodeAffinity",
+                             REQUIRED_AFFINITY, "nodeSelectorTerms") or []
+    own_terms = []
+    for term in current:
+        own = [e for e in term.get("matchExpressions") or [] if e not in recorded]
+        rest = {k: v for k, v in term.items() if k != "matchExpressions"}
+        if own or rest:
+            own_terms.append({**rest, **({"matchExpressions": own} if own else {})})
+    terms = [{**t, "matchExpressions": t.get("matchExpressions", []) + ours} for t in own_terms] if ours else own_terms
+    if ours and not terms:
+        terms = [{"matchExpressions": ours}]
+    return ours, terms
+
+
+def exclusion_manifest(workload: dict, avoid_nodes: list[str], target_selector: dict) -> dict:
+    """What ``k8smove-maintenance`` server-side applies so the pods avoid ``avoid_nodes`` and stay in the pool.
+
+    nodeSelectorTerms is an atomic list, so it is applied whole (the workload's own terms with ours ANDed in).
+    """
+    ours, terms = _node_terms(workload, avoid_nodes, target_selector)
+    meta = workload["metadata"]
+    return {"apiVersion": "apps/v1", "kind": workload["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                         "annotations": {EXCLUSION_ANNOTATION: json.dumps(ours, sort_keys=True)}},
+            "spec": {"template": {"spec": {"affinity": {"nodeAffinity": {
+                REQUIRED_AFFINITY: {"nodeSelectorTerms": terms}}}}}}}
+
+
+def release_patch(workload: dict, nodes: list[str]) -> dict:
+    """Merge patch that stops excluding ``nodes`` (all of ours goes once no excluded node is left).
+
+    A patch rather than an apply that drops the fields: apply removal can leave the required struct behind
+    empty, which the API rejects (nodeSelectorTerms is required); null removes the struct itself.
+    """
+    recorded = _recorded(workload)
+    avoided = [n for e in recorded if e["key"] == HOSTNAME_LABEL and e["operator"] == "NotIn" for n in e["values"]]
+    target = {e["key"]: e["values"][0] for e in recorded if e["operator"] == "In"}
+    ours, terms = _node_terms(workload, [n for n in avoided if n not in nodes], target)
+    return {"metadata": {"annotations": {EXCLUSION_ANNOTATION: json.dumps(ours, sort_keys=True) if ours else None}},
+            "spec": {"template": {"spec": {"affinity": {"nodeAffinity": {
+                REQUIRED_AFFINITY: {"nodeSelectorTerms": terms} if terms else None}}}}}}
+
+
+def apply_exclusion(api: ApiClient, move: dict) -> dict:
+    """Server-side apply the move's nodeAffinity exclusion to its workload; returns the workload as applied."""
+    workload = kube.get(api, {"apiVersion": "apps/v1", "kind": move["kind"],
+                              "metadata": {"namespace": move["namespace"], "name": move["name"]}})
+    if workload is None:
+        raise K8sMoveError(f"{move['kind']} {move['namespace']}/{move['name']} no longer exists")
+    manifest = exclusion_manifest(workload, move["avoid_nodes"], move["target_selector"])
+    return kube.server_side_apply(api, manifest, field_manager=MAINTENANCE_FIELD_MANAGER)
+
+
+def lift_exclusions(api: ApiClient, nodes: list[str]) -> list[str]:
+    """Let every Deployment whose exclusion names one of ``nodes`` use them again; returns those changed."""
+    apps, lifted = AppsV1Api(api), []
+    for workload in kube.list_objects(api, "apps/v1", "Deployment"):
+        recorded = _recorded(workload)
+        if not any(set(e["values"]) & set(nodes) for e in recorded if e["key"] == HOSTNAME_LABEL):
+            continue
+        meta = workload["metadata"]
+        apps.patch_namespaced_deployment(meta["name"], meta["namespace"],
+                                         release_patch({**workload, "kind": "Deployment"}, nodes),
+                                         field_manager=MAINTENANCE_FIELD_MANAGER)
+        lifted.append(f"Deployment {meta['namespace']}/{meta['name']}")
+    return lifted
+
+
+def set_unschedulable(api: ApiClient, nodes: list[str], unschedulable: bool) -> list[str]:
+    """Cordon (or uncordon) ``nodes``, like kubectl; returns the nodes changed (the others already were)."""
+    core, changed = CoreV1Api(api), []
+    for node in nodes:
+        if bool(core.read_node(node).spec.unschedulable) != unschedulable:
+            core.patch_node(node, {"spec": {"unschedulable": unschedulable or None}})   # None: as kubectl uncordon
+            changed.append(node)
+    return changed
+
+
+def _evict_once(core: CoreV1Api, namespace: str, name: str) -> str | None:
+    """Ask the Eviction API once; None when the pod is evicted (or already gone), else why it was refused."""
+    try:
+        core.create_namespaced_pod_eviction(name, namespace, {"apiVersion": "policy/v1", "kind": "Eviction",
+                                                              "metadata": {"name": name, "namespace": namespace}})
+        return None
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        if err.status in (429, 500):   # a PDB forbids it now / the pod has several PDBs
+            return _refusal(err)
+        raise
+
+
+def _refusal(err: ApiException) -> str:
+    """The Status message and its causes (which name the budget and its numbers)."""
+    try:
+        status = json.loads(err.body)
+    except (TypeError, ValueError):
+        return str(err.reason)
+    causes = [c["message"] for c in (status.get("details") or {}).get("causes") or [] if c.get("message")]
+    return " ".join([status.get("message") or str(err.reason), *causes])
+
+
+def evict_pods(api: ApiClient, pods: list[dict], timeout_seconds: float) -> dict:
+    """Evict ``pods`` ([{namespace, name}]) through the Eviction API, retrying refusals within the timeout.
+
+    A refused eviction is retried with backoff (a budget may allow it once other pods are Ready again),
+    never forced. Returns {"evicted": [ns/name], "blocked": {ns/name: the API's last reason}}.
+    """
+    core = CoreV1Api(api)
+    deadline = time.monotonic() + timeout_seconds
+    pending, evicted, blocked, delay = list(pods), [], {}, FIRST_RETRY_SECONDS
+    while pending:
+        still = []
+        for pod in pending:
+            ref = f"{pod['namespace']}/{pod['name']}"
+            if (reason := _evict_once(core, pod["namespace"], pod["name"])) is None:
+                evicted.append(ref)
+                blocked.pop(ref, None)
+                log.info("evicted pod %s", ref)
+            else:
+                blocked[ref] = reason
+                still.append(pod)
+        pending = still
+        remaining = deadline - time.monotonic()
+        if not pending or remaining <= 0:
+            break
+        log.info("eviction refused for %s; retrying in %.0fs", ", ".join(blocked), min(delay, remaining))
+        time.sleep(min(delay, remaining))   # backoff between attempts of a bounded retry
+        delay = min(delay * 2, MAX_RETRY_SECONDS)
+    return {"evicted": evicted, "blocked": blocked}
+
+
+def pods_on_nodes(api: ApiClient, nodes: list[str]) -> list[dict]:
+    """Pods on ``nodes`` that are not finished."""
+    return [p for p in kube.list_objects(api, "v1", "Pod") if p["spec"].get("nodeName") in nodes and not _finished(p)]
+
+
+def wait_until_gone(api: ApiClient, refs: list[str], nodes: list[str], timeout_seconds: float) -> list[str]:
+    """Wait for the evicted pods to leave ``nodes`` (termination grace); returns the ones still there."""
+    deadline, delay = time.monotonic() + timeout_seconds, FIRST_RETRY_SECONDS / 4
+    while True:
+        left = sorted(set(refs) & {pod_ref(p) for p in pods_on_nodes(api, nodes)})
+        remaining = deadline - time.monotonic()
+        if not left or remaining <= 0:
+            return left
+        time.sleep(min(delay, remaining))   # bounded wait for the kubelet to finish terminating them
+        delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+
+def what_is_left(plan: dict, pods: list[dict], drained: dict) -> list[str]:
+    """``pod on node: why`` for every pod that keeps a node busy ([] when every node is empty).
+
+    ``plan`` is a fresh plan (after the moves and evictions), ``drained`` what the eviction step reported.
+    """
+    reasons = {}
+    for move in plan["moves"]:
+        for pod in move["pods"]:
+            reasons[pod] = f"{move['kind']} {move['namespace']}/{move['name']} still has it there (move incomplete)"
+    for refused in plan["refused"]:
+        for pod in refused["pods"]:
+            reasons[pod] = f"{refused['workload']} not moved: {refused['reason']}"
+    reasons |= {u["pod"]: u["reason"] for u in plan["untouched"] if u["blocks"]}
+    reasons |= {pod: f"eviction refused: {reason}" for pod, reason in drained.get("blocked", {}).items()}
+    left = []
+    for pod in pods:
+        if left_in_place(pod):
+            continue
+        why = reasons.get(pod_ref(pod)) or ("terminating" if pod["metadata"].get("deletionTimestamp")
+                                            else "arrived after the eviction step")
+        left.append(f"{pod_ref(pod)} on {pod['spec']['nodeName']}: {why}")
+    return sorted(left)
