@@ -1,10 +1,11 @@
-"""include/rbac/ grants the k8smove ServiceAccount exactly what deploy_app and migrate_app call.
+"""include/rbac/ grants the k8smove ServiceAccount exactly what the k8smove DAGs call.
 
-What they call is read from kubesim's API request log of a full ``airflow dags test`` run — deploy_app,
-migrate_app, and a migrate_app that fails and rolls back — and mapped to the RBAC attributes a real
-kube-apiserver authorizes: (verb, API group, resource[/subresource], namespace or cluster-wide). The
-rules must allow every one of them and nothing else; the node-maintenance block is checked against its
-own list until the node_maintenance DAG's calls are in the run.
+What they call is read from kubesim's API request log of ``airflow dags test`` runs — deploy_app,
+migrate_app, a migrate_app that fails and rolls back; then node_maintenance (dry run and real) and
+end_maintenance — and mapped to the RBAC attributes a real kube-apiserver authorizes: (verb, API group,
+resource[/subresource], namespace or cluster-wide). The rules must allow every one of them and nothing else:
+k8smove-cluster and the release Role exactly deploy_app/migrate_app's calls, k8smove-node-maintenance
+exactly what the maintenance DAGs call beyond those.
 """
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operators"))   # k
 RBAC_DIR = Path(__file__).resolve().parents[2] / "include" / "rbac"
 SERVICE_ACCOUNT = ("airflow", "k8smove")           # (namespace, name) the bindings grant to
 MAINTENANCE_ROLE = "k8smove-node-maintenance"
-# node_maintenance (cordon + evict), as the issue demands: (verb, apiGroup, resource).
-MAINTENANCE = {("patch", "", "nodes"), ("create", "", "pods/eviction")}
 RBAC_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 # Non-resource paths every authenticated identity may read (system:discovery, system:public-info-viewer).
 PUBLIC_PATHS = ("/api", "/apis", "/version", "/openapi", "/healthz", "/livez", "/readyz")
@@ -151,14 +150,6 @@ def test_rules_name_verbs_and_resources_explicitly():
             assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
 
 
-def test_node_maintenance_block_is_exactly_cordon_and_eviction():
-    [role] = [r for r in by_kind("ClusterRole") if r["metadata"]["name"] == MAINTENANCE_ROLE]
-    granted = {(verb, group, resource) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
-    assert granted == MAINTENANCE
-    assert {g.namespace for g in grants() if g.role == MAINTENANCE_ROLE} == {ANY}   # bound cluster-wide
-
-
 def test_request_log_mapping_follows_the_apiserver():
     entry = {"verb": "list", "resource": "apps/deployments", "subresource": None, "namespace": "default",
              "query": {"watch": "1"}, "status": 200, "path": "/apis/apps/v1/namespaces/default/deployments"}
@@ -172,10 +163,70 @@ def test_request_log_mapping_follows_the_apiserver():
 
 
 # ---- against what a full run calls -------------------------------------------------------------------
+MANAGED = {"app.kubernetes.io/managed-by": "k8smove"}
+MAINTENANCE_NAMESPACE = "shop"   # not the release namespace: the maintenance DAGs act wherever pods are
+
+
+def _workload(kind: str, name: str, labels: dict, **spec) -> dict:
+    template = {"metadata": {"labels": {"app": name, **labels}}, "spec": {
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]}]}}
+    if kind == "StatefulSet":
+        template["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": template, **spec}}
+
+
+def _start_maintenance_workloads(kubeconfig: str) -> None:
+    """In MAINTENANCE_NAMESPACE, all on node1 (node2 cordoned meanwhile): a k8smove Deployment, a k8smove
+    StatefulSet on a network-attached volume and an unmanaged Deployment; then node1 is marked for maintenance."""
+    import time
+
+    from kubernetes import config
+    from kubernetes.client import AppsV1Api, CoreV1Api
+
+    client = config.new_client_from_config(config_file=kubeconfig)
+    core, apps = CoreV1Api(client), AppsV1Api(client)
+    ns = MAINTENANCE_NAMESPACE
+    core.patch_node("node2", {"spec": {"unschedulable": True}})
+    core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    apps.create_namespaced_deployment(ns, _workload("Deployment", "web", MANAGED))
+    apps.create_namespaced_stateful_set(ns, _workload("StatefulSet", "db", MANAGED, serviceName="db",
+        volumeClaimTemplates=[{"metadata": {"name": "data"}, "spec": {
+            "storageClassName": "standard", "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}}}]))
+    apps.create_namespaced_deployment(ns, _workload("Deployment", "other", {"team": "other"}))
+    deadline = time.monotonic() + 60
+    while True:
+        pods = core.list_namespaced_pod(ns).items
+        ready = [p for p in pods if p.spec.node_name == "node1" and any(
+            c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+        if len(ready) == 3:
+            break
+        assert time.monotonic() < deadline, [(p.metadata.name, p.spec.node_name, p.status.phase) for p in pods]
+        time.sleep(0.2)
+    core.patch_node("node2", {"spec": {"unschedulable": None}})
+    core.patch_node("node1", {"metadata": {"labels": {"maintenance": "scheduled"}}})
+
+
+def _label_node(kubeconfig: str, node: str, labels: dict) -> None:
+    from kubernetes import config
+    from kubernetes.client import CoreV1Api
+
+    CoreV1Api(config.new_client_from_config(config_file=kubeconfig)).patch_node(node, {"metadata": {"labels": labels}})
+
+
 @pytest.fixture(scope="module")
-def full_run_log(airflow_home, tmp_path_factory):
-    """kubesim's request log of deploy_app, migrate_app node1 -> node2, and a migrate_app back to node1
-    that times out (pods on node1 never get Ready) and rolls back — each through ``airflow dags test``."""
+def run_logs(airflow_home, tmp_path_factory) -> dict[str, list[dict]]:
+    """kubesim's request logs, each DAG through ``airflow dags test`` on one cluster:
+
+    - "release": deploy_app, migrate_app node1 -> node2, and a migrate_app back to node1 that times out
+      (pods on node1 never get Ready) and rolls back;
+    - "maintenance": with a k8smove Deployment, a k8smove StatefulSet and an unmanaged Deployment on node1
+      (namespace MAINTENANCE_NAMESPACE) and node1 labelled maintenance=scheduled: node_maintenance as a dry
+      run, then for real, then end_maintenance; then node_maintenance of node2 back to a node1 that starts
+      no pod in time, so the moves time out (and read the cluster's reasons).
+    The test's own setup calls (creating the workloads, labelling the nodes) are not in them."""
     from kubesim.cluster import Cluster
     from kubesim_release import unique_external_ip
     from scripts import local_airflow
@@ -200,7 +251,43 @@ def full_run_log(airflow_home, tmp_path_factory):
         failed = dags_test("migrate_app", {"node_label": {"demo": "node1"}, "timeout_seconds": 10})
         assert failed.returncode != 0 and "Rolled back" in failed.stdout, failed.stdout[-8000:]
         assert "Migration rolled_back" in failed.stdout, failed.stdout[-8000:]
-        return list(cluster.request_log)
+        release = list(cluster.request_log)
+
+        cluster.faults.clear(kind="slow-startup")
+        _start_maintenance_workloads(cluster.kubeconfig_path)   # the release stays on node2
+        cluster.clear_request_log()
+        dry = dags_test("node_maintenance", {"dry_run": True})
+        assert dry.returncode == 0, dry.stdout[-5000:]
+        assert cluster.writes() == [], cluster.writes()
+        for line in (f"move surge    Deployment {MAINTENANCE_NAMESPACE}/web ",
+                     f"move recreate StatefulSet {MAINTENANCE_NAMESPACE}/db ",
+                     f"evict    pod {MAINTENANCE_NAMESPACE}/other-"):
+            assert line in dry.stdout, dry.stdout[-5000:]
+        drained = dags_test("node_maintenance", {})
+        assert drained.returncode == 0, drained.stdout[-8000:]
+        ended = dags_test("end_maintenance", {})
+        assert ended.returncode == 0, ended.stdout[-5000:]
+        maintenance = list(cluster.request_log)
+        # Back to node1, which now starts no pod in time: each move times out and reports the cluster's reasons.
+        cluster.faults.add("slow-startup", node="node1", seconds=120)
+        _label_node(cluster.kubeconfig_path, "node2", {"maintenance": "scheduled"})
+        cluster.clear_request_log()
+        timed_out = dags_test("node_maintenance", {"timeout_seconds": 10})
+        assert timed_out.returncode != 0, timed_out.stdout[-8000:]
+        assert "Rollout not complete after 10s" in timed_out.stdout, timed_out.stdout[-8000:]
+        return {"release": release, "maintenance": maintenance + list(cluster.request_log)}
+
+
+@pytest.fixture(scope="module")
+def full_run_log(run_logs):
+    return run_logs["release"] + run_logs["maintenance"]
+
+
+def maintenance_increment(run_logs) -> set[tuple[str, str, str]]:
+    """What node_maintenance/end_maintenance call that deploy_app/migrate_app's roles do not allow."""
+    others = {g for g in grants() if g.role != MAINTENANCE_ROLE}
+    return {(c.verb, c.group, c.resource) for c in needed_calls(run_logs["maintenance"])
+            if not any(allows(g, c) for g in others)}
 
 
 @pytest.mark.slow
@@ -214,8 +301,25 @@ def test_rbac_allows_every_call_of_a_full_run(full_run_log):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_rbac_grants_nothing_a_full_run_does_not_use(full_run_log):
-    calls = needed_calls(full_run_log)
+def test_rbac_grants_nothing_a_full_run_does_not_use(run_logs):
+    """deploy_app/migrate_app's roles against their own calls: each grant used as granted (namespaced in the
+    release namespace, cluster-wide only by a cluster-wide call)."""
+    calls = needed_calls(run_logs["release"])
     unused = sorted((g for g in grants() if g.role != MAINTENANCE_ROLE and not justified(g, calls)), key=str)
     assert unused == [], (f"granted but not used (or cluster-wide where a Role would do): {unused}; "
                           f"the run's calls: {sorted(calls, key=str)}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_node_maintenance_role_is_exactly_what_the_maintenance_dags_add(run_logs):
+    """k8smove-node-maintenance holds exactly the calls of node_maintenance (dry run and real) and
+    end_maintenance that the other roles do not allow — nothing more, nothing they already grant — bound
+    cluster-wide: those DAGs act in whatever namespace has pods on the node, so no Role could do."""
+    [role] = [r for r in by_kind("ClusterRole") if r["metadata"]["name"] == MAINTENANCE_ROLE]
+    granted = {(verb, group, resource) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    calls = needed_calls(run_logs["maintenance"])
+    assert granted == maintenance_increment(run_logs), f"the maintenance run's calls: {sorted(calls, key=str)}"
+    assert {g.namespace for g in grants() if g.role == MAINTENANCE_ROLE} == {ANY}   # bound cluster-wide
+    assert {c.namespace for c in calls} - {None} == {MAINTENANCE_NAMESPACE}         # no Role could do
