@@ -7,7 +7,7 @@ import traceback
 
 from .common import machine_facts, save
 
-BENCHMARKS = ("api", "controllers", "dataplane", "evict_vs_surge", "dag_package")
+BENCHMARKS = ("api", "controllers", "dataplane", "evict_vs_surge", "dag_package", "maintenance")
 
 
 def main(argv: list[str]) -> int:
