@@ -119,7 +119,8 @@ class AirflowStack:
         return self.logs[component].read_text(errors="replace")
 
     def logs_tail(self, chars: int = 3000) -> str:
-        return "\n".join(f"----- {name} -----\n{self.log(name)[-chars:]}" for name in self.logs)
+        return "\n".join(f"----- {name} -----\n{self.log(name)[-chars:]}" for name in self.logs
+                         if self.logs[name].exists())      # a component not started yet has none
 
     def check_alive(self) -> None:
         dead = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
@@ -170,12 +171,30 @@ class AirflowStack:
         assert response.status_code == 200, response.text
         return {job["id"] for job in response.json()["jobs"] if job["job_type"] == job_type}
 
+    def _launch(self, name: str) -> None:
+        with open(self.logs[name], "wb") as out:
+            self.processes[name] = subprocess.Popen(
+                [AIRFLOW, *COMPONENTS[name](self.port)], env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
     def start(self) -> None:
-        for name, args in COMPONENTS.items():
-            with open(self.logs[name], "wb") as out:
-                self.processes[name] = subprocess.Popen(
-                    [AIRFLOW, *args(self.port)], env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        """The api-server first, the other components once it answers HTTP: tasks reach the metadata DB only
+        through its execution API, and a scheduled DAG (catchup=False) gets a run as soon as it is parsed, so a
+        scheduler started alongside could run a task before the api-server serves (its first call fails)."""
+        self._launch("api-server")
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            self.check_alive()
+            try:
+                httpx.get(f"{self.api}/monitor/health", timeout=5)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"api-server not answering after {STARTUP_TIMEOUT}s\n{self.logs_tail()}")
+                time.sleep(0.5)
+        for name in COMPONENTS:
+            if name != "api-server":
+                self._launch(name)
 
     def wait_ready(self) -> None:
         """Until the API answers and the dag-processor has registered both DAGs, un-paused."""
@@ -232,7 +251,15 @@ def kube_client(cluster):
 
 
 @pytest.fixture(scope="module")
-def airflow_stack(tmp_path_factory, cluster):
+def airflow_extra_env() -> dict[str, str]:
+    """Variables added to the components' environment (after the stack's own). Override it in a test module
+    (a module-scoped fixture of the same name) to start that module's stack differently, e.g. with
+    ``K8SMOVE_MAINTENANCE_SCHEDULE``, which the dag-processor reads when it parses node_maintenance."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def airflow_stack(tmp_path_factory, cluster, airflow_extra_env):
     home = tmp_path_factory.mktemp("airflow-home")
     report_dir = home / "reports"
     port = free_port()
@@ -264,6 +291,7 @@ def airflow_stack(tmp_path_factory, cluster):
         # still moved off the defaults in case a component starts one anyway.
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+        **airflow_extra_env,
     }
     env.pop("KUBECONFIG", None)
     migrated = subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=ROOT, text=True, timeout=300,
