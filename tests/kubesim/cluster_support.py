@@ -1,6 +1,7 @@
 """Helpers for the whole-cluster tests: the real kubectl, manifests, waiting, watching pods."""
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import threading
@@ -8,6 +9,8 @@ import time
 
 import yaml
 from kubernetes import client, watch
+
+import waiting
 
 
 def kubectl(cluster, *args: str, check: bool = True, input: str | None = None,
@@ -21,16 +24,7 @@ def kubectl(cluster, *args: str, check: bool = True, input: str | None = None,
     return proc
 
 
-def wait_for(predicate, timeout: float = 20, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
+wait_for = functools.partial(waiting.wait_for, interval=0.1)
 
 def deployment(name: str, replicas: int = 1, image: str = "nginx:1.27", node: str | None = None,
                strategy: dict | None = None, port: int = 80, probe: bool = True, **pod_spec) -> dict:

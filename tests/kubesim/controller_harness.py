@@ -1,13 +1,15 @@
 """A Store with the ControllerManager running on it, seeded like kubesim.cluster does, for controller tests."""
 from __future__ import annotations
 
-import time
+import functools
 
 from kubesim.config import ClusterConfig
 from kubesim.controllers import ControllerManager
 from kubesim.resources import NAMESPACES, STORAGECLASSES
 from kubesim.runtime import SimulatedRuntime
 from kubesim.store import Store
+
+import waiting
 
 STORAGE_CLASSES = (
     {"metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
@@ -33,15 +35,7 @@ def fast_config(tmp_path, **overrides) -> ClusterConfig:
     return ClusterConfig(**values)
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
+wait_for = functools.partial(waiting.wait_for, timeout=10.0)
 
 def start_manager(store: Store, config: ClusterConfig, runtime=None, faults=None) -> ControllerManager:
     return ControllerManager(store, config, runtime or SimulatedRuntime(), faults).start()

@@ -9,6 +9,7 @@ from kubesim.config import ClusterConfig
 from kubesim.dataplane import DataPlane
 from kubesim.faults import FaultRegistry
 from kubesim.store import Store
+from waiting import wait_for  # noqa: F401  (re-exported for the data-plane tests)
 
 NODES = ("node1", "node2")
 STORAGE_CLASSES = ({"metadata": {"name": "standard"}, "provisioner": "kubesim.io/network"},
@@ -40,15 +41,6 @@ def create_pod(store: Store, name: str, containers: list[dict], **spec) -> dict:
     return store.create(resources.PODS, {"metadata": {"name": name, "namespace": "default"},
                                          "spec": {"containers": containers, **spec}})
 
-
-def wait_for(condition, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def container(dataplane: DataPlane, pod: dict, name: str):

@@ -182,6 +182,7 @@ def test_close_stops_every_process(plane):
 CRASHING_PARENT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[1])
+    sys.path.insert(0, sys.argv[1] + "/tests")
     sys.path.insert(0, sys.argv[1] + "/tests/kubesim")
     from pathlib import Path
     from dataplane_support import create_pod, make_dataplane
