@@ -71,7 +71,8 @@ def map_matches(selector: dict | None, labels: dict | None) -> bool:
 _SET_RE = re.compile(r"^\s*(!?)\s*([A-Za-z0-9_./-]+)\s*(?:(notin|in)\s*\(([^)]*)\)|(==|!=|=)\s*([A-Za-z0-9_.-]*))?\s*$")
 
 
-def _split_top_level(text: str) -> list[str]:
+def split_top_level(text: str) -> list[str]:
+    """Selector terms: split on commas outside parentheses, empty terms dropped."""
     parts, depth, current = [], 0, ""
     for ch in text:
         if ch == "(":
@@ -90,7 +91,7 @@ def _split_top_level(text: str) -> list[str]:
 def parse(text: str | None) -> list[Requirement]:
     """The ``?labelSelector=`` / ``kubectl -l`` syntax; ValueError when it does not parse."""
     requirements: list[Requirement] = []
-    for part in _split_top_level(text or ""):
+    for part in split_top_level(text or ""):
         m = _SET_RE.match(part)
         if not m:
             raise ValueError(f"unable to parse requirement: {part.strip()!r}")
@@ -122,7 +123,7 @@ def field_value(obj: dict, path: str):
 def parse_fields(text: str | None) -> list[tuple[str, str, str]]:
     """``?fieldSelector=spec.nodeName=node1,status.phase!=Running`` -> [(path, op, value)]."""
     out = []
-    for part in _split_top_level(text or ""):
+    for part in split_top_level(text or ""):
         m = re.match(r"^\s*([A-Za-z0-9_.]+)\s*(==|!=|=)\s*(.*?)\s*$", part)
         if not m:
             raise ValueError(f"invalid field selector: {part.strip()!r}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import errors
+from ..labels import split_top_level
 
 # Fields a fieldSelector may name beyond metadata.name/metadata.namespace, per storage key (upstream's
 # field label conversion functions).
@@ -53,28 +54,12 @@ class Requirement:
         return not present
 
 
-def _split_terms(text: str) -> list[str]:
-    """Split on commas outside parentheses."""
-    terms, depth, current = [], 0, []
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            terms.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    terms.append("".join(current))
-    return [t for t in terms if t.strip()]
-
 
 def parse_label_selector(text: str | None) -> list[Requirement]:
     if not text:
         return []
     requirements = []
-    for term in _split_terms(text):
+    for term in split_top_level(text):
         eq = _EQ_RE.match(term)
         if eq:
             op = "!=" if eq.group(2) == "!=" else "="
@@ -116,7 +101,7 @@ def parse_field_selector(text: str | None, resource_key: str) -> list[tuple[str,
         return []
     allowed = BASE_FIELDS + EXTRA_FIELDS.get(resource_key, ())
     out = []
-    for term in _split_terms(text):
+    for term in split_top_level(text):
         match = _EQ_RE.match(term) or re.match(r"^\s*([A-Za-z0-9_./-]+)\s*(==|!=|=)\s*(.*?)\s*$", term)
         if not match:
             raise errors.bad_request(f"invalid selector: '{text}'; can't understand '{term}'")

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import functools
 
+import pytest
+
 from kubesim.config import ClusterConfig
 from kubesim.controllers import ControllerManager
-from kubesim.resources import NAMESPACES, STORAGECLASSES
+from kubesim.resources import NAMESPACES, NODES, STORAGECLASSES
 from kubesim.runtime import SimulatedRuntime
 from kubesim.store import Store
 
@@ -39,3 +41,13 @@ wait_for = functools.partial(waiting.wait_for, timeout=10.0)
 
 def start_manager(store: Store, config: ClusterConfig, runtime=None, faults=None) -> ControllerManager:
     return ControllerManager(store, config, runtime or SimulatedRuntime(), faults).start()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A seeded store with every controller running on two nodes (SimulatedRuntime)."""
+    store = seeded_store()
+    manager = start_manager(store, fast_config(tmp_path))
+    wait_for(lambda: len(store.list(NODES)) == 2, what="nodes")
+    yield store, manager
+    manager.stop()

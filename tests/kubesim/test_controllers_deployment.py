@@ -6,19 +6,11 @@ import threading
 
 import pytest
 
-from kubesim.resources import DEPLOYMENTS, EVENTS, NODES, PODS, REPLICASETS
+from kubesim.resources import DEPLOYMENTS, EVENTS, PODS, REPLICASETS
 from kubesim.store import DELETED
 
-from controller_harness import fast_config, seeded_store, start_manager, wait_for
+from controller_harness import cluster, wait_for  # noqa: F401  (cluster: the fixture)
 
-
-@pytest.fixture
-def cluster(tmp_path):
-    store = seeded_store()
-    manager = start_manager(store, fast_config(tmp_path))
-    wait_for(lambda: len(store.list(NODES)) == 2, what="nodes")
-    yield store, manager
-    manager.stop()
 
 
 def deployment(name="web", replicas=3, node="node1", strategy=None):

@@ -9,18 +9,10 @@ import pytest
 from kubesim import errors
 from kubesim.controllers import evict
 from kubesim.resources import (CONTROLLERREVISIONS, DEPLOYMENTS, ENDPOINTS, ENDPOINTSLICES, EVENTS, NAMESPACES,
-                               NODES, PDBS, PODS, PVCS, PVS, REPLICASETS, SERVICEACCOUNTS, SERVICES, STATEFULSETS)
+                               PDBS, PODS, PVCS, PVS, REPLICASETS, SERVICEACCOUNTS, SERVICES, STATEFULSETS)
 
-from controller_harness import fast_config, seeded_store, start_manager, wait_for
+from controller_harness import cluster, wait_for  # noqa: F401  (cluster: the fixture)
 
-
-@pytest.fixture
-def cluster(tmp_path):
-    store = seeded_store()
-    manager = start_manager(store, fast_config(tmp_path))
-    wait_for(lambda: len(store.list(NODES)) == 2, what="nodes")
-    yield store, manager
-    manager.stop()
 
 
 def ready(pod) -> bool:
