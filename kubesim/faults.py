@@ -207,6 +207,8 @@ class FaultRegistry:
 
     # ---- internals ------------------------------------------------------------------------------
     def _matching(self, kind: str, **values: str) -> list[Fault]:
+        if not self._faults:
+            return []   # the usual case, asked on every pod start: no lock needed to see nothing
         with self._lock:
             faults = [f for f in self._faults.values() if f.kind == kind and f.targets(**values)]
             for fault in faults:

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from . import errors
@@ -31,9 +31,18 @@ _SERVER_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGr
                     "generation", "selfLink")
 
 
+_stamps: dict[int, str] = {}
+
+
 def now_rfc3339(offset_seconds: float = 0) -> str:
-    moment = datetime.now(timezone.utc) + timedelta(seconds=offset_seconds)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current UTC time (plus an offset) at the API's one-second precision."""
+    second = int(time.time() + offset_seconds)
+    stamp = _stamps.get(second)
+    if stamp is None:
+        if len(_stamps) > 64:   # the clock moved on: drop the old seconds
+            _stamps.clear()
+        stamp = _stamps[second] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+    return stamp
 
 
 def parse_rfc3339(value: str) -> float:
@@ -161,9 +170,12 @@ class Store:
         return [copy_json(o) for o in objs]
 
     # ---- writes ------------------------------------------------------------------------------------
-    def create(self, rt: ResourceType, obj: dict, dry_run: bool = False, echo: bool = True) -> dict | None:
-        """Store a new object; returns a copy of it (None with echo=False: saves a deep copy per write)."""
-        obj = copy_json(obj)
+    def create(self, rt: ResourceType, obj: dict, dry_run: bool = False, echo: bool = True,
+               adopt: bool = False) -> dict | None:
+        """Store a new object; returns a copy of it (None with echo=False: saves a deep copy per write).
+        adopt=True stores ``obj`` itself, without a copy: for a controller that built it for this call and
+        from then on only reads it, like any shared object of the cache."""
+        obj = obj if adopt else copy_json(obj)
         meta = obj.setdefault("metadata", {})
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         with self._lock:
@@ -204,10 +216,11 @@ class Store:
             return copy_json(obj) if echo else None
 
     def update(self, rt: ResourceType, obj: dict, subresource: str | None = None, dry_run: bool = False,
-               allow_create: bool = False, echo: bool = True) -> dict | None:
+               allow_create: bool = False, echo: bool = True, adopt: bool = False) -> dict | None:
         """Replace an object; 409 Conflict when metadata.resourceVersion is set and stale.
-        Returns a copy of the stored object, or None with echo=False (writers that do not read it back)."""
-        return self._update(rt, copy_json(obj), subresource, dry_run, allow_create, echo)
+        Returns a copy of the stored object, or None with echo=False (writers that do not read it back).
+        adopt=True: the store may keep ``obj`` itself (see create)."""
+        return self._update(rt, obj if adopt else copy_json(obj), subresource, dry_run, allow_create, echo)
 
     def _update(self, rt: ResourceType, obj: dict, subresource: str | None, dry_run: bool = False,
                 allow_create: bool = False, echo: bool = True) -> dict | None:
@@ -233,50 +246,71 @@ class Store:
             return copy_json(stored) if echo else None
 
     def mutate(self, rt: ResourceType, namespace: str | None, name: str, fn: Callable[[dict], None],
-               subresource: str | None = None, echo: bool = True) -> dict | None:
+               subresource: str | None = None, echo: bool = True,
+               touches: tuple[str, ...] | None = None) -> dict | None:
         """Read-modify-write under the store lock (controllers use it; no conflicts possible).
+        ``fn`` changes a private copy of the object: of all of it, or, to spare copying the rest, only of
+        metadata and the top-level fields named in ``touches`` (by default just status for
+        subresource="status"; touches=() when fn replaces whole top-level fields).
         Returns a copy of the stored object, or None with echo=False."""
         with self._lock:
-            current = self.get(rt, namespace, name)
+            stored = self._objects[rt.key].get((namespace or "" if rt.namespaced else "", name))
+            if stored is None:
+                raise errors.not_found(rt.plural, name, rt.group)
+            if subresource == "status" and touches is None:
+                touches = ("status",)
+            if touches is None:
+                current = copy_json(stored)
+            else:
+                current = dict(stored, metadata=copy_json(stored["metadata"]))
+                for field in touches:
+                    if field in stored:
+                        current[field] = copy_json(stored[field])
             fn(current)
             current["metadata"].pop("resourceVersion", None)
             return self._update(rt, current, subresource, echo=echo)   # current is already a private copy
 
     def delete(self, rt: ResourceType, namespace: str | None, name: str, grace_period: int | None = None,
                propagation: str | None = None, preconditions: dict | None = None,
-               dry_run: bool = False) -> dict:
-        """Delete like the apiserver: graceful for bound pods, deferred while finalizers remain."""
+               dry_run: bool = False, echo: bool = True) -> dict | None:
+        """Delete like the apiserver: graceful for bound pods, deferred while finalizers remain.
+        Returns a copy of the object as deleted (or as marked for deletion), or None with echo=False."""
         with self._lock:
-            key = (namespace or "" if rt.namespaced else "", name)
-            old = self._objects[rt.key].get(key)
-            if old is None:
-                raise errors.not_found(rt.plural, name, rt.group)
-            self._check_preconditions(rt, old, preconditions)
-            new = copy_json(old)
-            meta = new["metadata"]
-            finalizers = list(meta.get("finalizers") or [])
-            if propagation == "Foreground" and "foregroundDeletion" not in finalizers:
-                finalizers.append("foregroundDeletion")
-            elif propagation == "Orphan" and "orphan" not in finalizers:
-                finalizers.append("orphan")
-            if rt is PODS:
-                grace = self._pod_grace(old, grace_period)
-                if meta.get("deletionTimestamp"):
-                    grace = min(grace, meta.get("deletionGracePeriodSeconds", grace))
-                if grace > 0 and old.get("spec", {}).get("nodeName") and old.get("status", {}).get("phase") \
-                        not in ("Succeeded", "Failed"):
-                    return self._mark_deleting(rt, key, old, new, finalizers, grace, dry_run)
-            if rt is NAMESPACES:
-                if not meta.get("deletionTimestamp"):
-                    new.setdefault("status", {})["phase"] = "Terminating"
-                    return self._mark_deleting(rt, key, old, new, finalizers, 0, dry_run)
-                return copy_json(old)
-            if finalizers:
+            result = self._delete(rt, namespace, name, grace_period, propagation, preconditions, dry_run)
+            return copy_json(result) if echo else None
+
+    def _delete(self, rt, namespace, name, grace_period, propagation, preconditions, dry_run) -> dict:
+        """delete() returning the object itself (shared when stored)."""
+        key = (namespace or "" if rt.namespaced else "", name)
+        old = self._objects[rt.key].get(key)
+        if old is None:
+            raise errors.not_found(rt.plural, name, rt.group)
+        self._check_preconditions(rt, old, preconditions)
+        new = dict(old, metadata=copy_json(old["metadata"]))   # deletion changes metadata only
+        meta = new["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if propagation == "Foreground" and "foregroundDeletion" not in finalizers:
+            finalizers.append("foregroundDeletion")
+        elif propagation == "Orphan" and "orphan" not in finalizers:
+            finalizers.append("orphan")
+        if rt is PODS:
+            grace = self._pod_grace(old, grace_period)
+            if meta.get("deletionTimestamp"):
+                grace = min(grace, meta.get("deletionGracePeriodSeconds", grace))
+            if grace > 0 and old.get("spec", {}).get("nodeName") and old.get("status", {}).get("phase") \
+                    not in ("Succeeded", "Failed"):
+                return self._mark_deleting(rt, key, old, new, finalizers, grace, dry_run)
+        if rt is NAMESPACES:
+            if not meta.get("deletionTimestamp"):
+                new["status"] = dict(old.get("status") or {}, phase="Terminating")
                 return self._mark_deleting(rt, key, old, new, finalizers, 0, dry_run)
-            if dry_run:
-                return new
-            self._remove(rt, key, old)
-            return copy_json(old)
+            return old
+        if finalizers:
+            return self._mark_deleting(rt, key, old, new, finalizers, 0, dry_run)
+        if dry_run:
+            return new
+        self._remove(rt, key, old)
+        return old
 
     def remove(self, rt: ResourceType, namespace: str | None, name: str) -> dict | None:
         """Remove at once, whatever finalizers or grace remain (kubelet after termination, GC, namespaces)."""
@@ -357,11 +391,9 @@ class Store:
         if not meta.get("deletionTimestamp") or grace < meta.get("deletionGracePeriodSeconds", grace + 1):
             meta["deletionTimestamp"] = now_rfc3339(grace)
             meta["deletionGracePeriodSeconds"] = grace
-        if dry_run:
+        if dry_run or new == old:
             return new
-        if new == old:
-            return copy_json(old)
-        return copy_json(self._store_update(rt, key, old, new))
+        return self._store_update(rt, key, old, new)
 
     @staticmethod
     def _merge_update(rt: ResourceType, old: dict, obj: dict, subresource: str | None) -> dict:

@@ -125,10 +125,12 @@ class Cache:
     def services_selecting(self, namespace: str, pod_labels: dict | None) -> list[dict]:
         """Services whose selector matches these labels, found through their selectors' items."""
         with self._lock:
+            services = self._by_ns[SERVICES.key].get(namespace)
+            if not services:
+                return []
             names = set()
             for k, v in (pod_labels or {}).items():
                 names |= self._services_by_selector.get((namespace, k, v), set())
-            services = self._by_ns[SERVICES.key].get(namespace, {})
             candidates = [services[n] for n in names if n in services]
         return [s for s in candidates if labelsel.map_matches(s["spec"].get("selector"), pod_labels)]
 

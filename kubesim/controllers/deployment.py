@@ -130,7 +130,7 @@ class DeploymentController(Controller):
                 def bump(rs: dict) -> None:
                     rs["metadata"].setdefault("annotations", {})[REVISION] = wanted
                     rs["spec"]["minReadySeconds"] = d["spec"].get("minReadySeconds", 0)
-                new_rs.update(self.store.mutate(REPLICASETS, ns, new_rs["metadata"]["name"], bump))
+                new_rs.update(self.store.mutate(REPLICASETS, ns, new_rs["metadata"]["name"], bump, touches=("spec",)))
             self._set_deployment_revision(d, wanted)
             if progressing_condition(d) is None:
                 self._set_progressing(d["status"], "True", "FoundNewReplicaSet",
@@ -166,7 +166,8 @@ class DeploymentController(Controller):
         if d["metadata"].get("annotations", {}).get(REVISION) == revision:
             return
         updated = self.store.mutate(DEPLOYMENTS, d["metadata"]["namespace"], d["metadata"]["name"],
-                                    lambda obj: obj["metadata"].setdefault("annotations", {}).update({REVISION: revision}))
+                                    lambda obj: obj["metadata"].setdefault("annotations", {}).update({REVISION: revision}),
+                                    touches=())
         d["metadata"] = updated["metadata"]
 
     # ---- rolling update (upstream rolling.go) -------------------------------------------------------
@@ -231,7 +232,8 @@ class DeploymentController(Controller):
         def scale(obj: dict) -> None:
             obj["spec"]["replicas"] = count
             obj["metadata"].setdefault("annotations", {}).update(wanted)
-        rs.update(self.store.mutate(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"], scale))
+        rs.update(self.store.mutate(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"], scale,
+                                     touches=("spec",)))
         if before != count:
             self._scaling_event(d, rs, "up" if count > before else "down", before, count)
         return before != count

@@ -55,7 +55,7 @@ class EventRecorder:
                  "lastTimestamp": stamp, "count": 1, "type": type_, "eventTime": None,
                  "reportingComponent": component, "reportingInstance": host or ""}
         try:
-            self._store.create(EVENTS, event, echo=False)
+            self._store.create(EVENTS, event, echo=False, adopt=True)
         except errors.ApiError:
             return  # namespace terminating or gone: upstream drops the event too
         with self._lock:
@@ -68,7 +68,7 @@ class EventRecorder:
             event["count"] = event.get("count", 1) + 1
             event["lastTimestamp"] = stamp
         try:
-            self._store.mutate(EVENTS, where[0], where[1], bump, echo=False)
+            self._store.mutate(EVENTS, where[0], where[1], bump, echo=False, touches=())
             return True
         except errors.ApiError:
             return False

@@ -388,7 +388,7 @@ class Kubelet(Controller):
         except Exception:
             log.exception("%s: stopping pod %s failed", self.name, record.key)
         self._release(record)
-        current = self.store.find(PODS, *record.key)
+        current = self.cache.get(PODS, *record.key)
         if current is not None and current["metadata"]["uid"] == uid:
             self.store.remove(PODS, *record.key)
 
@@ -439,7 +439,8 @@ class Kubelet(Controller):
         meta = current["metadata"]
         self.store.update(PODS, {"metadata": {"name": meta["name"], "namespace": meta["namespace"],
                                               "resourceVersion": meta["resourceVersion"]},
-                                 "status": self._pod_status(current, record)}, subresource="status", echo=False)
+                                 "status": self._pod_status(current, record)}, subresource="status", echo=False,
+                          adopt=True)
 
     def _pod_status(self, pod: dict, record: PodRecord) -> dict:
         status = copy_json(pod.get("status") or {})   # the cached pod is shared: never mutate it
@@ -559,6 +560,18 @@ class Kubelet(Controller):
         return threads + [t for t in self._stopping_threads if t.is_alive()]
 
 
+def _status_only(event: Event) -> bool:
+    """A change to nothing a kubelet acts on: its own status writes come back as these, and upstream's pod
+    config source ignores them too (a status-only change is a RECONCILE, not an UPDATE)."""
+    if event.type != "MODIFIED":
+        return False
+    old, new = event.old, event.object
+    before, after = old["metadata"], new["metadata"]
+    return ((old.get("spec") is new.get("spec") or old.get("spec") == new.get("spec"))
+            and before.get("deletionTimestamp") == after.get("deletionTimestamp")
+            and before.get("deletionGracePeriodSeconds") == after.get("deletionGracePeriodSeconds"))
+
+
 def _condition_reasons(node: dict) -> set[str]:
     return {c.get("reason") for c in (node.get("status") or {}).get("conditions") or ()}
 
@@ -599,7 +612,7 @@ class Kubelets:
         return kubelet
 
     def on_event(self, event: Event) -> None:
-        if event.resource is not PODS:
+        if event.resource is not PODS or _status_only(event):
             return
         meta = event.object["metadata"]
         for obj in (event.object, event.old):

@@ -10,7 +10,6 @@ from .base import Controller, obj_key, same_keys
 from .owners import controller_ref, owner_keys
 from .pods import (is_active, is_available, is_ready, parse_time, pod_from_template, ready_since,
                    seconds_until_available)
-from .. import labels
 
 COMPONENT = "replicaset-controller"
 BURST = 500   # upstream creates/deletes at most this many pods per sync
@@ -27,7 +26,8 @@ class ReplicaSetController(Controller):
 
     @staticmethod
     def _pod_owner(event: Event):
-        if event.type == "MODIFIED" and replica_view(event.old) == replica_view(event.object):
+        after = () if event.type == "DELETED" else replica_view(event.object)
+        if event.old is not None and replica_view(event.old) == after:
             return []   # nothing the ReplicaSet counts has changed
         keys = owner_keys(event.object, "ReplicaSet")
         if event.old is not None:
@@ -50,14 +50,14 @@ class ReplicaSetController(Controller):
         if diff < 0:
             ref = controller_ref(rs, REPLICASETS)
             for _ in range(min(-diff, BURST)):
-                pod = self.store.create(PODS, pod_from_template(rs["spec"]["template"], ns, ref,
-                                                                generate_name=f"{rs['metadata']['name']}-"))
+                pod = pod_from_template(rs["spec"]["template"], ns, ref, generate_name=f"{rs['metadata']['name']}-")
+                self.store.create(PODS, pod, echo=False, adopt=True)   # pod is now the stored, shared object
                 self.events.normal(rs, "SuccessfulCreate", f"Created pod: {pod['metadata']['name']}", COMPONENT)
                 pods.append(pod)
         elif diff > 0:
             doomed = sorted(pods, key=deletion_rank)[:min(diff, BURST)]
             for pod in doomed:
-                self.store.delete(PODS, ns, pod["metadata"]["name"])
+                self.store.delete(PODS, ns, pod["metadata"]["name"], echo=False)
                 self.events.normal(rs, "SuccessfulDelete", f"Deleted pod: {pod['metadata']['name']}", COMPONENT)
             gone = {p["metadata"]["uid"] for p in doomed}
             pods = [p for p in pods if p["metadata"]["uid"] not in gone]
@@ -65,11 +65,11 @@ class ReplicaSetController(Controller):
 
     def _update_status(self, rs: dict, pods: list[dict]) -> None:
         min_ready = int(rs["spec"].get("minReadySeconds", 0))
-        template_labels = labels.from_map((rs["spec"]["template"].get("metadata") or {}).get("labels"))
+        template_labels = ((rs["spec"]["template"].get("metadata") or {}).get("labels") or {}).items()
         now = time.time()
         status = {
             "replicas": len(pods),
-            "fullyLabeledReplicas": sum(1 for p in pods if labels.matches(template_labels, p["metadata"].get("labels"))),
+            "fullyLabeledReplicas": sum(1 for p in pods if template_labels <= (p["metadata"].get("labels") or {}).items()),
             "readyReplicas": sum(1 for p in pods if is_ready(p)),
             "availableReplicas": sum(1 for p in pods if is_available(p, min_ready, now)),
             "observedGeneration": rs["metadata"].get("generation", 1),
@@ -79,16 +79,18 @@ class ReplicaSetController(Controller):
             status["conditions"] = rs["status"]["conditions"]
         if status != rs.get("status"):
             self.store.mutate(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"],
-                              lambda r: r.update(status=status), subresource="status", echo=False)
+                              lambda r: r.update(status=status), subresource="status", echo=False, touches=())
         waits = [w for w in (seconds_until_available(p, min_ready) for p in pods) if w is not None]
         if waits:
             self.requeue_after(obj_key(rs), min(waits))
 
 
 def replica_view(pod: dict) -> tuple:
-    """What a ReplicaSet counts of its pods (and how it ranks them for deletion)."""
-    return (pod["metadata"].get("labels"), pod["metadata"].get("ownerReferences"), is_active(pod), is_ready(pod),
-            ready_since(pod), pod["spec"].get("nodeName"), (pod.get("status") or {}).get("phase"))
+    """What a ReplicaSet's status counts of a pod: nothing at all once it is no longer active. (Deletion
+    ranking reads the cache when it deletes, so placement and phase changes need no sync.)"""
+    if not is_active(pod):
+        return ()
+    return pod["metadata"].get("labels"), pod["metadata"].get("ownerReferences"), is_ready(pod), ready_since(pod)
 
 
 def deletion_rank(pod: dict) -> tuple:

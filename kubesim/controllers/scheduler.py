@@ -244,7 +244,7 @@ class Scheduler(Controller):
             if p["metadata"]["uid"] != uid or p["spec"].get("nodeName"):
                 raise errors.conflict("pods", name, "pod was bound or replaced meanwhile")
             p["spec"]["nodeName"] = node
-        self.store.mutate(PODS, ns, name, bind, echo=False)   # the kubelet's first status write sets PodScheduled=True
+        self.store.mutate(PODS, ns, name, bind, echo=False, touches=("spec",))   # the kubelet's first status write sets PodScheduled=True
         self._parked.discard((ns, name))
         self.events.normal(pod, "Scheduled", f"Successfully assigned {ns}/{name} to {node}", COMPONENT)
 
