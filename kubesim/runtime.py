@@ -32,6 +32,9 @@ class PodSandbox:
 
 
 class ContainerRuntime(Protocol):
+    stop_blocks: bool
+    """Whether stop_pod may block (real processes): the kubelet then stops each pod on a thread of its own."""
+
     def pull(self, pod: dict, node: str) -> str | None:
         """None when every image can be had, else the failure message (the kubelet reports ErrImagePull)."""
 
@@ -53,6 +56,7 @@ class ContainerRuntime(Protocol):
 
 class SimulatedRuntime:
     """Runs nothing: every container starts at once and is Ready (the control-plane-only cluster)."""
+    stop_blocks = False
 
     def __init__(self) -> None:
         self._pods: dict[str, PodSandbox] = {}

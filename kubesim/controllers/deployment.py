@@ -9,7 +9,7 @@ import time
 
 from ..resources import DEPLOYMENTS, PODS, REPLICASETS
 from ..store import Event, copy_json, now_rfc3339
-from .base import Controller, obj_key, same_keys
+from .base import Controller, obj_key, same_keys_unless_status
 from .owners import controller_of, controller_ref, owner_keys
 from .pods import parse_time
 
@@ -25,7 +25,7 @@ class DeploymentController(Controller):
     name = "deployment"
 
     def watches(self):
-        return {DEPLOYMENTS.key: same_keys, REPLICASETS.key: self._rs_owner, PODS.key: self._pod_gone}
+        return {DEPLOYMENTS.key: same_keys_unless_status, REPLICASETS.key: self._rs_owner, PODS.key: self._pod_gone}
 
     def initial_keys(self):
         return [obj_key(d) for d in self.cache.list(DEPLOYMENTS)]

@@ -373,8 +373,12 @@ class Kubelet(Controller):
             for c in pod["spec"].get("containers") or ():
                 self._event(pod, "Normal", "Killing", f"Stopping container {c['name']}", c)
         grace = min(float(pod["metadata"].get("deletionGracePeriodSeconds", 30)), self.config.max_grace_seconds)
-        thread = threading.Thread(target=self._stop_and_remove, args=(record, pod["metadata"]["uid"], grace if had_sandbox else 0.0),
-                                  name=f"kubesim-stop-{record.key[1]}", daemon=True)
+        args = (record, pod["metadata"]["uid"], grace if had_sandbox else 0.0)
+        if not self.runtime.stop_blocks:
+            self._stop_and_remove(*args)   # nothing to wait for: a thread would only cost its start-up
+            return
+        thread = threading.Thread(target=self._stop_and_remove, args=args, name=f"kubesim-stop-{record.key[1]}",
+                                  daemon=True)
         self._track(thread)
         thread.start()
 

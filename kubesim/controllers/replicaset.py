@@ -6,7 +6,7 @@ import time
 
 from ..resources import PODS, REPLICASETS
 from ..store import Event
-from .base import Controller, obj_key, same_keys
+from .base import Controller, obj_key, same_keys_unless_status
 from .owners import controller_ref, owner_keys
 from .pods import (is_active, is_available, is_ready, parse_time, pod_from_template, ready_since,
                    seconds_until_available)
@@ -19,7 +19,7 @@ class ReplicaSetController(Controller):
     name = "replicaset"
 
     def watches(self):
-        return {REPLICASETS.key: same_keys, PODS.key: self._pod_owner}
+        return {REPLICASETS.key: same_keys_unless_status, PODS.key: self._pod_owner}
 
     def initial_keys(self):
         return [obj_key(rs) for rs in self.cache.list(REPLICASETS)]

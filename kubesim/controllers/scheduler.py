@@ -95,15 +95,12 @@ class Scheduler(Controller):
                                                 f"Preemption is not helpful for scheduling.")
         if not placements:
             return self._unschedulable_pod(pod, "no nodes available to schedule pods")
-        feasible, failures = [], {}
         requests = pod_requests(pod)
-        for node, static_reason in placements:
-            reasons = [static_reason] if static_reason else self._dynamic_filter(requests, node, claims)
-            if reasons:
-                failures[node["metadata"]["name"]] = reasons
-            else:
-                feasible.append(node)
+        candidates = [node for node, static_reason in placements if not static_reason]
+        feasible = [node for node in candidates if not self._dynamic_filter(requests, node, claims)]
         if not feasible:
+            failures = {node["metadata"]["name"]: [static_reason] if static_reason else
+                        self._dynamic_filter(requests, node, claims) for node, static_reason in placements}
             return self._unschedulable_pod(pod, _fit_error(num_nodes, failures))
         best = min(feasible, key=lambda n: (-self._score(requests, n), n["metadata"]["name"]))  # ties: first name
         waiting = self._select_node_for_claims(claims, best["metadata"]["name"])

@@ -6,7 +6,7 @@ import re
 
 from ..resources import CONTROLLERREVISIONS, PODS, PVCS, STATEFULSETS
 from ..store import Event, copy_json
-from .base import Controller, obj_key, same_keys
+from .base import Controller, obj_key, same_keys_unless_status
 from .deployment import pod_template_hash
 from .owners import controller_ref, owner_keys
 from .pods import is_available, is_finished, is_ready, is_terminating, pod_from_template, seconds_until_available
@@ -22,7 +22,7 @@ class StatefulSetController(Controller):
     name = "statefulset"
 
     def watches(self):
-        return {STATEFULSETS.key: same_keys, PODS.key: self._pod_owner}
+        return {STATEFULSETS.key: same_keys_unless_status, PODS.key: self._pod_owner}
 
     def initial_keys(self):
         return [obj_key(s) for s in self.cache.list(STATEFULSETS)]

@@ -77,6 +77,8 @@ class ContainerRun:
 
 
 class ProcessRuntime:
+    stop_blocks = True   # SIGTERM, then up to the grace period before SIGKILL
+
     def __init__(self, store: Store, config: ClusterConfig, faults=None, network: LoopbackNetwork | None = None):
         self.store = store
         self.config = config
