@@ -558,6 +558,9 @@ class Kubelet(Controller):
         for record in list(self._records.values()):
             if record.sandbox is not None and record.stage != TERMINATING:
                 record.stage = TERMINATING
+                if not self.runtime.stop_blocks:
+                    self._stop_quietly(record)
+                    continue
                 t = threading.Thread(target=self._stop_quietly, args=(record,), daemon=True)
                 t.start()
                 threads.append(t)

@@ -28,8 +28,9 @@ CONTROLLERS = (EndpointsController, EndpointSliceController, Scheduler, ReplicaS
                StatefulSetController, PersistentVolumeBinder, DisruptionController, GarbageCollector,
                NamespaceController, ServiceAccountController, NodeLifecycleController)
 
-# Threads shared by all controllers and kubelets; the GIL makes more of them cost more than they give.
-WORKER_THREADS = 4
+# Threads shared by all controllers and kubelets. One: no sync blocks (runtimes start and stop pods on
+# threads of their own), and under the GIL more threads only add hand-offs (4 threads cost twice the CPU).
+WORKER_THREADS = 1
 
 
 class ControllerManager:
