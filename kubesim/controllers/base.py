@@ -233,19 +233,13 @@ def same_keys(event: Event) -> list[tuple[str, str]]:
 
 def same_keys_unless_status(event: Event) -> list[tuple[str, str]]:
     """The object itself, unless only its status changed: a workload controller's own status writes come
-    back as such events, and nothing it acts on is in them."""
-    if event.type == "MODIFIED" and _only_status_changed(event.old, event.object):
+    back as such events, and nothing it acts on is in them. For objects with a generation (bumped by every
+    spec change), the rest of the metadata tells."""
+    if event.type == "MODIFIED" and "generation" in event.object["metadata"] \
+            and _metadata_view(event.old) == _metadata_view(event.object):
         return []
     return [obj_key(event.object)]
 
 
-_VOLATILE_METADATA = ("resourceVersion", "managedFields")
-
-
-def _only_status_changed(old: dict, new: dict) -> bool:
-    if any(old.get(k) is not v and old.get(k) != v for k, v in new.items() if k not in ("metadata", "status")) \
-            or any(k not in new for k in old if k not in ("metadata", "status")):
-        return False
-    before, after = old["metadata"], new["metadata"]
-    return all(before.get(k) == v for k, v in after.items() if k not in _VOLATILE_METADATA) \
-        and all(k in after for k in before if k not in _VOLATILE_METADATA)
+def _metadata_view(obj: dict) -> dict:
+    return {k: v for k, v in obj["metadata"].items() if k not in ("resourceVersion", "managedFields")}

@@ -50,10 +50,9 @@ class DeploymentController(Controller):
         d = self.cache.get(DEPLOYMENTS, *key)
         if d is None or d["metadata"].get("deletionTimestamp"):
             return
-        d = copy_json(d)
-        d.setdefault("status", {})
+        d = dict(d, status=copy_json(d.get("status") or {}))   # the sync changes only the status of its copy
         self._check_paused_condition(d)
-        rs_list = [copy_json(rs) for rs in self.cache.controlled_by(REPLICASETS, d["metadata"]["uid"])]
+        rs_list = [_working_copy(rs) for rs in self.cache.controlled_by(REPLICASETS, d["metadata"]["uid"])]
         new_rs = find_new_rs(d, rs_list)
         old_rss = [rs for rs in rs_list if new_rs is None or rs["metadata"]["uid"] != new_rs["metadata"]["uid"]]
         if d["spec"].get("paused"):
@@ -232,8 +231,9 @@ class DeploymentController(Controller):
         def scale(obj: dict) -> None:
             obj["spec"]["replicas"] = count
             obj["metadata"].setdefault("annotations", {}).update(wanted)
-        rs.update(self.store.mutate(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"], scale,
-                                     touches=("spec",)))
+        self.store.mutate(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"], scale, echo=False,
+                          touches=("spec",))
+        scale(rs)   # our copy follows the stored one
         if before != count:
             self._scaling_event(d, rs, "up" if count > before else "down", before, count)
         return before != count
@@ -380,12 +380,18 @@ def copied_annotations(d: dict) -> dict:
     return {k: v for k, v in (d["metadata"].get("annotations") or {}).items() if k not in skip}
 
 
+def _working_copy(rs: dict) -> dict:
+    """A cached ReplicaSet copied as deep as the sync changes it: spec fields and annotations."""
+    meta = rs["metadata"]
+    return dict(rs, metadata=dict(meta, annotations=dict(meta.get("annotations") or {})), spec=dict(rs["spec"]))
+
+
 def _template_without_hash(rs: dict) -> dict:
-    template = copy_json(rs["spec"].get("template") or {})
-    labels = (template.get("metadata") or {}).get("labels")
-    if labels is not None:
-        labels.pop(HASH_LABEL, None)
-    return template
+    template = rs["spec"].get("template") or {}
+    meta = template.get("metadata") or {}
+    if HASH_LABEL not in (meta.get("labels") or {}):
+        return template
+    return dict(template, metadata=dict(meta, labels={k: v for k, v in meta["labels"].items() if k != HASH_LABEL}))
 
 
 def find_new_rs(d: dict, rs_list: list[dict]) -> dict | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .. import errors
 from ..resources import LEASES, NODES, PODS, PVCS, PVS
 from ..runtime import PodSandbox
-from ..store import Event, copy_json, now_rfc3339
+from ..store import Event, now_rfc3339
 from .base import Context, Controller, log
 from .pods import is_finished, set_condition
 from .quantity import parse_quantity
@@ -447,7 +447,9 @@ class Kubelet(Controller):
                           adopt=True)
 
     def _pod_status(self, pod: dict, record: PodRecord) -> dict:
-        status = copy_json(pod.get("status") or {})   # the cached pod is shared: never mutate it
+        # the cached pod is shared: copy what set_condition changes in place; the rest is replaced whole
+        status = dict(pod.get("status") or {})
+        status["conditions"] = [dict(c) for c in status.get("conditions") or ()]
         phase, sandbox_ready, waiting_reason = STAGES[record.stage]
         stamp = now_rfc3339()
         containers = self._container_statuses(pod, record, waiting_reason)
