@@ -89,16 +89,16 @@ def split_top_level(text: str) -> list[str]:
 
 
 def parse(text: str | None) -> list[Requirement]:
-    """The ``?labelSelector=`` / ``kubectl -l`` syntax; ValueError when it does not parse."""
+    """The ``?labelSelector=`` / ``kubectl -l`` syntax; ValueError (worded like upstream) when it does not parse."""
     requirements: list[Requirement] = []
     for part in split_top_level(text or ""):
         m = _SET_RE.match(part)
-        if not m:
-            raise ValueError(f"unable to parse requirement: {part.strip()!r}")
-        negated, key, set_op, set_values, op, value = m.groups()
+        negated = m and m.group(1)
+        if not m or (negated and (m.group(3) or m.group(5))):
+            raise ValueError(f"unable to parse requirement: found '{part.strip()}', expected: "
+                             f"in, notin, =, ==, !=, gt, lt")
+        _, key, set_op, set_values, op, value = m.groups()
         if negated:
-            if set_op or op:
-                raise ValueError(f"unable to parse requirement: {part.strip()!r}")
             requirements.append((key, "DoesNotExist", ()))
         elif set_op:
             values = tuple(v.strip() for v in set_values.split(",") if v.strip())
@@ -110,23 +110,27 @@ def parse(text: str | None) -> list[Requirement]:
     return requirements
 
 
-def field_value(obj: dict, path: str):
+def field_value(obj: dict, path: str) -> str:
     """``metadata.name``, ``spec.nodeName``, ``status.phase`` … as strings for field selectors."""
     current = obj
     for part in path.split("."):
-        if not isinstance(current, dict):
-            return ""
-        current = current.get(part)
+        current = current.get(part) if isinstance(current, dict) else None
+    if isinstance(current, bool):
+        return "true" if current else "false"
     return "" if current is None else str(current)
 
 
+_FIELD_RE = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(==|!=|=)\s*(.*?)\s*$")
+
+
 def parse_fields(text: str | None) -> list[tuple[str, str, str]]:
-    """``?fieldSelector=spec.nodeName=node1,status.phase!=Running`` -> [(path, op, value)]."""
+    """``?fieldSelector=spec.nodeName=node1,status.phase!=Running`` -> [(path, op, value)]; ValueError
+    (worded like upstream) when it does not parse."""
     out = []
     for part in split_top_level(text or ""):
-        m = re.match(r"^\s*([A-Za-z0-9_.]+)\s*(==|!=|=)\s*(.*?)\s*$", part)
+        m = _FIELD_RE.match(part)
         if not m:
-            raise ValueError(f"invalid field selector: {part.strip()!r}")
+            raise ValueError(f"invalid selector: '{text}'; can't understand '{part}'")
         out.append((m.group(1), "!=" if m.group(2) == "!=" else "=", m.group(3)))
     return out
 

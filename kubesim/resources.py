@@ -1,7 +1,7 @@
 """The resource types kubesim serves, as data: the one table discovery, routing and the store read."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 

@@ -51,7 +51,7 @@ def field_table(descriptors) -> dict:
             type_name = field.type_name.lstrip(".") or None
             if type_name in entries:
                 entry = entries[type_name]
-                key, value = entry.field[0], entry.field[1]
+                value = entry.field[1]   # field[0] is the key: always a string in the API
                 fields[str(field.number)] = [field.json_name or field.name, "map",
                                              [_type_name(value), value.type_name.lstrip(".") or None], False]
                 continue

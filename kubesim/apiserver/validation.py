@@ -11,9 +11,9 @@ import jsonschema
 from referencing import Registry, Resource
 
 from .. import errors
+from .. import labels as labelsel
 from ..resources import ResourceType
 from .schemas import definition_name, definitions
-from .selectors import selector_from_label_selector
 
 DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 DNS1123_SUBDOMAIN = DNS1123_LABEL + r"(\." + DNS1123_LABEL + r")*"
@@ -211,15 +211,22 @@ def _template_causes(obj: dict, path: str) -> list[dict]:
         out.append(required("spec.selector"))
     else:
         out += label_causes(selector.get("matchLabels"), "spec.selector.matchLabels")
-        try:
-            reqs = selector_from_label_selector(selector)
-        except (KeyError, TypeError):
-            reqs = []
+        reqs = _label_selector_requirements(selector)
+        if reqs is None:
             out.append(invalid_value("spec.selector", selector, "invalid label selector"))
-        if reqs and not all(r.matches(labels) for r in reqs):
+        elif reqs and not labelsel.matches(reqs, labels):
             out.append(invalid_value(f"{path}.metadata.labels", labels,
                                      "`selector` does not match template `labels`"))
     return out
+
+
+def _label_selector_requirements(selector: dict) -> list | None:
+    """A metav1.LabelSelector's requirements, or None when it is malformed (LabelSelectors know four operators)."""
+    try:
+        reqs = labelsel.from_label_selector(selector)
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return reqs if all(op in ("In", "NotIn", "Exists", "DoesNotExist") for _, op, _ in reqs) else None
 
 
 def _service_causes(svc: dict) -> list[dict]:

@@ -129,6 +129,14 @@ def test_invalid_objects_are_422_with_field_causes(api, client):
         (lambda: core.create_namespaced_config_map("default", {"metadata": {"name": "l",
                                                                             "labels": {"a": "b c"}}}),
          "metadata.labels"),
+        (lambda: apps.create_namespaced_deployment("default", {"metadata": {"name": "d"}, "spec": {
+            "selector": {"matchExpressions": [{"key": "app", "operator": "Gt", "values": ["1"]}]},
+            "template": MANIFESTS["pods"]}}),
+         "spec.selector"),   # LabelSelectors know In, NotIn, Exists and DoesNotExist only
+        (lambda: apps.create_namespaced_deployment("default", {"metadata": {"name": "d"}, "spec": {
+            "selector": {"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]},
+            "template": dict(MANIFESTS["pods"], metadata={"labels": {"app": "web"}})}}),
+         "spec.template.metadata.labels"),   # the selector must select its own template
     ]
     for create, field in cases:
         with pytest.raises(ApiException) as invalid:
@@ -199,7 +207,14 @@ def test_list_pagination_and_field_selectors(api, client):
                                                               label_selector="!missing").items][:1] == ["p1"]
     with pytest.raises(ApiException) as bad:
         core.list_namespaced_pod("default", field_selector="spec.bogus=1")
-    assert bad.value.status == 400 and "field label not supported" in bad.value.body
+    assert bad.value.status == 400 and "field label not supported: spec.bogus" in bad.value.body
+    for label_selector, field_selector, message in (
+            ("!app=x", None, "unable to parse requirement: found '!app=x', expected: in, notin, =, ==, !=, gt, lt"),
+            ("app in x", None, "unable to parse requirement: found 'app in x'"),
+            (None, "spec.nodeName", "invalid selector: 'spec.nodeName'; can't understand 'spec.nodeName'")):
+        with pytest.raises(ApiException) as bad:
+            core.list_namespaced_pod("default", label_selector=label_selector, field_selector=field_selector)
+        assert bad.value.status == 400 and message in json.loads(bad.value.body)["message"]
     core.delete_collection_namespaced_pod("default", field_selector="spec.nodeName=node2", grace_period_seconds=0)
     assert sorted(p.metadata.name for p in core.list_namespaced_pod("default").items) == ["p1", "p3"]
 
