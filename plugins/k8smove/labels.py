@@ -57,3 +57,37 @@ def matches(selector: dict, labels: dict | None) -> bool:
 
 def selector_string(selector: dict) -> str:
     return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+
+
+def node_selector_matches(node_selector: dict | None, node_name: str, labels: dict | None) -> bool:
+    """A core/v1 NodeSelector (a PersistentVolume's nodeAffinity.required): terms ORed, each term's
+    matchExpressions (labels) and matchFields (metadata.name) ANDed; an empty term matches nothing."""
+    if not node_selector:
+        return True
+    fields = {"metadata.name": node_name}
+    for term in node_selector.get("nodeSelectorTerms") or []:
+        expressions, field_expressions = term.get("matchExpressions") or [], term.get("matchFields") or []
+        if (expressions or field_expressions) and \
+                all(_requirement_matches(e, labels or {}) for e in expressions) and \
+                all(_requirement_matches(e, fields) for e in field_expressions):
+            return True
+    return False
+
+
+def _requirement_matches(expression: dict, labels: dict) -> bool:
+    key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
+    if operator == "In":
+        return labels.get(key) in values
+    if operator == "NotIn":
+        return labels.get(key) not in values
+    if operator == "Exists":
+        return key in labels
+    if operator == "DoesNotExist":
+        return key not in labels
+    if operator in ("Gt", "Lt") and key in labels:
+        try:
+            have, want = int(labels[key]), int(values[0])
+        except (ValueError, IndexError):
+            return False
+        return have > want if operator == "Gt" else have < want
+    return False

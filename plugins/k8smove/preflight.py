@@ -10,7 +10,7 @@ from kubernetes.client import ApiClient
 from kubernetes.utils.quantity import parse_quantity
 
 from k8smove import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, K8sMoveError, kube, release_selector
-from k8smove.labels import check_selector, matches, selector_string, split_label_changes
+from k8smove.labels import check_selector, matches, node_selector_matches, selector_string, split_label_changes
 from k8smove.render import render_manifests
 
 BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
@@ -112,6 +112,35 @@ def check_targets(nodes: list[dict], node_labels: dict[str, dict], pods: list[di
     return sorted(n["metadata"]["name"] for n in selected)
 
 
+def check_volumes(api: ApiClient, manifests: list[dict], target_nodes: list[str],
+                  node_labels: dict[str, dict]) -> None:
+    """Raises when a workload's claim is bound to a volume that no target node can mount (node-local storage,
+    such as local-path): its data could not follow the move, and the new pod would stay Pending."""
+    problems = []
+    for manifest in manifests:
+        if manifest["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        namespace = manifest["metadata"]["namespace"]
+        for volume in manifest["spec"]["template"]["spec"].get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            pvc = claim and kube.get(api, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                           "metadata": {"namespace": namespace, "name": claim}})
+            volume_name = (pvc or {}).get("spec", {}).get("volumeName")
+            if not volume_name:
+                continue   # not bound yet: provisioned where the first pod lands
+            pv = kube.get(api, {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume_name}})
+            required = ((pv or {}).get("spec", {}).get("nodeAffinity") or {}).get("required")
+            if any(node_selector_matches(required, node, node_labels[node]) for node in target_nodes):
+                continue
+            reachable = sorted(n for n, labels in node_labels.items() if node_selector_matches(required, n, labels))
+            problems.append(
+                f"{kube.ref(manifest)}: PersistentVolumeClaim {claim} is bound to node-local volume {volume_name} "
+                f"(on {', '.join(reachable) or 'no node'}), which no target node ({', '.join(target_nodes)}) can "
+                f"mount: its data cannot follow the move; use a network-attached storage class")
+    if problems:
+        raise K8sMoveError("; ".join(problems))
+
+
 def _nodes_matching(selector: dict, node_labels: dict[str, dict]) -> set[str]:
     return {name for name, labels in node_labels.items() if matches(selector, labels)}
 
@@ -156,5 +185,6 @@ def preflight(api: ApiClient, values: dict, components, label_nodes: dict | None
     manifests = render_manifests(values, components)
     target_nodes = check_targets(nodes, node_labels, pods, values["release"], values["node_label"], manifests)
     check_source_and_target(sources or {}, values["node_label"], node_labels)
+    check_volumes(api, manifests, target_nodes, node_labels)
     return {"values": values, "components": list(components), "target_nodes": target_nodes,
             "sources": sources or {}}

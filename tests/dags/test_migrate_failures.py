@@ -54,6 +54,17 @@ def test_target_without_room_is_refused_before_any_write(cluster, kube_client, d
     assert_refused(cluster, kube_client, dags_test, report_dir, deployed, "node2: insufficient cpu")
 
 
+def test_db_on_node_local_storage_is_refused_before_any_write(cluster, kube_client, dags_test, report_dir):
+    conf = dict(deploy_conf(), storage={"class": "local-path", "size": "1Gi"})
+    result = dags_test("deploy_app", conf)
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+    assert_refused(cluster, kube_client, dags_test, report_dir, f"http://{conf['external_ip']}:{conf['port']}/",
+                   "PersistentVolumeClaim demo-db is bound to node-local volume")
+    report = newest_report(report_dir)
+    assert "(on node1), which no target node (node2) can mount" in report["reason"], report["reason"]
+
+
 def test_image_never_ready_on_target_rolls_back(cluster, kube_client, dags_test, report_dir, deployed):
     cluster.faults.add("image-never-ready", image="kubesim-demo-app:*", node="node2")
     result = dags_test("migrate_app", {"node_label": {"demo": "node2"}, "timeout_seconds": 15})

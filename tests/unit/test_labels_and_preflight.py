@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from k8smove import K8sMoveError
-from k8smove.labels import check_selector, label_problem, matches, split_label_changes
+from k8smove.labels import check_selector, label_problem, matches, node_selector_matches, split_label_changes
 from k8smove.preflight import (
     check_conf_keys,
     check_source_and_target,
@@ -51,6 +51,26 @@ def test_matches():
     assert matches({"demo": "node1"}, {"demo": "node1", "x": "y"})
     assert not matches({"demo": "node1"}, {"demo": "node2"})
     assert not matches({"demo": "node1"}, None)
+
+
+LOCAL_PV_AFFINITY = {"nodeSelectorTerms": [{"matchExpressions": [
+    {"key": "kubernetes.io/hostname", "operator": "In", "values": ["node1"]}]}]}
+
+
+@pytest.mark.parametrize("selector, name, labels, expected", [
+    (LOCAL_PV_AFFINITY, "node1", {"kubernetes.io/hostname": "node1"}, True),
+    (LOCAL_PV_AFFINITY, "node2", {"kubernetes.io/hostname": "node2"}, False),
+    (None, "node2", {}, True),   # no affinity: a network-attached volume
+    ({"nodeSelectorTerms": [{}]}, "node1", {}, False),   # an empty term matches nothing
+    ({"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n9"]}]},
+                            {"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]},
+                                                  {"key": "disk", "operator": "Exists"}]}]},
+     "node1", {"zone": "b", "disk": "ssd"}, True),   # terms are ORed, expressions ANDed
+    ({"nodeSelectorTerms": [{"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["3"]}]}]},
+     "node1", {"gen": "2"}, False),
+])
+def test_node_selector_matches(selector, name, labels, expected):
+    assert node_selector_matches(selector, name, labels) is expected
 
 
 def test_unknown_conf_keys_are_named():
