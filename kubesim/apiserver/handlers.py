@@ -31,6 +31,7 @@ JSON = "application/json"
 SERIALIZED_CACHE_SIZE = 50_000
 PATCH_RETRIES = 5
 LOG_POLL_SECONDS = 0.2
+RESOURCE_VERSION_WAIT_SECONDS = 3.0   # how long the watch cache waits for a version it has not seen yet
 # Delete answers with the object for these (upstream's ReturnDeletedObject), a Status for the rest.
 RETURNS_DELETED_OBJECT = {"pods", "services", "namespaces"}
 FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
@@ -178,11 +179,13 @@ class ResourceHandlers:
     # ---- reads ---------------------------------------------------------------------------------------
     def get(self, request: Request) -> Response:
         route = request.route
+        self._await_resource_version(request.query.get("resourceVersion"), None)
         obj = self.store.get(route.rt, route.namespace, route.name)
         return self._object_response(request, obj)
 
     def list(self, request: Request) -> Response:
         rt, query = request.rt, request.query
+        self._await_resource_version(query.get("resourceVersion"), query.get("resourceVersionMatch"))
         objs, rv = self.store.snapshot(rt, request.route.namespace)
         matches = matcher(query.get("labelSelector"), query.get("fieldSelector"), rt.key)
         if matches is not None:
@@ -194,6 +197,37 @@ class ResourceHandlers:
                           separators=(",", ":")).encode()
         body = head[:-1] + b',"items":[' + b",".join(self.encode(rt, o) for o in objs) + b"]}"
         return Response(200, body)
+
+    def _await_resource_version(self, rv: str | None, match: str | None) -> None:
+        """resourceVersion (and resourceVersionMatch) of a get or list. The store serves its newest state: that
+        is "not older than" any version it has reached; one it has not reached is waited for, then 504 like
+        the watch cache; Exact is served only for the newest version (older ones count as compacted)."""
+        if match and not rv:
+            raise errors.invalid("ListOptions", "", [{"reason": "FieldValueForbidden", "field": "resourceVersionMatch",
+                                                      "message": "Forbidden: resourceVersionMatch is forbidden unless "
+                                                                 "resourceVersion is provided"}], "meta.k8s.io")
+        if match not in (None, "", "NotOlderThan", "Exact"):
+            raise errors.invalid("ListOptions", "", [{"reason": "FieldValueNotSupported", "field": "resourceVersionMatch",
+                                                      "message": f'Unsupported value: "{match}": supported values: '
+                                                                 f'"Exact", "NotOlderThan", ""'}], "meta.k8s.io")
+        if not rv or rv == "0":
+            if match == "Exact" and rv == "0":
+                raise errors.invalid("ListOptions", "", [{"reason": "FieldValueForbidden", "field": "resourceVersionMatch",
+                                                          "message": 'Forbidden: resourceVersionMatch "exact" is '
+                                                                     'forbidden for resourceVersion "0"'}], "meta.k8s.io")
+            return
+        if not rv.isdigit():
+            raise errors.bad_request(f'invalid resource version "{rv}"')
+        wanted, deadline = int(rv), time.monotonic() + RESOURCE_VERSION_WAIT_SECONDS
+        while self.store.resource_version < wanted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        current = self.store.resource_version
+        if current < wanted:
+            raise errors.ApiError(504, "Timeout", f"Too large resource version: {wanted}, current: {current}",
+                                  {"causes": [{"reason": "ResourceVersionTooLarge",
+                                               "message": "Too large resource version"}], "retryAfterSeconds": 1})
+        if match == "Exact" and wanted != current:
+            raise errors.gone("The resourceVersion for the provided list is too old.")
 
     @staticmethod
     def _page(objs: list[dict], rv: int, query: dict) -> tuple[list[dict], dict]:

@@ -226,3 +226,50 @@ def test_dynamic_client_uses_legacy_discovery(api, client):
     deployments.create(body=manifest("apps/deployments", "web"), namespace="default")
     assert [d.metadata.name for d in deployments.get(namespace="default").items] == ["web"]
     assert "/apis/apps/v1" in [r["path"] for r in api.server.request_log]
+
+
+def test_get_and_list_honour_resource_version(api, client, monkeypatch):
+    """NotOlderThan (the default) is served from the newest state; a version not reached yet is waited for,
+    then 504 Timeout like the watch cache; Exact only for the newest version; bad combinations are refused."""
+    import threading
+
+    from kubernetes import client as k8s
+    from kubesim.apiserver import handlers
+    core = k8s.CoreV1Api(client)
+    created = core.create_namespaced_config_map("default", manifest("configmaps", "c"))
+    listed = core.list_namespaced_config_map("default", resource_version=created.metadata.resource_version)
+    assert [c.metadata.name for c in listed.items] == ["c"]
+    current = int(listed.metadata.resource_version)
+    one = "/api/v1/namespaces/default/configmaps/c"   # the client's read_* has no resourceVersion
+    assert call(client, "GET", one, query={"resourceVersion": "0"})[1]["metadata"]["name"] == "c"
+    exact = core.list_namespaced_config_map("default", resource_version=str(current),
+                                            resource_version_match="Exact")
+    assert exact.metadata.resource_version == str(current)
+
+    # a version one write ahead: answered once that write lands within the wait
+    writer = threading.Timer(0.3, lambda: core.create_namespaced_config_map("default", manifest("configmaps", "d")))
+    writer.start()
+    ahead = core.list_namespaced_config_map("default", resource_version=str(current + 1))
+    writer.join()
+    assert sorted(c.metadata.name for c in ahead.items) == ["c", "d"]
+
+    monkeypatch.setattr(handlers, "RESOURCE_VERSION_WAIT_SECONDS", 0.2)
+    refusals = [
+        ({"resource_version": str(current + 100)}, 504, "Timeout", f"Too large resource version: {current + 100}"),
+        ({"resource_version": str(current), "resource_version_match": "Exact"}, 410, "Expired",
+         "The resourceVersion for the provided list is too old."),
+        ({"resource_version_match": "NotOlderThan"}, 422, "Invalid",
+         "resourceVersionMatch is forbidden unless resourceVersion is provided"),
+        ({"resource_version": "0", "resource_version_match": "Exact"}, 422, "Invalid",
+         'resourceVersionMatch "exact" is forbidden for resourceVersion "0"'),
+        ({"resource_version": "abc"}, 400, "BadRequest", 'invalid resource version "abc"'),
+    ]
+    for options, code, reason, message in refusals:
+        with pytest.raises(ApiException) as refused:
+            core.list_namespaced_config_map("default", **options)
+        status = json.loads(refused.value.body)
+        assert (refused.value.status, status["reason"]) == (code, reason) and message in status["message"], status
+    with pytest.raises(ApiException) as too_large:
+        call(client, "GET", one, query={"resourceVersion": str(current + 100)})
+    assert too_large.value.status == 504
+    assert json.loads(too_large.value.body)["details"]["causes"][0]["reason"] == "ResourceVersionTooLarge"
