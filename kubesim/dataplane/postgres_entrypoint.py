@@ -5,6 +5,10 @@ Run as ``python postgres_entrypoint.py --bin DIR --pgdata DIR --listen IP --port
 POSTGRES_INITDB_ARGS/POSTGRES_HOST_AUTH_METHOD in the environment. As root it hands the data directory
 to --user and drops to it (PostgreSQL refuses to run as root). initdb runs only when the data
 directory holds no cluster yet; then it execs the server, which stays this process. stdlib only.
+
+Unlike the official image, an initialisation cut short (the container killed before its database
+existed) is not mistaken for a cluster on the next start: the whole init happens in a staging directory
+inside the data directory and moves into place at the end, PG_VERSION last.
 """
 from __future__ import annotations
 
@@ -12,12 +16,14 @@ import argparse
 import ctypes
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 
 PR_SET_PDEATHSIG = 1
+STAGING = ".kubesim-initdb"   # inside PGDATA, so moving out of it stays on one filesystem
 
 
 def _drop_privileges(user: str, paths: list[str]) -> None:
@@ -32,6 +38,24 @@ def _drop_privileges(user: str, paths: list[str]) -> None:
     os.environ.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
     if sys.platform.startswith("linux"):  # a uid change clears the parent-death signal: ask again
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _initialise(bin_dir: str, pgdata: str) -> None:
+    """Init in the staging directory, then move its entries into PGDATA, PG_VERSION last; a staging
+    directory found on start is an init that was cut short: its leftovers go and the init starts over."""
+    staging = os.path.join(pgdata, STAGING)
+    if not os.path.exists(staging) and os.listdir(pgdata):
+        sys.exit(f'initdb: error: directory "{pgdata}" exists but is not empty')
+    if os.path.exists(staging):
+        print("PostgreSQL init process was interrupted before it completed; initialising again", flush=True)
+        for entry in os.listdir(pgdata):
+            path = os.path.join(pgdata, entry)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    _initdb(bin_dir, staging)
+    entries = sorted(os.listdir(staging), key=lambda name: name == "PG_VERSION")
+    for entry in entries:
+        os.rename(os.path.join(staging, entry), os.path.join(pgdata, entry))
+    os.rmdir(staging)
 
 
 def _initdb(bin_dir: str, pgdata: str) -> None:
@@ -72,8 +96,9 @@ def main(argv: list[str]) -> None:
     if os.geteuid() == 0:
         _drop_privileges(args.user, [args.pgdata, args.socket_dir])
     os.chmod(args.pgdata, 0o700)
-    if not os.path.exists(os.path.join(args.pgdata, "PG_VERSION")):
-        _initdb(args.bin, args.pgdata)
+    if not os.path.exists(os.path.join(args.pgdata, "PG_VERSION")) or \
+            os.path.exists(os.path.join(args.pgdata, STAGING)):
+        _initialise(args.bin, args.pgdata)
     else:
         print("PostgreSQL Database directory appears to contain a database; Skipping initialization",
               flush=True)

@@ -98,6 +98,27 @@ def test_postgres_data_survives_a_move_to_another_node(plane, tmp_path):
     assert second_processes and alive_in(second_processes) == []
 
 
+def test_an_interrupted_initialisation_starts_over(plane, tmp_path):
+    """A container killed mid-init leaves the staging directory (and perhaps entries already moved out of it);
+    the next start must not take that for a cluster, or the database would be missing for good."""
+    store, dataplane, _ = plane
+    bound_claim(store, "half-done", "standard")
+    pgdata = tmp_path / "work" / "volumes" / "pv-half-done" / "pgdata"
+    (pgdata / ".kubesim-initdb" / "global").mkdir(parents=True)
+    (pgdata / "base").mkdir()   # moved out before the kill
+    (pgdata / "postgresql.conf").write_text("# from the interrupted init\n")
+    pod = db_pod(store, "db-0", "half-done")
+    dataplane.runtime.start_pod(pod, "node1", "127.0.60.3")
+    wait_ready(dataplane, pod, "postgres")
+    with connect("127.0.60.3") as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        assert cur.fetchone() == ("appdb",)
+    conn.close()
+    log = dataplane.runtime.logs(pod["metadata"]["uid"], "postgres")
+    assert "init process was interrupted before it completed; initialising again" in log, log
+    assert (pgdata / "PG_VERSION").exists() and not (pgdata / ".kubesim-initdb").exists()
+
+
 def test_node_local_volume_is_refused_on_another_node(plane):
     store, dataplane, _ = plane
     bound_claim(store, "local-data", "local-path", node_affinity="node1")
