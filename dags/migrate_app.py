@@ -15,18 +15,23 @@ network-attached volume.
 If a task from **apply** on fails, **rollback** restores the recorded state and waits until it is Ready
 on the source again.
 
+With `dry_run`, **apply** only asks the API server what it would change (dryRun=All, nothing persisted),
+**stop_if_dry_run** ends the run there, no probe is started, and the report's outcome is `dry_run` with the
+planned changes.
+
 While the move runs, **start_probe** (setup) and **stop_probe** (teardown) measure it from outside: 20 GET/s
 to the service and 5 row writes/s through the app; afterwards every acknowledged row must read back.
 **report**, the only leaf, writes the migration report (XCom, task log and, when `K8SMOVE_REPORT_DIR` is
 set, a JSON file there) and fails the run with the first failure's reason unless the release moved (or
 already was where asked).
 
-Example conf: `{"node_label": {"demo": "node2"}}`.
+Example conf: `{"node_label": {"demo": "node2"}}` (add `"dry_run": true` to only see what would change).
 """
 from airflow.sdk import DAG, chain
 
 from k8smove.params import MIGRATE_PARAMS
 from operators.apply import ApplyResources
+from operators.gates import StopIfDryRun
 from operators.observe import MigrationReport, StartProbe, StopProbe, record_step
 from operators.params import dag_params
 from operators.preflight import Preflight
@@ -58,10 +63,14 @@ with DAG(
         namespace="{{ params.namespace }}",
         release="{{ params.release }}",
         max_seconds="{{ params.timeout_seconds * 2 + 120 }}",   # outlives the move and a rollback, never the run
+        dry_run="{{ params.dry_run }}",
     ).as_setup()
     render = RenderTemplates(task_id="render", values=preflight.output["values"],
                              components="{{ params.components }}")
-    apply = ApplyResources(task_id="apply", manifests=render.output)
+    apply = ApplyResources(task_id="apply", manifests=render.output, dry_run="{{ params.dry_run }}")
+    # only wait_ready is skipped directly; the rest follow their trigger rules, so rollback skips, report runs
+    stop_if_dry_run = StopIfDryRun(task_id="stop_if_dry_run", dry_run="{{ params.dry_run }}",
+                                   ignore_downstream_trigger_rules=False)
     wait_ready = WaitReady(
         task_id="wait_ready",
         namespace="{{ params.namespace }}",
@@ -86,17 +95,20 @@ with DAG(
         trigger_rule="one_failed",
     )
     stop_probe = StopProbe(task_id="stop_probe", probe=start_probe.output).as_teardown(setups=start_probe)
-    steps = [preflight, start_probe, render, apply, wait_ready, verify_source_empty, verify_endpoint, rollback,
-             stop_probe]
+    steps = [preflight, start_probe, render, apply, stop_if_dry_run, wait_ready, verify_source_empty, verify_endpoint,
+             rollback, stop_probe]
     report = MigrationReport(
         task_id="report",
         namespace="{{ params.namespace }}",
         release="{{ params.release }}",
         steps=[t.task_id for t in steps],
         observed=stop_probe.output,
+        planned="{{ ti.xcom_pull(task_ids='apply') if params.dry_run else None }}",
     )
 
-    chain(preflight, start_probe, render, apply, wait_ready, verify_source_empty, verify_endpoint, stop_probe)
+    chain(preflight, start_probe, render, apply, stop_if_dry_run, wait_ready, verify_source_empty, verify_endpoint,
+          stop_probe)
     [apply, wait_ready, verify_source_empty, verify_endpoint] >> rollback >> stop_probe
-    # Not start_probe itself: a setup task's direct downstream tasks must be all_success ones.
-    [t for t in steps if t is not start_probe] >> report
+    # Not start_probe itself: a setup task's direct downstream tasks must be all_success ones. Not the gate:
+    # it skips its direct downstream tasks; the report follows it through wait_ready.
+    [t for t in steps if t not in (start_probe, stop_if_dry_run)] >> report

@@ -23,20 +23,16 @@ Bring the nodes back with **end_maintenance**. Example conf: `{"target_selector"
 import os
 from datetime import datetime, timezone
 
-from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, chain
 
 from k8smove.params import NODE_MAINTENANCE_PARAMS
+from operators.gates import StopIfDryRun
 from operators.label_nodes import LabelNodes
 from operators.maintenance import CordonNodes, EvictPods, MoveWorkload, PlanMaintenance, VerifyNodesEmpty
 from operators.params import dag_params
 
 SCHEDULE = os.environ.get("K8SMOVE_MAINTENANCE_SCHEDULE", "0 2 * * 6")
 MAX_PARALLEL_MOVES = 4   # concurrent rollouts; each needs room for one surge pod per workload
-
-
-def writes_allowed(dry_run: bool) -> bool:
-    return not dry_run
 
 
 with DAG(
@@ -53,8 +49,7 @@ with DAG(
     selection = {key: f"{{{{ params.{key} }}}}" for key in
                  ("maintenance_label", "target_selector", "extra_selector", "ready_label", "allow_local_storage")}
     plan = PlanMaintenance(task_id="plan", selection=selection)
-    stop_if_dry_run = ShortCircuitOperator(task_id="stop_if_dry_run", python_callable=writes_allowed,
-                                           op_kwargs={"dry_run": "{{ params.dry_run }}"})
+    stop_if_dry_run = StopIfDryRun(task_id="stop_if_dry_run", dry_run="{{ params.dry_run }}")
     cordon = CordonNodes(task_id="cordon", nodes=plan.output["nodes"])
     move = MoveWorkload.partial(
         task_id="move",

@@ -50,6 +50,8 @@ TIMEOUT_SECONDS = {
     "maximum": 7200,
 }
 
+DRY_RUN = {"default": False, "title": "Dry run", "type": "boolean"}
+
 DEPLOY_PARAMS = {
     "namespace": NAMESPACE,
     "release": RELEASE,
@@ -136,6 +138,11 @@ MIGRATE_PARAMS = {
         "minItems": 1,
         "uniqueItems": True,
     },
+    "dry_run": {
+        **DRY_RUN,
+        "description": "Check the move (preflight) and show what it would change (a server-side dry-run apply "
+                       "of the re-rendered manifests); change nothing and start no probe.",
+    },
 }
 
 _OPTIONAL_SELECTOR = {**_SELECTOR, "type": ["object", "null"], "default": None}
@@ -172,12 +179,7 @@ NODE_MAINTENANCE_PARAMS = {
         "description": "Evict pods whose emptyDir data would be lost; otherwise they are reported and stay.",
         "type": "boolean",
     },
-    "dry_run": {
-        "default": False,
-        "title": "Dry run",
-        "description": "Log the plan (which workloads go where, what is evicted) and write nothing.",
-        "type": "boolean",
-    },
+    "dry_run": {**DRY_RUN, "description": "Log the plan (which workloads go where, what is evicted) and write nothing."},
     "timeout_seconds": {**TIMEOUT_SECONDS, "description": "How long each workload's move may take."},
     "eviction_timeout_seconds": {
         "default": 120,

@@ -86,8 +86,10 @@ def write_report(report: dict, dag_id: str, run_id: str) -> str | None:
 def summary_lines(report: dict) -> list[str]:
     """The report in a few lines for the task log."""
     probe, db = report.get("probe") or {}, report.get("db") or {}
+    planned = [f"would be {p['result'].removesuffix(' (dry run)')}: {p['object']}" for p in report.get("planned") or ()]
     return [
         f"outcome: {report['outcome']} in {report['duration_s']} s",
+        *planned,
         f"pods before: {json.dumps(report['pods_before'])}",
         f"pods after:  {json.dumps(report['pods_after'])}",
         f"probe: {probe.get('sent')} sent, {probe.get('failed')} failed, longest gap {probe.get('max_gap_ms')} ms, "
@@ -105,8 +107,8 @@ ROLLBACK_STEP = "rollback"
 
 
 def migration_outcome(steps: dict[str, dict], pods_before: dict | None, pods_after: dict,
-                      db: dict | None) -> tuple[str, str | None]:
-    """(outcome, reason): moved, unchanged, refused, rolled_back, failed, unverified or data_lost."""
+                      db: dict | None, dry_run: bool = False) -> tuple[str, str | None]:
+    """(outcome, reason): moved, unchanged, dry_run, refused, rolled_back, failed, unverified or data_lost."""
     failed = [t for t, step in steps.items() if step["state"] in ("failed", "upstream_failed")
               and t not in PROBE_STEPS and t != ROLLBACK_STEP]
     if failed:
@@ -117,6 +119,8 @@ def migration_outcome(steps: dict[str, dict], pods_before: dict | None, pods_aft
         if steps.get(ROLLBACK_STEP, {}).get("state") == "success":
             return "rolled_back", f"{reason} (rolled back: the release runs where it ran before)"
         return "failed", reason
+    if dry_run:
+        return "dry_run", None
     broken_proof = [t for t in PROBE_STEPS if t in steps and steps[t]["state"] != "success"]
     if broken_proof:
         t = broken_proof[0]
@@ -127,13 +131,14 @@ def migration_outcome(steps: dict[str, dict], pods_before: dict | None, pods_aft
 
 
 def compose(step_ids: list[str], states: dict[str, str], recorded: dict[str, dict], pods_before: dict | None,
-            pods_after: dict, observed: dict, started) -> dict:
-    """The migration report (see README: "The migration report")."""
+            pods_after: dict, observed: dict, started, planned: list | None = None) -> dict:
+    """The migration report (see README: "The migration report"); ``planned``: a dry run's apply results."""
     steps = {t: {**(recorded.get(t) or {}), "state": states.get(t) or "none"} for t in step_ids}
-    outcome, reason = migration_outcome(steps, pods_before, pods_after, observed.get("db"))
+    outcome, reason = migration_outcome(steps, pods_before, pods_after, observed.get("db"), dry_run=planned is not None)
     return {
         "outcome": outcome, "reason": reason,
         "duration_s": round(time.time() - started.timestamp(), 3) if started else None,
         "pods_before": pods_before or {}, "pods_after": pods_after,
         "probe": observed.get("probe"), "db": observed.get("db"), "steps": steps,
+        **({"planned": planned} if planned is not None else {}),
     }

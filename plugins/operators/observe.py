@@ -23,13 +23,14 @@ def record_step(context) -> None:
 
 class StartProbe(KubernetesOperator):
     """Record where the release's pods run, then start the availability probe (GET at ``rate``/s, row writes
-    at ``write_rate``/s) in its own process; it stops by itself after ``max_seconds``."""
+    at ``write_rate``/s) in its own process; it stops by itself after ``max_seconds``. A dry run starts no
+    probe: nothing moves, and the probe's rows would be writes to the app's database."""
 
-    template_fields = ("url", "namespace", "release", "rate", "write_rate", "max_seconds")
+    template_fields = ("url", "namespace", "release", "rate", "write_rate", "max_seconds", "dry_run")
     ui_color = "#d6eaf8"
 
     def __init__(self, *, url: str, namespace: str, release: str, rate: float = 20.0, write_rate: float = 5.0,
-                 max_seconds: float | str = 3600, **kwargs) -> None:
+                 max_seconds: float | str = 3600, dry_run: bool | str = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.url = url
         self.namespace = namespace
@@ -37,11 +38,15 @@ class StartProbe(KubernetesOperator):
         self.rate = rate
         self.write_rate = write_rate
         self.max_seconds = max_seconds
+        self.dry_run = dry_run
 
     def execute(self, context):
         from k8smove.report import pods_by_node, start_probe
 
         pods_before = pods_by_node(self.api, self.namespace, self.release)
+        if self.dry_run:
+            self.log.info("Pods before: %s; dry run: no probe", pods_before)
+            return {"pods_before": pods_before}
         handle = start_probe(self.url, float(self.rate), float(self.write_rate), float(self.max_seconds))
         self.log.info("Pods before: %s; probe pid %s on %s", pods_before, handle["pid"], self.url)
         return {**handle, "pods_before": pods_before}
@@ -61,6 +66,8 @@ class StopProbe(BaseOperator):
         from k8smove.availability import rows_present
         from k8smove.report import data_check, stop_probe
 
+        if "pid" not in self.probe:   # a dry run started none
+            return {"probe": None, "db": None, "pods_before": self.probe["pods_before"]}
         summary = stop_probe(self.probe)
         acknowledged = summary["writes"].pop("acknowledged")
         db = data_check(acknowledged, rows_present(self.probe["url"]) if acknowledged else [])
@@ -76,16 +83,17 @@ class MigrationReport(KubernetesOperator):
     state: success when the move (or a no-op) succeeded, failed with the first failure's reason otherwise.
     """
 
-    template_fields = ("namespace", "release", "steps", "observed")
+    template_fields = ("namespace", "release", "steps", "observed", "planned")
     ui_color = "#d5f5e3"
 
     def __init__(self, *, namespace: str, release: str, steps: list[str], observed: dict | str | None,
-                 **kwargs) -> None:
+                 planned: list | str | None = None, **kwargs) -> None:
         super().__init__(trigger_rule="all_done", retries=0, **kwargs)
         self.namespace = namespace
         self.release = release
         self.steps = steps
         self.observed = observed
+        self.planned = planned   # a dry run's apply results: what the move would change
 
     def execute(self, context):
         from k8smove.report import compose, pods_by_node, summary_lines, write_report
@@ -97,10 +105,10 @@ class MigrationReport(KubernetesOperator):
             self.steps, states, {task: step for task, step in recorded.items() if step},
             pods_before=(self.observed or {}).get("pods_before"),
             pods_after=pods_by_node(self.api, self.namespace, self.release),
-            observed=self.observed or {}, started=context["dag_run"].start_date)
+            observed=self.observed or {}, started=context["dag_run"].start_date, planned=self.planned or None)
         report["report_file"] = write_report(report, ti.dag_id, run_id)
         for line in summary_lines(report):
             self.log.info(line)
-        if report["outcome"] not in ("moved", "unchanged"):
+        if report["outcome"] not in ("moved", "unchanged", "dry_run"):
             raise AirflowFailException(f"Migration {report['outcome']}: {report['reason']}")
         return report

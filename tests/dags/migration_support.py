@@ -47,6 +47,6 @@ def assert_moved_without_disruption(report: dict, source: str, target: str) -> N
     db = report["db"]
     assert db["rows_acknowledged"] > 0 and db["rows_lost"] == 0, db
     assert all(report["steps"][t]["state"] == "success" for t in
-               ("preflight", "start_probe", "apply", "wait_ready", "verify_endpoint", "stop_probe"))
+               ("preflight", "start_probe", "apply", "stop_if_dry_run", "wait_ready", "verify_endpoint", "stop_probe"))
     assert report["steps"]["rollback"]["state"] == "skipped"
     assert report["steps"]["wait_ready"]["duration_s"] > 0

@@ -42,9 +42,11 @@ def test_chains(dagbag):
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in deploy.get_task(upstream).downstream_task_ids
     migrate = dagbag.dags["migrate_app"]
-    order = ["preflight", "render", "apply", "wait_ready", "verify_source_empty", "verify_endpoint"]
+    order = ["preflight", "render", "apply", "stop_if_dry_run", "wait_ready", "verify_source_empty", "verify_endpoint"]
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in migrate.get_task(upstream).downstream_task_ids
+    gate = migrate.get_task("stop_if_dry_run")
+    assert gate.ignore_downstream_trigger_rules is False   # a dry run still reports (and skips the rollback)
     rollback = migrate.get_task("rollback")
     assert rollback.trigger_rule == "one_failed"
     assert rollback.upstream_task_ids == {"apply", "wait_ready", "verify_source_empty", "verify_endpoint"}
@@ -54,7 +56,7 @@ def test_chains(dagbag):
     assert stop_probe.upstream_task_ids == {"start_probe", "verify_endpoint", "rollback"}
     report = migrate.get_task("report")
     assert report.trigger_rule == "all_done"
-    assert report.upstream_task_ids == set(migrate.task_ids) - {"report", "start_probe"}
+    assert report.upstream_task_ids == set(migrate.task_ids) - {"report", "start_probe", "stop_if_dry_run"}
     assert [t.task_id for t in migrate.leaves] == ["report"]
 
 

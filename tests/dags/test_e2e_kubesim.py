@@ -29,6 +29,22 @@ def test_deploy_then_migrate(cluster, kube_client, dags_test, report_dir):
     assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
     assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node1"
 
+    # A dry run says what the move would change and changes nothing.
+    clear_request_log(cluster, kube_client)
+    dry = dags_test("migrate_app", {"node_label": {"demo": "node2"}, "dry_run": True})
+    assert dry.returncode == 0, dry.stdout[-5000:]
+    assert [w for w in cluster.writes() if w["query"].get("dryRun") != "All"] == []
+    assert {w["method"] for w in cluster.writes()} == {"PATCH"}   # the server-side dry-run applies
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+    report = newest_report(report_dir)
+    assert (report["outcome"], report["reason"], report["probe"], report["db"]) == ("dry_run", None, None, None)
+    planned = {p["object"]: p["result"] for p in report["planned"]}
+    assert planned["Deployment default/demo-app"] == planned["Deployment default/demo-db"] == "configured (dry run)"
+    assert planned["Service default/demo"] == "unchanged (dry run)", planned
+    assert [report["steps"][t]["state"] for t in ("apply", "stop_if_dry_run", "wait_ready", "rollback", "stop_probe")] \
+        == ["success", "success", "skipped", "skipped", "success"], report["steps"]
+    assert "would be configured: Deployment default/demo-app" in dry.stdout
+
     migrated = dags_test("migrate_app", {"node_label": {"demo": "node2"}})
     assert migrated.returncode == 0, migrated.stdout[-5000:]
     assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
