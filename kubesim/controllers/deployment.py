@@ -331,7 +331,7 @@ def replicas(d: dict) -> int:
     return 1 if value is None else int(value)
 
 
-def _resolve(value, total: int, round_up: bool) -> int:
+def resolve_int_or_percent(value, total: int, round_up: bool) -> int:
     if isinstance(value, str) and value.endswith("%"):
         scaled = int(value[:-1]) * total / 100
         return math.ceil(scaled) if round_up else math.floor(scaled)
@@ -344,8 +344,8 @@ def _fenceposts(d: dict) -> tuple[int, int]:
     if strategy.get("type") == "Recreate":
         return 0, 0
     rolling = strategy.get("rollingUpdate") or {}
-    surge = _resolve(rolling.get("maxSurge", "25%"), replicas(d), True)
-    unavailable = _resolve(rolling.get("maxUnavailable", "25%"), replicas(d), False)
+    surge = resolve_int_or_percent(rolling.get("maxSurge", "25%"), replicas(d), True)
+    unavailable = resolve_int_or_percent(rolling.get("maxUnavailable", "25%"), replicas(d), False)
     if surge == 0 and unavailable == 0:
         unavailable = 1
     return surge, unavailable

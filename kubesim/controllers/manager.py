@@ -9,6 +9,7 @@ from ..config import ClusterConfig
 from ..store import Event, Store
 from .base import Context, Controller, Timers, WorkerPool, log
 from .cache import Cache
+from .daemonset import DaemonSetController
 from .deployment import DeploymentController
 from .disruption import DisruptionController
 from .endpoints import EndpointsController
@@ -25,7 +26,7 @@ from .serviceaccount import ServiceAccountController
 from .statefulset import StatefulSetController
 
 CONTROLLERS = (EndpointsController, EndpointSliceController, Scheduler, ReplicaSetController, DeploymentController,
-               StatefulSetController, PersistentVolumeBinder, DisruptionController, GarbageCollector,
+               StatefulSetController, DaemonSetController, PersistentVolumeBinder, DisruptionController, GarbageCollector,
                NamespaceController, ServiceAccountController, NodeLifecycleController)
 
 # Threads shared by all controllers and kubelets. One: no sync blocks (runtimes start and stop pods on

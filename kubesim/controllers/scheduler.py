@@ -70,7 +70,7 @@ class Scheduler(Controller):
     def _node_event(self, event: Event):
         with self._usage_lock:
             self._usage.pop(event.object["metadata"]["name"], None)
-        if event.type == "MODIFIED" and _scheduling_view(event.old) == _scheduling_view(event.object):
+        if event.type == "MODIFIED" and scheduling_view(event.old) == scheduling_view(event.object):
             return ()   # a heartbeat: nothing a filter looks at has changed
         self._nodes_version += 1
         return self._retry_all(event)
@@ -139,7 +139,7 @@ class Scheduler(Controller):
         cached = self._static_results.get(rules)
         if cached is not None and cached[0] == version:
             return cached[1]
-        results = [(node, _placement_reason(pod, node)) for node in self.cache.list(NODES)]
+        results = [(node, placement_reason(pod, node)) for node in self.cache.list(NODES)]
         if len(self._static_results) > 1000 or any(v != version for v, _ in self._static_results.values()):
             self._static_results = {}
         self._static_results[rules] = (version, results)
@@ -257,7 +257,7 @@ class Scheduler(Controller):
         self.events.warning(pod, "FailedScheduling", message, COMPONENT)
 
 
-def _placement_reason(pod: dict, node: dict) -> str | None:
+def placement_reason(pod: dict, node: dict) -> str | None:
     """NodeUnschedulable, TaintToleration and NodeAffinity in upstream order: the first failure."""
     tolerations = pod["spec"].get("tolerations") or []
     if node.get("spec", {}).get("unschedulable") and not tolerates(
@@ -325,7 +325,7 @@ def node_affinity_matches(pod: dict, node: dict) -> bool:
     return _node_selector_matches(required, node)
 
 
-def _scheduling_view(node: dict) -> tuple:
+def scheduling_view(node: dict) -> tuple:
     status = node.get("status") or {}
     return (node["metadata"].get("labels"), node.get("spec"), status.get("allocatable"),
             [(c.get("type"), c.get("status")) for c in status.get("conditions") or ()])

@@ -418,3 +418,39 @@ def test_not_ready_node_gets_no_pod(tmp_path):
         cluster.faults.clear(kind="node-not-ready")   # the kubelet is back: the pod runs there
         wait_for(lambda: cluster.store.get(PODS, "default", "stuck")["spec"].get("nodeName") == "node2",
                  timeout=15, what="scheduled to node2 once Ready")
+
+
+# ---- DaemonSets: rollout status, and drain leaves their pods -----------------------------------------------
+DAEMONSET = """
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: agent, image: nginx, ports: [{containerPort: 80}]}]
+"""
+
+
+def test_daemonset_rollout_status_and_drain(cluster):
+    kubectl(cluster, "apply", "-f", "-", input=DAEMONSET)
+    status = kubectl(cluster, "rollout", "status", "daemonset/agent", "--timeout=60s", timeout=90)
+    assert 'daemon set "agent" successfully rolled out' in status.stdout
+    table = rows(kubectl(cluster, "get", "ds", "agent").stdout)
+    assert (table[0]["DESIRED"], table[0]["CURRENT"], table[0]["READY"], table[0]["AVAILABLE"]) == ("2", "2", "2", "2")
+    [on_node1] = [p["metadata"]["name"] for p in pods_of(cluster, "agent") if p["spec"]["nodeName"] == "node1"]
+
+    refused = kubectl(cluster, "drain", "node1", "--delete-emptydir-data", "--timeout=10s", check=False)
+    assert refused.returncode != 0
+    assert "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore)" in refused.stderr
+    drained = kubectl(cluster, "drain", "node1", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=30s",
+                      timeout=60)
+    assert f"Warning: ignoring DaemonSet-managed Pods: default/{on_node1}" in drained.stderr
+    assert "node/node1 drained" in drained.stdout
+    assert on_node1 in [p["metadata"]["name"] for p in pods_of(cluster, "agent") if p["spec"]["nodeName"] == "node1"]
+    kubectl(cluster, "uncordon", "node1")
+    kubectl(cluster, "delete", "daemonset", "agent")
+    wait_for(lambda: pods_of(cluster, "agent") == [], what="the DaemonSet's pods collected")
