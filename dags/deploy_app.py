@@ -12,6 +12,9 @@ nodes selected by `node_label`, exposed by a Service at `http://<external_ip>:<p
 5. **wait_ready** — until every pod is Running and Ready on a target node (deferrable, watch-driven).
 6. **verify_endpoint** — the Service answers.
 
+With `dry_run`, **label_nodes** and **apply** only ask the API server what they would change (dryRun=All,
+nothing persisted; the diffs are in their logs) and **stop_if_dry_run** ends the run there.
+
 Example conf: `{"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
 "node_label": {"demo": "node1"}, "external_ip": "127.0.0.1", "port": 8080}`.
 Then move it with **migrate_app**.
@@ -20,6 +23,7 @@ from airflow.sdk import DAG, chain
 
 from k8smove.params import DEPLOY_PARAMS
 from operators.apply import ApplyResources
+from operators.gates import StopIfDryRun
 from operators.label_nodes import LabelNodes
 from operators.params import dag_params
 from operators.preflight import Preflight
@@ -50,9 +54,11 @@ with DAG(
             "storage": "{{ params.storage }}",
         },
     )
-    label_nodes = LabelNodes(task_id="label_nodes", label_nodes="{{ params.label_nodes }}", retries=2)
+    label_nodes = LabelNodes(task_id="label_nodes", label_nodes="{{ params.label_nodes }}",
+                             dry_run="{{ params.dry_run }}", retries=2)
     render = RenderTemplates(task_id="render", values=preflight.output["values"])
-    apply = ApplyResources(task_id="apply", manifests=render.output)
+    apply = ApplyResources(task_id="apply", manifests=render.output, dry_run="{{ params.dry_run }}")
+    stop_if_dry_run = StopIfDryRun(task_id="stop_if_dry_run", dry_run="{{ params.dry_run }}")
     wait_ready = WaitReady(
         task_id="wait_ready",
         namespace="{{ params.namespace }}",
@@ -62,4 +68,4 @@ with DAG(
     )
     verify_endpoint = VerifyEndpoint(task_id="verify_endpoint", url=preflight.output["service_url"], retries=1)
 
-    chain(preflight, label_nodes, render, apply, wait_ready, verify_endpoint)
+    chain(preflight, label_nodes, render, apply, stop_if_dry_run, wait_ready, verify_endpoint)

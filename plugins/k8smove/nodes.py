@@ -8,8 +8,9 @@ from k8smove import K8sMoveError
 from k8smove.labels import split_label_changes
 
 
-def label_nodes(api: ApiClient, label_nodes: dict[str, dict]) -> dict[str, dict]:
-    """Apply the label changes; returns node -> {label: new value or None when removed} of what changed.
+def label_nodes(api: ApiClient, label_nodes: dict[str, dict], dry_run: bool = False) -> dict[str, dict]:
+    """Apply the label changes (``dry_run``: the API server checks them, nothing is persisted); returns
+    node -> {label: new value or None when removed} of what changed (or would).
 
     Nodes are checked to exist before any is patched, so an unknown node writes nothing. A node already
     labelled as asked is not patched (idempotent, and no write shows in the API log).
@@ -29,6 +30,7 @@ def label_nodes(api: ApiClient, label_nodes: dict[str, dict]) -> dict[str, dict]
         patch = {key: value for key, value in to_set.items() if current[node].get(key) != value}
         patch |= {key: None for key in to_remove if key in current[node]}
         if patch:
-            core.patch_node(node, {"metadata": {"labels": patch}})   # merge patch: None deletes the key
+            # merge patch: None deletes the key
+            core.patch_node(node, {"metadata": {"labels": patch}}, **({"dry_run": "All"} if dry_run else {}))
             changed[node] = patch
     return changed

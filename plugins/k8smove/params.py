@@ -117,6 +117,11 @@ DEPLOY_PARAMS = {
         "additionalProperties": False,
     },
     "timeout_seconds": TIMEOUT_SECONDS,
+    "dry_run": {
+        **DRY_RUN,
+        "description": "Check the deploy (preflight) and show what it would change (server-side dry runs of the "
+                       "node labels and the manifests); change nothing.",
+    },
 }
 
 MIGRATE_PARAMS = {

@@ -38,7 +38,7 @@ def test_dag_declares_docs_tags_and_one_run_at_a_time(dagbag, dag_id):
 
 def test_chains(dagbag):
     deploy = dagbag.dags["deploy_app"]
-    order = ["preflight", "label_nodes", "render", "apply", "wait_ready", "verify_endpoint"]
+    order = ["preflight", "label_nodes", "render", "apply", "stop_if_dry_run", "wait_ready", "verify_endpoint"]
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in deploy.get_task(upstream).downstream_task_ids
     migrate = dagbag.dags["migrate_app"]

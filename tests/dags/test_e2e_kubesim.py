@@ -24,6 +24,17 @@ pytestmark = pytest.mark.slow
 def test_deploy_then_migrate(cluster, kube_client, dags_test, report_dir):
     conf = deploy_conf()
     url = f"http://{conf['external_ip']}:8080/"
+    clear_request_log(cluster, kube_client)
+    planned = dags_test("deploy_app", {**conf, "dry_run": True})
+    assert planned.returncode == 0, planned.stdout[-5000:]
+    assert [w for w in cluster.writes() if w["query"].get("dryRun") != "All"] == []
+    assert pods_by_component(kube_client) == {}
+    assert "demo" not in (CoreV1Api(kube_client).read_node("node1").metadata.labels or {})
+    assert "Node labels that would change (dry run): {'node1': {'demo': 'node1'}, 'node2': {'demo': 'node2'}}" \
+        in planned.stdout
+    assert "Deployment default/demo-app created (dry run)" in planned.stdout
+    assert "password" in planned.stdout and "<redacted>" in planned.stdout   # the Secret's diff, its value hidden
+
     deployed = dags_test("deploy_app", conf)
     assert deployed.returncode == 0, deployed.stdout[-5000:]
     assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
