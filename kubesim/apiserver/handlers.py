@@ -202,19 +202,19 @@ class ResourceHandlers:
         """resourceVersion (and resourceVersionMatch) of a get or list. The store serves its newest state: that
         is "not older than" any version it has reached; one it has not reached is waited for, then 504 like
         the watch cache; Exact is served only for the newest version (older ones count as compacted)."""
+        def invalid_match(reason: str, message: str) -> errors.ApiError:
+            return errors.invalid("ListOptions", "", [{"reason": reason, "field": "resourceVersionMatch",
+                                                       "message": message}], "meta.k8s.io")
         if match and not rv:
-            raise errors.invalid("ListOptions", "", [{"reason": "FieldValueForbidden", "field": "resourceVersionMatch",
-                                                      "message": "Forbidden: resourceVersionMatch is forbidden unless "
-                                                                 "resourceVersion is provided"}], "meta.k8s.io")
+            raise invalid_match("FieldValueForbidden",
+                                "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided")
         if match not in (None, "", "NotOlderThan", "Exact"):
-            raise errors.invalid("ListOptions", "", [{"reason": "FieldValueNotSupported", "field": "resourceVersionMatch",
-                                                      "message": f'Unsupported value: "{match}": supported values: '
-                                                                 f'"Exact", "NotOlderThan", ""'}], "meta.k8s.io")
+            raise invalid_match("FieldValueNotSupported",
+                                f'Unsupported value: "{match}": supported values: "Exact", "NotOlderThan", ""')
         if not rv or rv == "0":
             if match == "Exact" and rv == "0":
-                raise errors.invalid("ListOptions", "", [{"reason": "FieldValueForbidden", "field": "resourceVersionMatch",
-                                                          "message": 'Forbidden: resourceVersionMatch "exact" is '
-                                                                     'forbidden for resourceVersion "0"'}], "meta.k8s.io")
+                raise invalid_match("FieldValueForbidden",
+                                    'Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"')
             return
         if not rv.isdigit():
             raise errors.bad_request(f'invalid resource version "{rv}"')

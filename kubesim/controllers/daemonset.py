@@ -43,14 +43,15 @@ class DaemonSetController(Controller):
         if ds is None or ds["metadata"].get("deletionTimestamp"):
             return
         template_hash = pod_template_hash(ds["spec"]["template"])
-        nodes = self.cache.list(NODES)
-        eligible = {n["metadata"]["name"] for n in nodes if self._should_run(ds, n)}
-        staying = {n["metadata"]["name"] for n in nodes if self._should_continue(ds, n)}
+        nodes, pod_view = self.cache.list(NODES), self._pod_spec_view(ds)
+        # upstream nodeShouldRunDaemonPod: placement rules and taints, with the daemon tolerations (cordons pass)
+        eligible = {n["metadata"]["name"] for n in nodes if placement_reason(pod_view, n) is None}
+        staying = {n["metadata"]["name"] for n in nodes if self._should_continue(pod_view, n)}
         by_node: dict[str, list[dict]] = {}
         for pod in self.cache.controlled_by(PODS, ds["metadata"]["uid"]):
             by_node.setdefault(target_node(pod) or "", []).append(pod)
         for node in sorted(eligible - set(by_node)):
-            self._create(ds, node, template_hash)
+            self._create(ds, node, template_hash, pod_view["spec"]["tolerations"])
         for node, pods in by_node.items():
             doomed = [p for p in pods if is_finished(p)]   # a failed daemon pod is replaced, like upstream
             if node not in staying:
@@ -65,28 +66,24 @@ class DaemonSetController(Controller):
             self._roll(ds, eligible, by_node, template_hash)
         self._update_status(ds, eligible, template_hash)
 
-    def _should_run(self, ds: dict, node: dict) -> bool:
-        """Upstream nodeShouldRunDaemonPod: the template's placement rules and tolerations (with the daemon
-        ones) against the node; cordons do not count."""
-        return placement_reason(self._pod_spec_view(ds), node) is None
-
-    def _should_continue(self, ds: dict, node: dict) -> bool:
+    @staticmethod
+    def _should_continue(pod_view: dict, node: dict) -> bool:
         """A pod already there stays unless the rules exclude the node or a NoExecute taint is not tolerated."""
         no_execute = [t for t in (node.get("spec") or {}).get("taints") or () if t.get("effect") == "NoExecute"]
-        return placement_reason(self._pod_spec_view(ds), dict(node, spec=dict(node.get("spec") or {},
-                                                                              taints=no_execute))) is None
+        return placement_reason(pod_view, dict(node, spec=dict(node.get("spec") or {}, taints=no_execute))) is None
 
     @staticmethod
     def _pod_spec_view(ds: dict) -> dict:
+        """The template as the placement rules see a daemon pod: with the tolerations upstream adds."""
         spec = ds["spec"]["template"].get("spec") or {}
         return {"spec": dict(spec, tolerations=[*(spec.get("tolerations") or ()), *DAEMON_TOLERATIONS])}
 
-    def _create(self, ds: dict, node: str, template_hash: str) -> None:
+    def _create(self, ds: dict, node: str, template_hash: str, tolerations: list[dict]) -> None:
         ns = ds["metadata"]["namespace"]
         pod = pod_from_template(ds["spec"]["template"], ns, controller_ref(ds, DAEMONSETS),
                                 generate_name=f"{ds['metadata']['name']}-", extra_labels={HASH_LABEL: template_hash})
         spec = pod["spec"]
-        spec["tolerations"] = self._pod_spec_view(ds)["spec"]["tolerations"]
+        spec["tolerations"] = list(tolerations)
         node_affinity = dict((spec.get("affinity") or {}).get("nodeAffinity") or {})
         node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": [
             {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}
