@@ -25,6 +25,9 @@ import psycopg2
 
 DB_WAIT_SECONDS = float(os.environ.get("DB_WAIT_SECONDS", "20"))
 RETRY_DELAY_SECONDS = 0.2
+# After SIGTERM the app keeps accepting this long: proxies that had not yet seen the pod leave its endpoints
+# may still send a connection or two (the "lame duck" period a preStop sleep gives on real clusters).
+DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "0.5"))
 
 
 def db_address() -> tuple[str, int]:
@@ -142,9 +145,13 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     address = (os.environ.get("POD_IP") or "0.0.0.0", int(os.environ.get("PORT", "8080")))
     server = ThreadingHTTPServer(address, Handler)
-    server.daemon_threads = True
-    # SIGTERM: stop accepting, let requests in flight finish (the pod is already out of the Service).
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    server.daemon_threads = False   # server_close() then waits for requests in flight instead of cutting them off
+
+    def drain_then_stop() -> None:
+        time.sleep(DRAIN_SECONDS)
+        server.shutdown()
+    # SIGTERM: serve the drain period, stop accepting, let requests in flight finish, exit.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=drain_then_stop, daemon=True).start())
     print(f"demo app {IDENTITY} listening on {address[0]}:{address[1]}", flush=True)
     server.serve_forever()
     server.server_close()
