@@ -8,49 +8,77 @@ env `K8SMOVE_MAINTENANCE_SCHEDULE` overrides the cron when the DAG is parsed) an
 1. **plan** — reads the cluster, logs which workload goes where and what is evicted; writes nothing.
    With `dry_run` the run stops here (**stop_if_dry_run**).
 2. **cordon** the nodes.
-3. **move** — one mapped task per workload with pods there (k8smove's, `app.kubernetes.io/managed-by=k8smove`,
-   and those `extra_selector` picks), in parallel: Deployments surge-first (a server-side applied nodeAffinity
-   `kubernetes.io/hostname NotIn [nodes]`, the app's own placement kept), StatefulSets and Recreate
-   Deployments by eviction (recreated elsewhere on their network-attached volume). A workload on a node-local
-   volume, or with nowhere to go, is refused and reported, never moved.
+3. **move_releases** — every release k8smove deployed with pods there moves whole (App and DB) through the move
+   engine `migrate_app` uses: its lock, the apply, one deferred wait for all of them, the proof, the recorded
+   values; **rollback_releases** undoes a release whose move failed; **start_probe**/**stop_probe** measure each
+   release from outside (GET and row writes). A release goes to its `node_label` with `target_selector`'s keys
+   replaced (`{"demo": "node2"}` moves a release on demo=node1 to demo=node2), or where `release_targets` says.
+   **move** — one mapped task per other workload with pods there (`app.kubernetes.io/managed-by=k8smove`, and
+   those `extra_selector` picks), in parallel: Deployments surge-first (a server-side applied nodeAffinity
+   `kubernetes.io/hostname NotIn [nodes]`, the app's own placement kept; lifted again if the move fails),
+   StatefulSets and Recreate Deployments by eviction (recreated elsewhere on their network-attached volume).
 4. **evict** every other pod through the Eviction API (PodDisruptionBudgets respected, nothing forced);
-   DaemonSet and mirror pods stay, pods with emptyDir or no controller are reported (`allow_local_storage`
-   evicts emptyDir ones).
+   DaemonSet and mirror pods stay.
 5. **verify_nodes_empty** — fails the run listing each pod left and why; else 6. **mark_ready**.
+7. **report** — each release's outcome, probe figures and rows, each workload's move; the run's only leaf.
 
-Bring the nodes back with **end_maintenance**. Example conf: `{"target_selector": {"pool": "blue"}, "dry_run": true}`.
+The plan refuses, before any write (a dry run too ends failed), what cannot leave: a workload on a node-local
+volume, with nowhere to go, a release with no target, a pod with emptyDir data (unless `allow_local_storage`)
+or without a controller. A scheduled run that starts more than 120 minutes late (env
+`K8SMOVE_MAINTENANCE_WINDOW_MINUTES`) does nothing (**within_window**): a missed window is not caught up.
+
+A failed run leaves the nodes cordoned and labelled `maintenance=scheduled`: bring them back with
+**end_maintenance** and `{"maintenance_label": {"maintenance": "scheduled"}}`.
+
+Bring the nodes back with **end_maintenance**. Example conf: `{"target_selector": {"demo": "node2"}, "dry_run": true}`.
 """
 import os
-from datetime import datetime, timezone
 
 from airflow.sdk import DAG, chain
 
 from k8smove.params import NODE_MAINTENANCE_PARAMS
-from operators.gates import StopIfDryRun
+from operators.gates import SkipIfWindowMissed, StopIfDryRun
 from operators.label_nodes import LabelNodes
 from operators.maintenance import CordonNodes, EvictPods, MoveWorkload, PlanMaintenance, VerifyNodesEmpty
+from operators.move import MoveReleases
+from operators.observe import MaintenanceReport, StartProbe, StopProbe
 from operators.params import dag_params
+from operators.release_move import MOVE_RETRIES, RETRY_DELAY_SECONDS
+from operators.rollback import RollbackReleases
 
 SCHEDULE = os.environ.get("K8SMOVE_MAINTENANCE_SCHEDULE", "0 2 * * 6")
+WINDOW_MINUTES = int(os.environ.get("K8SMOVE_MAINTENANCE_WINDOW_MINUTES", "120"))
 MAX_PARALLEL_MOVES = 4   # concurrent rollouts; each needs room for one surge pod per workload
 
 
 with DAG(
     dag_id="node_maintenance",
-    schedule=SCHEDULE,
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    # No start_date: the first start waits for the next window instead of running the latest missed one.
+    schedule=SCHEDULE,                    # a cron string: CronTriggerTimetable, which by default does not run
+                                          # the latest missed time at once
     catchup=False,
     params=dag_params(NODE_MAINTENANCE_PARAMS),
     render_template_as_native_obj=True,   # params keep their JSON types (maps, booleans) in operator fields
-    max_active_runs=1,                    # one change to a cluster's placement at a time
+    max_active_runs=1,                    # one maintenance at a time; releases are kept apart by their locks
     tags=["k8smove", "kubernetes", "maintenance"],
     doc_md=__doc__,
+    default_args={"retries": MOVE_RETRIES, "retry_delay": RETRY_DELAY_SECONDS},
 ):
     selection = {key: f"{{{{ params.{key} }}}}" for key in
-                 ("maintenance_label", "target_selector", "extra_selector", "ready_label", "allow_local_storage")}
-    plan = PlanMaintenance(task_id="plan", selection=selection)
-    stop_if_dry_run = StopIfDryRun(task_id="stop_if_dry_run", dry_run="{{ params.dry_run }}")
+                 ("maintenance_label", "target_selector", "extra_selector", "ready_label", "allow_local_storage",
+                  "release_targets")}
+    within_window = SkipIfWindowMissed(task_id="within_window", window_minutes=WINDOW_MINUTES, retries=0)
+    plan = PlanMaintenance(task_id="plan", selection=selection, retries=0)
+    stop_if_dry_run = StopIfDryRun(task_id="stop_if_dry_run", dry_run="{{ params.dry_run }}", retries=0)
     cordon = CordonNodes(task_id="cordon", nodes=plan.output["nodes"])
+    start_probe = StartProbe(task_id="start_probe", targets=plan.output["probe_targets"],
+                             max_seconds="{{ params.timeout_seconds * 2 + 120 }}").as_setup()
+    release_plans = plan.output["release_plans"]
+    move_releases = MoveReleases(task_id="move_releases", plans=release_plans,
+                                 timeout_seconds="{{ params.timeout_seconds }}")
+    rollback_releases = RollbackReleases(task_id="rollback_releases", plans=release_plans,
+                                         timeout_seconds="{{ params.timeout_seconds }}", trigger_rule="one_failed")
+    stop_probe = StopProbe(task_id="stop_probe", probe=start_probe.output).as_teardown(setups=start_probe)
     move = MoveWorkload.partial(
         task_id="move",
         timeout_seconds="{{ params.timeout_seconds }}",
@@ -62,6 +90,12 @@ with DAG(
                       trigger_rule="none_failed_min_one_success")   # no workload to move skips `move`
     verify_nodes_empty = VerifyNodesEmpty(task_id="verify_nodes_empty", selection=selection, drained=evict.output)
     mark_ready = LabelNodes(task_id="mark_ready", label_nodes=plan.output["ready_labels"])
+    steps = [plan, stop_if_dry_run, cordon, start_probe, move_releases, rollback_releases, stop_probe, move, evict,
+             verify_nodes_empty, mark_ready]
+    report = MaintenanceReport(task_id="report", steps=[t.task_id for t in steps], observed=stop_probe.output)
 
-    chain(plan, stop_if_dry_run, cordon, move, evict, verify_nodes_empty, mark_ready)
+    chain(within_window, plan, stop_if_dry_run, cordon, start_probe, move_releases, rollback_releases, stop_probe)
+    chain(cordon, move, evict, verify_nodes_empty, mark_ready)
+    move_releases >> evict
     cordon >> evict
+    [t for t in steps if t is not start_probe] >> report

@@ -23,6 +23,7 @@ KINDS = {
     "StatefulSet": ("statefulsets", True),
     "Node": ("nodes", False),
     "Pod": ("pods", True),
+    "Lease": ("leases", True),
 }
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink")
 
@@ -42,7 +43,7 @@ def ref(manifest: dict) -> str:
     return f"{manifest['kind']} {where}{meta['name']}"
 
 
-def _call(api: ApiClient, method: str, path: str, body=None, query=None, content_type="application/json"):
+def call(api: ApiClient, method: str, path: str, body=None, query=None, content_type="application/json"):
     response = api.call_api(
         path, method, query_params=query or [], body=body,
         header_params={"Accept": "application/json", "Content-Type": content_type},
@@ -54,7 +55,7 @@ def _call(api: ApiClient, method: str, path: str, body=None, query=None, content
 def get(api: ApiClient, manifest: dict) -> dict | None:
     meta = manifest["metadata"]
     try:
-        return _call(api, "GET", object_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"),
+        return call(api, "GET", object_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"),
                                              meta["name"]))
     except ApiException as err:
         if err.status == 404:
@@ -70,14 +71,15 @@ def server_side_apply(api: ApiClient, manifest: dict, dry_run: bool = False,
     if dry_run:
         query.append(("dryRun", "All"))
     path = object_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
-    return _call(api, "PATCH", path, body=manifest, query=query, content_type="application/apply-patch+yaml")
+    return call(api, "PATCH", path, body=manifest, query=query, content_type="application/apply-patch+yaml")
 
 
-def delete(api: ApiClient, manifest: dict) -> None:
+def delete(api: ApiClient, manifest: dict, preconditions: dict | None = None) -> None:
     meta = manifest["metadata"]
+    body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions} if preconditions else None
     try:
-        _call(api, "DELETE", object_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"),
-                                         meta["name"]))
+        call(api, "DELETE", object_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"),
+                                        meta["name"]), body=body)
     except ApiException as err:
         if err.status != 404:
             raise
@@ -86,7 +88,7 @@ def delete(api: ApiClient, manifest: dict) -> None:
 def list_objects(api: ApiClient, api_version: str, kind: str, namespace: str | None = None,
                  label_selector: str | None = None) -> list[dict]:
     query = [("labelSelector", label_selector)] if label_selector else []
-    return _call(api, "GET", object_path(api_version, kind, namespace), query=query)["items"]
+    return call(api, "GET", object_path(api_version, kind, namespace), query=query)["items"]
 
 
 def strip_server_fields(obj: dict) -> dict:

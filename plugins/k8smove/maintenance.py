@@ -27,7 +27,8 @@ import time
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from k8smove import LABEL_MANAGED_BY, MANAGED_BY, K8sMoveError, kube
+from k8smove import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, K8sMoveError, kube
+from k8smove.engine import describe, plan_release, release_ref
 from k8smove.labels import matches, selector_string
 from k8smove.preflight import node_problems, used_by_node
 
@@ -139,12 +140,13 @@ def _placement_problem(workload: dict, mode: str, pool_nodes: list[dict], used: 
                        target_selector: dict | None) -> str | None:
     """None when at least one pool node takes the workload's pods, else why none does."""
     pod_spec = workload["spec"]["template"]["spec"]
-    wanted = {**(pod_spec.get("nodeSelector") or {}), **_enforced_target(mode, target_selector)}
+    # Both must hold: the exclusion is ANDed with the workload's own nodeSelector, never replaces it.
+    wanted = [s for s in (pod_spec.get("nodeSelector") or {}, _enforced_target(mode, target_selector)) if s]
     verdicts = {}
     for node in pool_nodes:
         name = node["metadata"]["name"]
-        if not matches(wanted, node["metadata"].get("labels")):
-            verdicts[name] = [f"not labelled {selector_string(wanted)}"]
+        if missing := [selector_string(s) for s in wanted if not matches(s, node["metadata"].get("labels"))]:
+            verdicts[name] = [f"not labelled {' and '.join(missing)}"]
         else:
             verdicts[name] = node_problems(node, pod_spec, used.get(name, {}))
     if all(verdicts.values()):
@@ -155,13 +157,16 @@ def _placement_problem(workload: dict, mode: str, pool_nodes: list[dict], used: 
 
 def make_plan(nodes: list[dict], pods: list[dict], workloads: list[dict], pvcs: list[dict], pvs: list[dict],
               maintenance_label: dict, target_selector: dict | None, ready_label: dict,
-              allow_local_storage: bool) -> dict:
+              allow_local_storage: bool, releases: dict | None = None) -> dict:
     """What a maintenance run does, from the objects as listed; pure, so the dry run and the tests share it.
 
     ``moves``: one per workload with pods on the nodes (the mapped move tasks' input); ``refused``: workloads
     that cannot move without losing data or room; ``evict``: other pods to evict; ``untouched``: pods left
-    alone and why (``blocks``: whether it keeps the node from being empty).
+    alone and why (``blocks``: whether it keeps the node from being empty). ``releases`` ({"release_plans",
+    "refused", "workloads"}, from ``plan_releases``): k8smove's releases, moved by the move engine as wholes;
+    their workloads are not planned again here.
     """
+    releases = releases or {"release_plans": [], "refused": [], "workloads": {}}
     marked, pool = select_nodes(nodes, maintenance_label, target_selector)
     on_nodes = [p for p in pods if p["spec"].get("nodeName") in marked and not _finished(p)]
     pool_nodes = [n for n in nodes if n["metadata"]["name"] in pool]
@@ -174,6 +179,8 @@ def make_plan(nodes: list[dict], pods: list[dict], workloads: list[dict], pvcs: 
         if not its_pods:
             continue
         claimed |= {pod_ref(p) for p in its_pods}
+        if kube.ref(workload) in releases["workloads"]:
+            continue
         claims = _claims(its_pods, pvc_by_ref)
         mode = move_mode(workload, claims)
         local = node_local_volumes(claims, pv_by_name)
@@ -200,8 +207,58 @@ def make_plan(nodes: list[dict], pods: list[dict], workloads: list[dict], pvcs: 
         else:
             evict.append({"namespace": pod["metadata"]["namespace"], "name": pod["metadata"]["name"],
                           "node": pod["spec"]["nodeName"]})
-    return {"nodes": marked, "pool": pool, "moves": moves, "refused": refused, "evict": evict,
-            "untouched": untouched, "ready_labels": {node: ready_label for node in marked}}
+    return {"nodes": marked, "pool": pool, "moves": moves, "refused": releases["refused"] + refused, "evict": evict,
+            "untouched": untouched, "ready_labels": {node: ready_label for node in marked},
+            "release_plans": releases["release_plans"],
+            "probe_targets": [{"namespace": p["namespace"], "release": p["release"], "url": p["service_url"]}
+                              for p in releases["release_plans"]]}
+
+
+def release_target(current: dict, target_selector: dict | None) -> dict:
+    """Where a release goes when maintenance moves it: its node_label with target_selector's keys replaced
+    (and added), so ``{"demo": "node2"}`` moves a release placed on demo=node1 to the nodes labelled demo=node2."""
+    return {**current, **(target_selector or {})}
+
+
+def _release_refusal(ref: str, pods: list[str], current: dict, reason: str) -> dict:
+    return {"workload": f"release {ref}", "pods": pods,
+            "reason": f"{reason}; its node_label is {selector_string(current)}: set target_selector to the label "
+                      f"of nodes outside maintenance (e.g. {{\"{next(iter(current), 'key')}\": \"<value>\"}}) or "
+                      f"release_targets {{\"{ref}\": {{...}}}} to say where it goes"}
+
+
+def plan_releases(api: ApiClient, marked: list[str], target_selector: dict | None,
+                  release_targets: dict | None) -> dict:
+    """Plan, with the move engine, every k8smove release that has pods on the ``marked`` nodes.
+
+    Returns {"release_plans": [engine plans], "refused": [{workload, pods, reason}], "workloads": {refs}}.
+    """
+    plans, refused, workloads = [], [], set()
+    pods = [p for p in kube.list_objects(api, "v1", "Pod", label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+            if p["spec"].get("nodeName") in marked and not _finished(p)]
+    for record in kube.list_objects(api, "v1", "ConfigMap", label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"):
+        meta = record["metadata"]
+        if not meta["name"].endswith("-k8smove") or LABEL_INSTANCE not in (meta.get("labels") or {}):
+            continue
+        namespace, release = meta["namespace"], meta["labels"][LABEL_INSTANCE]
+        ref = release_ref(namespace, release)
+        its_pods = sorted(pod_ref(p) for p in pods if p["metadata"]["namespace"] == namespace
+                          and (p["metadata"].get("labels") or {}).get(LABEL_INSTANCE) == release)
+        if not its_pods:
+            continue
+        deployments = kube.list_objects(api, "apps/v1", "Deployment", namespace,
+                                        f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={release}")
+        workloads |= {kube.ref({**d, "kind": "Deployment"}) for d in deployments}
+        current = next((d["spec"]["template"]["spec"].get("nodeSelector") or {} for d in deployments), {})
+        target = (release_targets or {}).get(ref) or release_target(current, target_selector)
+        if target == current:
+            refused.append(_release_refusal(ref, its_pods, current, "it would stay where it is"))
+            continue
+        try:
+            plans.append({**plan_release(api, namespace, release, target, avoid_nodes=marked), "pods": its_pods})
+        except K8sMoveError as err:
+            refused.append(_release_refusal(ref, its_pods, current, f"cannot move to {selector_string(target)}: {err}"))
+    return {"release_plans": plans, "refused": refused, "workloads": workloads}
 
 
 def _workloads(api: ApiClient, extra_selector: dict | None) -> list[dict]:
@@ -216,13 +273,22 @@ def _workloads(api: ApiClient, extra_selector: dict | None) -> list[dict]:
 
 
 def plan_maintenance(api: ApiClient, maintenance_label: dict, target_selector: dict | None,
-                     extra_selector: dict | None, ready_label: dict, allow_local_storage: bool) -> dict:
-    """``make_plan`` over the cluster as it is now (reads only)."""
+                     extra_selector: dict | None, ready_label: dict, allow_local_storage: bool,
+                     release_targets: dict | None = None) -> dict:
+    """``make_plan`` over the cluster as it is now, k8smove's releases planned by the move engine (reads only)."""
+    nodes = kube.list_objects(api, "v1", "Node")
+    marked, _ = select_nodes(nodes, maintenance_label, target_selector)
     return make_plan(
-        kube.list_objects(api, "v1", "Node"), kube.list_objects(api, "v1", "Pod"), _workloads(api, extra_selector),
+        nodes, kube.list_objects(api, "v1", "Pod"), _workloads(api, extra_selector),
         kube.list_objects(api, "v1", "PersistentVolumeClaim"),
         kube.list_objects(api, "v1", "PersistentVolume"), maintenance_label, target_selector, ready_label,
-        allow_local_storage)
+        allow_local_storage, releases=plan_releases(api, marked, target_selector, release_targets) if marked else None)
+
+
+def blocking(plan: dict) -> list[str]:
+    """Why the plan cannot empty the nodes: refused workloads and pods nothing may evict ([] when it can)."""
+    return ([f"{r['workload']} ({', '.join(r['pods'])}): {r['reason']}" for r in plan["refused"]] +
+            [f"pod {u['pod']} on {u['node']}: {u['reason']}" for u in plan["untouched"] if u["blocks"]])
 
 
 def describe_plan(plan: dict) -> list[str]:
@@ -230,6 +296,7 @@ def describe_plan(plan: dict) -> list[str]:
     if not plan["nodes"]:
         return ["No node is marked for maintenance: nothing to do"]
     lines = [f"Maintenance of {', '.join(plan['nodes'])}; workloads may go to {', '.join(plan['pool'])}"]
+    lines += [f"move release  {describe(p)}" for p in plan.get("release_plans", [])]
     for move in plan["moves"]:
         where = (f"nodes with {selector_string(move['node_selector'])}" if move["node_selector"] else "any pool node")
         lines.append(f"move {move['mode']:8} {move['kind']} {move['namespace']}/{move['name']} "
@@ -311,19 +378,36 @@ def apply_exclusion(api: ApiClient, move: dict) -> dict:
     return kube.server_side_apply(api, manifest, field_manager=MAINTENANCE_FIELD_MANAGER)
 
 
+def _excludes(workload: dict, nodes: list[str]) -> bool:
+    return any(set(e["values"]) & set(nodes) for e in _recorded(workload) if e["key"] == HOSTNAME_LABEL)
+
+
+def _lift(api: ApiClient, workload: dict, nodes: list[str]) -> None:
+    meta = workload["metadata"]
+    AppsV1Api(api).patch_namespaced_deployment(meta["name"], meta["namespace"],
+                                               release_patch({**workload, "kind": "Deployment"}, nodes),
+                                               field_manager=MAINTENANCE_FIELD_MANAGER)
+
+
 def lift_exclusions(api: ApiClient, nodes: list[str]) -> list[str]:
     """Let every Deployment whose exclusion names one of ``nodes`` use them again; returns those changed."""
-    apps, lifted = AppsV1Api(api), []
+    lifted = []
     for workload in kube.list_objects(api, "apps/v1", "Deployment"):
-        recorded = _recorded(workload)
-        if not any(set(e["values"]) & set(nodes) for e in recorded if e["key"] == HOSTNAME_LABEL):
-            continue
-        meta = workload["metadata"]
-        apps.patch_namespaced_deployment(meta["name"], meta["namespace"],
-                                         release_patch({**workload, "kind": "Deployment"}, nodes),
-                                         field_manager=MAINTENANCE_FIELD_MANAGER)
-        lifted.append(f"Deployment {meta['namespace']}/{meta['name']}")
+        if _excludes(workload, nodes):
+            _lift(api, workload, nodes)
+            lifted.append(f"Deployment {workload['metadata']['namespace']}/{workload['metadata']['name']}")
     return lifted
+
+
+def undo_exclusion(api: ApiClient, move: dict) -> bool:
+    """A failed surge move: lift its exclusion, so the Deployment rolls back to its pods that still run (the
+    Pending surge pods go); True when there was one to lift."""
+    workload = kube.get(api, {"apiVersion": "apps/v1", "kind": move["kind"],
+                              "metadata": {"namespace": move["namespace"], "name": move["name"]}})
+    if workload is None or not _excludes(workload, move["avoid_nodes"]):
+        return False
+    _lift(api, workload, move["avoid_nodes"])
+    return True
 
 
 def set_unschedulable(api: ApiClient, nodes: list[str], unschedulable: bool) -> list[str]:
@@ -419,6 +503,9 @@ def what_is_left(plan: dict, pods: list[dict], drained: dict) -> list[str]:
     for refused in plan["refused"]:
         for pod in refused["pods"]:
             reasons[pod] = f"{refused['workload']} not moved: {refused['reason']}"
+    for release in plan.get("release_plans", []):
+        for pod in release.get("pods", []):
+            reasons[pod] = f"release {release_ref(release['namespace'], release['release'])} not moved"
     reasons |= {u["pod"]: u["reason"] for u in plan["untouched"] if u["blocks"]}
     reasons |= {pod: f"eviction refused: {reason}" for pod, reason in drained.get("blocked", {}).items()}
     left = []

@@ -164,7 +164,19 @@ NODE_MAINTENANCE_PARAMS = {
         **_OPTIONAL_SELECTOR,
         "title": "Move to nodes labelled",
         "description": "Label selector of the pool the moved workloads go to; empty: any other Ready, "
-                       "schedulable node.",
+                       "schedulable node. A release k8smove deployed moves whole (App and DB, with its probe "
+                       "and rollback) to its node_label with these keys replaced: {\"demo\": \"node2\"} moves "
+                       "a release placed on demo=node1 to the nodes labelled demo=node2.",
+    },
+    "release_targets": {
+        "default": None,
+        "type": ["object", "null"],
+        "title": "Move these releases to nodes labelled",
+        "description": 'Per release ("namespace/release") the node_label it moves to, e.g. {"default/demo": '
+                       '{"demo": "node2"}}; releases not named here get their node_label with target_selector\'s '
+                       'keys replaced.',
+        "propertyNames": {"pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z]([-a-z0-9]*[a-z0-9])?$", "maxLength": 104},
+        "additionalProperties": _SELECTOR,
     },
     "extra_selector": {
         **_OPTIONAL_SELECTOR,

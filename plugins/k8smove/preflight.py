@@ -157,11 +157,17 @@ def check_source_and_target(sources: dict[str, dict], target: dict, node_labels:
                 f"{', '.join(sorted(overlap))} ({component} runs on {selector_string(source)} now)")
 
 
-def recorded_release(api: ApiClient, namespace: str, release: str, components) -> tuple[dict, dict[str, dict]]:
-    """(values the release was deployed with, component -> its current nodeSelector); raises if absent."""
+def recorded_release(api: ApiClient, namespace: str, release: str, components,
+                     required: bool = True) -> tuple[dict, dict[str, dict]] | None:
+    """(values the release was deployed with, component -> its current nodeSelector).
+
+    A release that does not exist raises, or is None when not ``required`` (a first deploy).
+    """
     configmap = kube.get(api, {"apiVersion": "v1", "kind": "ConfigMap",
                                "metadata": {"namespace": namespace, "name": f"{release}-k8smove"}})
     if configmap is None:
+        if not required:
+            return None
         raise K8sMoveError(f"release {release!r} not found in namespace {namespace!r} (deploy_app it first)")
     values = json.loads(configmap["data"]["values.json"])
     workloads = kube.list_objects(api, "apps/v1", "Deployment", namespace, release_selector(release))
@@ -175,16 +181,18 @@ def recorded_release(api: ApiClient, namespace: str, release: str, components) -
     return values, sources
 
 
-def preflight(api: ApiClient, values: dict, components, label_nodes: dict | None = None,
-              sources: dict[str, dict] | None = None) -> dict:
-    """Check everything a deploy (``label_nodes``) or migration (``sources``) needs; returns the plan."""
+def check_placement(api: ApiClient, manifests: list[dict], values: dict, sources: dict[str, dict],
+                    label_nodes: dict, avoid_nodes=()) -> list[str]:
+    """Every check of where ``manifests`` would run; returns the target nodes (``avoid_nodes`` never are)."""
     check_selector("node_label", values["node_label"])
-    nodes = kube.list_objects(api, "v1", "Node")
-    node_labels = labels_after_changes(nodes, label_nodes or {})
+    nodes = [n for n in kube.list_objects(api, "v1", "Node")]
+    node_labels = labels_after_changes(nodes, label_nodes)
     pods = kube.list_objects(api, "v1", "Pod")
-    manifests = render_manifests(values, components)
-    target_nodes = check_targets(nodes, node_labels, pods, values["release"], values["node_label"], manifests)
-    check_source_and_target(sources or {}, values["node_label"], node_labels)
+    candidates = [n for n in nodes if n["metadata"]["name"] not in set(avoid_nodes)]
+    if avoid_nodes and not any(matches(values["node_label"], node_labels[n["metadata"]["name"]]) for n in candidates):
+        raise K8sMoveError(f"node_label {selector_string(values['node_label'])} matches no node outside "
+                           f"{', '.join(sorted(avoid_nodes))}")
+    target_nodes = check_targets(candidates, node_labels, pods, values["release"], values["node_label"], manifests)
+    check_source_and_target(sources, values["node_label"], node_labels)
     check_volumes(api, manifests, target_nodes, node_labels)
-    return {"values": values, "components": list(components), "target_nodes": target_nodes,
-            "sources": sources or {}}
+    return target_nodes

@@ -107,15 +107,16 @@ ROLLBACK_STEP = "rollback"
 
 
 def migration_outcome(steps: dict[str, dict], pods_before: dict | None, pods_after: dict,
-                      db: dict | None, dry_run: bool = False) -> tuple[str, str | None]:
-    """(outcome, reason): moved, unchanged, dry_run, refused, rolled_back, failed, unverified or data_lost."""
+                      db: dict | None, dry_run: bool = False, moved: dict | None = None) -> tuple[str, str | None]:
+    """(outcome, reason): moved, deployed, unchanged, dry_run, refused, rolled_back, failed, unverified or
+    data_lost."""
     failed = [t for t, step in steps.items() if step["state"] in ("failed", "upstream_failed")
               and t not in PROBE_STEPS and t != ROLLBACK_STEP]
     if failed:
         first = failed[0]
         reason = steps[first].get("error") or f"task {first} ended {steps[first]['state']}"
-        if first == "preflight":
-            return "refused", reason
+        if first == "preflight" or (moved or {}).get("outcome") == "refused":   # refused: nothing was written
+            return "refused", (moved or {}).get("reason") or reason
         if steps.get(ROLLBACK_STEP, {}).get("state") == "success":
             return "rolled_back", f"{reason} (rolled back: the release runs where it ran before)"
         return "failed", reason
@@ -127,14 +128,18 @@ def migration_outcome(steps: dict[str, dict], pods_before: dict | None, pods_aft
         return "unverified", steps[t].get("error") or f"task {t} ended {steps[t]['state']}"
     if db and db.get("rows_lost"):
         return "data_lost", f"{db['rows_lost']} acknowledged rows are missing after the move: {db['lost_ids']}"
+    if pods_before is None:
+        return "deployed", None          # a first deploy: nothing ran before, nothing was probed
     return ("unchanged" if pods_before == pods_after else "moved"), None
 
 
 def compose(step_ids: list[str], states: dict[str, str], recorded: dict[str, dict], pods_before: dict | None,
-            pods_after: dict, observed: dict, started, planned: list | None = None) -> dict:
-    """The migration report (see README: "The migration report"); ``planned``: a dry run's apply results."""
+            pods_after: dict, observed: dict, started, planned: list | None = None, moved: dict | None = None) -> dict:
+    """The migration report (see README: "The migration report"); ``planned``: a dry run's apply results;
+    ``moved``: the move task's outcome for the release ({"outcome", "reason"})."""
     steps = {t: {**(recorded.get(t) or {}), "state": states.get(t) or "none"} for t in step_ids}
-    outcome, reason = migration_outcome(steps, pods_before, pods_after, observed.get("db"), dry_run=planned is not None)
+    outcome, reason = migration_outcome(steps, pods_before, pods_after, observed.get("db"), dry_run=planned is not None,
+                                        moved=moved)
     return {
         "outcome": outcome, "reason": reason,
         "duration_s": round(time.time() - started.timestamp(), 3) if started else None,

@@ -33,15 +33,17 @@ class PlanMaintenance(MaintenanceOperator):
     ui_color = "#fdebd0"
 
     def execute(self, context):
-        from k8smove.maintenance import describe_plan
+        from k8smove.maintenance import blocking, describe_plan
         from k8smove.preflight import check_conf_keys
 
         check_conf_keys(context["dag_run"].conf or {}, self.dag.params.keys())
         plan = self.plan()
         self.log.info("Plan:\n%s", "\n".join(describe_plan(plan)))
+        if problems := blocking(plan):   # before any write, and a dry run ends red too
+            raise AirflowFailException(f"The plan cannot empty {', '.join(plan['nodes'])}: " + " | ".join(problems))
         ti = context["ti"]
-        ti.xcom_push(key="plan", value=plan)
-        for key in ("nodes", "ready_labels"):
+        ti.xcom_push(key="plan", value={k: v for k, v in plan.items() if k != "release_plans"})
+        for key in ("nodes", "ready_labels", "release_plans", "probe_targets"):
             ti.xcom_push(key=key, value=plan[key])
         return plan["moves"]
 
@@ -85,7 +87,7 @@ class MoveWorkload(RolloutWaitOperator):
     ui_color = "#fcf3cf"
 
     def __init__(self, *, move: dict | str, **kwargs) -> None:
-        super().__init__(namespace="", release=None, **kwargs)
+        super().__init__(**kwargs)
         self.move = move
 
     def execute(self, context):
@@ -103,9 +105,19 @@ class MoveWorkload(RolloutWaitOperator):
                 raise AirflowFailException(f"{name}: eviction refused: " + "; ".join(
                     f"{pod}: {reason}" for pod, reason in evicted["blocked"].items()))
             self.log.info("%s: evicted %s; recreated elsewhere", name, evicted["evicted"])
-        self.namespace = move["namespace"]    # the wait watches this workload's namespace
-        return self.wait_for([{"kind": move["kind"], "name": move["name"], "node_selector": move["node_selector"],
-                               "avoid_nodes": move["avoid_nodes"]}])
+        return self.wait_for(context, [{"namespace": move["namespace"], "release": None, "workloads": [
+            {"kind": move["kind"], "name": move["name"], "node_selector": move["node_selector"],
+             "avoid_nodes": move["avoid_nodes"]}]}])
+
+    def execute_complete(self, context, event: dict):
+        from k8smove.maintenance import undo_exclusion
+
+        if event["groups"][0]["status"] != "success" and self.move["mode"] == "surge" and \
+                undo_exclusion(self.api, self.move):
+            # Fully back, not half-moved: the Deployment returns to its running pods, its Pending surge pod goes.
+            self.log.warning("%s %s/%s did not move: its exclusion is lifted again", self.move["kind"],
+                             self.move["namespace"], self.move["name"])
+        return super().execute_complete(context, event)
 
 
 class EvictPods(MaintenanceOperator):

@@ -1,6 +1,7 @@
 """Operators that watch a move from the outside: the availability probe (setup/teardown) and the report."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 from airflow.sdk import BaseOperator
@@ -22,38 +23,46 @@ def record_step(context) -> None:
 
 
 class StartProbe(KubernetesOperator):
-    """Record where the release's pods run, then start the availability probe (GET at ``rate``/s, row writes
-    at ``write_rate``/s) in its own process; it stops by itself after ``max_seconds``. A dry run starts no
-    probe: nothing moves, and the probe's rows would be writes to the app's database."""
+    """Record where each release's pods run, then start its availability probe (GET at ``rate``/s, row writes at
+    ``write_rate``/s) in its own process; it stops by itself after ``max_seconds``. A dry run starts no probe:
+    nothing moves, and the probe's rows would be writes to the app's database.
 
-    template_fields = ("url", "namespace", "release", "rate", "write_rate", "max_seconds", "dry_run")
+    :param targets: [{namespace, release, url}] (PlanRelease's or the maintenance plan's ``probe_targets``)
+    """
+
+    template_fields = ("targets", "rate", "write_rate", "max_seconds", "dry_run")
     ui_color = "#d6eaf8"
 
-    def __init__(self, *, url: str, namespace: str, release: str, rate: float = 20.0, write_rate: float = 5.0,
+    def __init__(self, *, targets: list[dict] | str, rate: float = 20.0, write_rate: float = 5.0,
                  max_seconds: float | str = 3600, dry_run: bool | str = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.url = url
-        self.namespace = namespace
-        self.release = release
+        self.targets = targets
         self.rate = rate
         self.write_rate = write_rate
         self.max_seconds = max_seconds
         self.dry_run = dry_run
 
     def execute(self, context):
+        from k8smove.engine import release_ref
         from k8smove.report import pods_by_node, start_probe
 
-        pods_before = pods_by_node(self.api, self.namespace, self.release)
-        if self.dry_run:
-            self.log.info("Pods before: %s; dry run: no probe", pods_before)
-            return {"pods_before": pods_before}
-        handle = start_probe(self.url, float(self.rate), float(self.write_rate), float(self.max_seconds))
-        self.log.info("Pods before: %s; probe pid %s on %s", pods_before, handle["pid"], self.url)
-        return {**handle, "pods_before": pods_before}
+        probes, pods_before = {}, {}
+        for target in self.targets or []:
+            ref = release_ref(target["namespace"], target["release"])
+            pods_before[ref] = pods_by_node(self.api, target["namespace"], target["release"])
+            if not self.dry_run:
+                probes[ref] = start_probe(target["url"], float(self.rate), float(self.write_rate),
+                                          float(self.max_seconds))
+            self.log.info("%s: pods before %s; %s", ref, pods_before[ref],
+                          f"probe pid {probes[ref]['pid']} on {target['url']}" if ref in probes else "no probe")
+        return {"probes": probes, "pods_before": pods_before}
 
 
 class StopProbe(BaseOperator):
-    """Stop the probe and check every acknowledged row can be read back through the app."""
+    """Stop each probe and check every acknowledged row can be read back through the app.
+
+    Returns {"releases": {ref: {"probe", "db", "pods_before"}}}.
+    """
 
     template_fields = ("probe",)
     ui_color = "#d6eaf8"
@@ -66,14 +75,19 @@ class StopProbe(BaseOperator):
         from k8smove.availability import rows_present
         from k8smove.report import data_check, stop_probe
 
-        if "pid" not in self.probe:   # a dry run started none
-            return {"probe": None, "db": None, "pods_before": self.probe["pods_before"]}
-        summary = stop_probe(self.probe)
-        acknowledged = summary["writes"].pop("acknowledged")
-        db = data_check(acknowledged, rows_present(self.probe["url"]) if acknowledged else [])
-        self.log.info("Probe: %s sent, %s failed, longest gap %s ms; rows %s", summary["sent"], summary["failed"],
-                      summary["max_gap_ms"], db)
-        return {"probe": summary, "db": db, "pods_before": self.probe["pods_before"]}
+        releases = {}
+        for ref, pods_before in self.probe["pods_before"].items():
+            handle = self.probe["probes"].get(ref)
+            if handle is None:   # a dry run, or a release that did not exist yet, started none
+                releases[ref] = {"probe": None, "db": None, "pods_before": pods_before}
+                continue
+            summary = stop_probe(handle)
+            acknowledged = summary["writes"].pop("acknowledged")
+            db = data_check(acknowledged, rows_present(handle["url"]) if acknowledged else [])
+            self.log.info("%s probe: %s sent, %s failed, longest gap %s ms; rows %s", ref, summary["sent"],
+                          summary["failed"], summary["max_gap_ms"], db)
+            releases[ref] = {"probe": summary, "db": db, "pods_before": pods_before}
+        return {"releases": releases}
 
 
 class MigrationReport(KubernetesOperator):
@@ -96,19 +110,71 @@ class MigrationReport(KubernetesOperator):
         self.planned = planned   # a dry run's apply results: what the move would change
 
     def execute(self, context):
+        from k8smove.engine import release_ref
         from k8smove.report import compose, pods_by_node, summary_lines, write_report
 
         ti, run_id = context["ti"], context["run_id"]
         states = ti.get_task_states(dag_id=ti.dag_id, task_ids=list(self.steps), run_ids=[run_id])[run_id]
         recorded = {task: ti.xcom_pull(task_ids=task, key="step") for task in self.steps}
+        ref = release_ref(self.namespace, self.release)
+        observed = ((self.observed or {}).get("releases") or {}).get(ref) or {}
+        moved = (ti.xcom_pull(task_ids="move", key="releases") or {}).get(ref)
         report = compose(
             self.steps, states, {task: step for task, step in recorded.items() if step},
-            pods_before=(self.observed or {}).get("pods_before"),
+            pods_before=observed.get("pods_before"),
             pods_after=pods_by_node(self.api, self.namespace, self.release),
-            observed=self.observed or {}, started=context["dag_run"].start_date, planned=self.planned or None)
+            observed=observed, started=context["dag_run"].start_date, planned=self.planned or None, moved=moved)
         report["report_file"] = write_report(report, ti.dag_id, run_id)
         for line in summary_lines(report):
             self.log.info(line)
-        if report["outcome"] not in ("moved", "unchanged", "dry_run"):
+        if report["outcome"] not in ("moved", "deployed", "unchanged", "dry_run"):
             raise AirflowFailException(f"Migration {report['outcome']}: {report['reason']}")
+        return report
+
+
+class MaintenanceReport(KubernetesOperator):
+    """The maintenance run's last word: each release's outcome with its probe figures and rows, each other
+    workload's move, the evictions, each step; fails the run unless every step succeeded (or a dry run stopped).
+
+    :param observed: StopProbe's result; the releases' outcomes come from the move_releases/rollback_releases XCom
+    """
+
+    template_fields = ("steps", "observed")
+    ui_color = "#d5f5e3"
+
+    def __init__(self, *, steps: list[str], observed: dict | str | None, **kwargs) -> None:
+        super().__init__(trigger_rule="all_done", retries=0, **kwargs)
+        self.steps = steps
+        self.observed = observed
+
+    def execute(self, context):
+        from k8smove.report import pods_by_node, write_report
+
+        ti, run_id = context["ti"], context["run_id"]
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=list(self.steps), run_ids=[run_id])[run_id]
+        moved = ti.xcom_pull(task_ids="move_releases", key="releases") or {}
+        undone = ti.xcom_pull(task_ids="rollback_releases", key="releases") or {}
+        observed = (self.observed or {}).get("releases") or {}
+        releases = {}
+        for ref in sorted(set(moved) | set(undone) | set(observed)):
+            namespace, release = ref.split("/")
+            outcome = {**moved.get(ref, {}), **undone.get(ref, {})}
+            if outcome.get("outcome") == "rolled_back":
+                outcome["reason"] = moved.get(ref, {}).get("reason")
+            releases[ref] = {**outcome, **observed.get(ref, {}),
+                             "pods_after": pods_by_node(self.api, namespace, release)}
+        failed = [t for t in self.steps if states.get(t) in ("failed", "upstream_failed")]
+        report = {
+            "outcome": "failed" if failed else ("done" if states.get("mark_ready") == "success" else "stopped"),
+            "reason": f"failed: {', '.join(failed)}" if failed else None,
+            "nodes": ti.xcom_pull(task_ids="plan", key="nodes"), "releases": releases,
+            "workloads": ti.xcom_pull(task_ids="move"), "evicted": ti.xcom_pull(task_ids="evict"),
+            "steps": {t: states.get(t) or "none" for t in self.steps},
+        }
+        report["report_file"] = write_report(report, ti.dag_id, run_id)
+        self.log.info("Maintenance %s; releases: %s", report["outcome"], json.dumps(releases, default=str)[:4000])
+        if failed:
+            raise AirflowFailException(f"Maintenance failed at {', '.join(failed)}; releases: " + "; ".join(
+                f"{ref} {r.get('outcome')}" + (f" ({r['reason']})" if r.get("reason") else "")
+                for ref, r in releases.items()))
         return report

@@ -1,6 +1,7 @@
 """Deferrable rollout wait: holds no worker slot while pods start."""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -8,38 +9,39 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
-async def wait_until_ready(kubernetes_conn_id: str, namespace: str, release: str | None, workloads: list[dict],
-                           deadline: float) -> dict:
-    """k8smove.watching.wait_for_rollout with the client of the provider's AsyncKubernetesHook."""
+async def wait_until_ready(kubernetes_conn_id: str, groups: list[dict], deadline: float) -> dict:
+    """k8smove.watching.wait_for_rollout for each group ({namespace, release, workloads}) at once, with the client
+    of the provider's AsyncKubernetesHook. {"status": "success" when every group is, "groups": [each result]}."""
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
 
     from k8smove.watching import wait_for_rollout
 
     hook = AsyncKubernetesHook(conn_id=kubernetes_conn_id)
     async with hook.get_conn() as api:
-        return await wait_for_rollout(api, namespace, release, workloads, max(deadline - time.time(), 0))
+        results = await asyncio.gather(*(
+            wait_for_rollout(api, group["namespace"], group["release"], group["workloads"],
+                             max(deadline - time.time(), 0)) for group in groups))
+    return {"status": "success" if all(r["status"] == "success" for r in results) else "timeout",
+            "groups": [{"namespace": g["namespace"], "release": g["release"], **r} for g, r in zip(groups, results)]}
 
 
 class WaitReadyTrigger(BaseTrigger):
     """Fires once every workload's rollout is complete with all pods Ready on matching nodes, or at the deadline.
 
-    :param workloads: [{kind, name, node_selector}]
+    :param groups: [{namespace, release (None: every workload of the namespace), workloads: [{kind, name,
+        node_selector, avoid_nodes?}]}], one per release or namespace, all waited for in one deferral
     :param deadline: epoch seconds (absolute, so a triggerer restart does not extend the wait)
     """
 
-    def __init__(self, kubernetes_conn_id: str, namespace: str, release: str | None, workloads: list[dict],
-                 deadline: float) -> None:
+    def __init__(self, kubernetes_conn_id: str, groups: list[dict], deadline: float) -> None:
         super().__init__()
         self.kubernetes_conn_id = kubernetes_conn_id
-        self.namespace = namespace
-        self.release = release
-        self.workloads = workloads
+        self.groups = groups
         self.deadline = deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("triggers.wait_ready.WaitReadyTrigger", {
-            "kubernetes_conn_id": self.kubernetes_conn_id, "namespace": self.namespace,
-            "release": self.release, "workloads": self.workloads, "deadline": self.deadline})
+            "kubernetes_conn_id": self.kubernetes_conn_id, "groups": self.groups, "deadline": self.deadline})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         yield TriggerEvent(await wait_until_ready(**self.serialize()[1]))

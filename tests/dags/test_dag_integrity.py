@@ -28,36 +28,33 @@ def test_every_dag_file_parses_in_under_100ms(dagbag):
 
 
 @pytest.mark.parametrize("dag_id", ["deploy_app", "migrate_app"])
-def test_dag_declares_docs_tags_and_one_run_at_a_time(dagbag, dag_id):
+def test_dag_declares_docs_tags_and_lets_release_locks_serialize_moves(dagbag, dag_id):
     dag = dagbag.dags[dag_id]
-    assert dag.doc_md and dag_id in dag.doc_md
+    assert dag.doc_md and dag_id in dag.doc_md and "lock" in dag.doc_md
     assert "k8smove" in dag.tags
-    assert dag.max_active_runs == 1
+    assert dag.max_active_runs > 1      # moves of different releases run in parallel; one release's are locked
     assert dag.schedule is None
 
 
-def test_chains(dagbag):
-    deploy = dagbag.dags["deploy_app"]
-    order = ["preflight", "label_nodes", "render", "apply", "stop_if_dry_run", "wait_ready", "verify_endpoint"]
+@pytest.mark.parametrize("dag_id,before", [("migrate_app", []), ("deploy_app", ["label_nodes"])])
+def test_both_dags_move_through_the_same_engine(dagbag, dag_id, before):
+    dag = dagbag.dags[dag_id]
+    order = ["preflight", *before, "start_probe", "move", "rollback", "stop_probe"]
     for upstream, downstream in zip(order, order[1:]):
-        assert downstream in deploy.get_task(upstream).downstream_task_ids
-    migrate = dagbag.dags["migrate_app"]
-    order = ["preflight", "render", "apply", "stop_if_dry_run", "wait_ready", "verify_source_empty", "verify_endpoint"]
-    for upstream, downstream in zip(order, order[1:]):
-        assert downstream in migrate.get_task(upstream).downstream_task_ids
-    gate = migrate.get_task("stop_if_dry_run")
-    assert gate.ignore_downstream_trigger_rules is False   # a dry run still reports (and skips the rollback)
-    rollback = migrate.get_task("rollback")
-    assert rollback.trigger_rule == "one_failed"
-    assert rollback.upstream_task_ids == {"apply", "wait_ready", "verify_source_empty", "verify_endpoint"}
-    start_probe, stop_probe = migrate.get_task("start_probe"), migrate.get_task("stop_probe")
+        assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+    assert type(dag.get_task("move")).__name__ == "MoveReleases"
+    assert type(dag.get_task("preflight")).__name__ == "PlanRelease"
+    move, rollback = dag.get_task("move"), dag.get_task("rollback")
+    assert move.retries >= 1 and rollback.retries >= 1       # every step is safe to run again
+    # preflight: the plans it undoes; a refused plan (nothing locked) makes it skip
+    assert rollback.trigger_rule == "one_failed" and rollback.upstream_task_ids == {"preflight", "move"}
+    start_probe, stop_probe = dag.get_task("start_probe"), dag.get_task("stop_probe")
     assert start_probe.is_setup and stop_probe.is_teardown
-    assert "render" in start_probe.downstream_task_ids and "preflight" in start_probe.upstream_task_ids
-    assert stop_probe.upstream_task_ids == {"start_probe", "verify_endpoint", "rollback"}
-    report = migrate.get_task("report")
+    assert stop_probe.upstream_task_ids == {"start_probe", "move", "rollback"}
+    report = dag.get_task("report")
     assert report.trigger_rule == "all_done"
-    assert report.upstream_task_ids == set(migrate.task_ids) - {"report", "start_probe", "stop_if_dry_run"}
-    assert [t.task_id for t in migrate.leaves] == ["report"]
+    assert report.upstream_task_ids == set(dag.task_ids) - {"report", "start_probe"}
+    assert [t.task_id for t in dag.leaves] == ["report"]
 
 
 def test_params_have_schemas_and_valid_defaults(dagbag):

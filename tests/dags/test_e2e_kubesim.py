@@ -52,8 +52,8 @@ def test_deploy_then_migrate(cluster, kube_client, dags_test, report_dir):
     planned = {p["object"]: p["result"] for p in report["planned"]}
     assert planned["Deployment default/demo-app"] == planned["Deployment default/demo-db"] == "configured (dry run)"
     assert planned["Service default/demo"] == "unchanged (dry run)", planned
-    assert [report["steps"][t]["state"] for t in ("apply", "stop_if_dry_run", "wait_ready", "rollback", "stop_probe")] \
-        == ["success", "success", "skipped", "skipped", "success"], report["steps"]
+    assert [report["steps"][t]["state"] for t in ("move", "rollback", "stop_probe")] \
+        == ["success", "skipped", "success"], report["steps"]
     assert "would be configured: Deployment default/demo-app" in dry.stdout
 
     migrated = dags_test("migrate_app", {"node_label": {"demo": "node2"}})
@@ -137,3 +137,25 @@ def test_without_a_connection_the_hook_uses_kubeconfig(cluster, kube_client, air
     assert result.returncode == 0, result.stdout[-5000:]
     assert "[DAG TEST] Trigger completed" in result.stdout      # wait_ready deferred, its trigger ran inline
     assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+
+
+def test_a_redeploy_that_changes_placement_is_a_proven_move(cluster, kube_client, dags_test, report_dir):
+    conf = deploy_conf()
+    first = dags_test("deploy_app", conf)
+    assert first.returncode == 0, first.stdout[-5000:]
+    assert newest_report(report_dir, "deploy_app")["outcome"] == "deployed"
+
+    redeploy = dags_test("deploy_app", {**conf, "node_label": {"demo": "node2"}})
+    assert redeploy.returncode == 0, redeploy.stdout[-5000:]
+    assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
+    assert_moved_without_disruption(newest_report(report_dir, "deploy_app"), "node1", "node2")
+
+    # What connected clients hold on to is refused before any write, naming the field.
+    clear_request_log(cluster, kube_client)
+    moved_port = dags_test("deploy_app", {**conf, "node_label": {"demo": "node2"}, "port": 8081})
+    assert moved_port.returncode != 0
+    assert ("release default/demo exists: port: 8081 differs from the release's 8080 (the Service's port: every "
+            "connected client would lose it); deploy a new release instead") in moved_port.stdout, \
+        moved_port.stdout[-5000:]
+    assert cluster.writes() == []
+    assert newest_report(report_dir, "deploy_app")["outcome"] == "refused"

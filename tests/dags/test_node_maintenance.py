@@ -186,26 +186,67 @@ def test_node_is_evacuated_without_a_failed_request_then_brought_back(cluster, k
     assert web_two.spec.template.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution is None
 
 
-def test_what_cannot_leave_is_reported_not_forced_and_the_run_fails(cluster, kube_client, dags_test):
+def test_what_cannot_leave_is_refused_by_the_plan_before_any_write(cluster, kube_client, dags_test):
     def create():
-        create_deployment(kube_client, "guarded", 1, labels={"team": "other"})
-        create_pdb(kube_client, "guarded", 1)
         create_statefulset(kube_client, "local-db", "local-path")
         create_deployment(kube_client, "scratch", 1, labels={"team": "other"},
                           volumes=[{"name": "tmp", "emptyDir": {}}])
+        create_deployment(kube_client, "pinned", 1, nodeSelector={"demo": "node1"})
+    set_node(kube_client, "node1", labels={"demo": "node1"})
+    set_node(kube_client, "node2", labels={"demo": "node2"})
     start_on_node1(kube_client, create)
     before = pods_on(kube_client, "node1")
+    CoreV1Api(kube_client).read_namespace("default")   # kubesim logs a request after answering it
+    cluster.clear_request_log()
 
+    for conf in ({"target_selector": {"demo": "node2"}, "dry_run": True}, {"target_selector": {"demo": "node2"}}):
+        result = dags_test("node_maintenance", conf)
+        assert result.returncode != 0, result.stdout[-8000:]   # a dry run that refuses something ends red too
+        out = result.stdout
+        assert "The plan cannot empty node1: " in out, out[-8000:]
+        assert ("StatefulSet default/local-db (default/local-db-0): on node-local storage (pod local-db-0: "
+                "PersistentVolumeClaim data-local-db-0 on node-local volume") in out, out[-8000:]
+        assert "uses local storage (emptyDir tmp)" in out
+        # The exclusion is ANDed with the workload's own nodeSelector: the plan says so instead of a Pending pod.
+        assert ("Deployment default/pinned (default/pinned-" in out and
+                "fits on no node outside maintenance: node2: not labelled demo=node1" in out), out[-8000:]
+    assert cluster.writes() == []
+    assert pods_on(kube_client, "node1") == before
+    assert not CoreV1Api(kube_client).read_node("node1").spec.unschedulable
+
+
+def test_what_a_budget_protects_is_reported_not_forced_and_the_run_fails(cluster, kube_client, dags_test):
+    start_on_node1(kube_client, lambda: (create_deployment(kube_client, "guarded", 1, labels={"team": "other"}),
+                                         create_pdb(kube_client, "guarded", 1)))
+    before = pods_on(kube_client, "node1")
     result = dags_test("node_maintenance", {"eviction_timeout_seconds": 5})
     assert result.returncode != 0
     out = result.stdout
-    assert "3 pod(s) left on the maintenance node(s)" in out, out[-8000:]
     guarded = next(p for p in before if p.startswith("default/guarded-"))
-    left = out[out.index("3 pod(s) left"):][:2000]
+    left = out[out.index("1 pod(s) left"):][:2000]
     assert (f"{guarded} on node1: eviction refused: Cannot evict pod as it would violate the pod's disruption "
             f"budget. The disruption budget guarded needs 1 healthy pods and has 1 currently") in left, left
-    assert ("default/local-db-0 on node1: StatefulSet default/local-db not moved: on node-local storage "
-            "(pod local-db-0: PersistentVolumeClaim data-local-db-0 on node-local volume") in left, left
-    assert "uses local storage (emptyDir tmp)" in left, left
     assert pods_on(kube_client, "node1") == before      # nothing forced, nothing lost
     assert CoreV1Api(kube_client).read_node("node1").metadata.labels["maintenance"] == "scheduled"
+
+
+def test_a_move_that_times_out_ends_fully_back(cluster, kube_client, dags_test):
+    start_on_node1(kube_client, lambda: create_deployment(kube_client, "slow", 1))
+    before = pods_on(kube_client, "node1")
+    cluster.faults.add("slow-startup", node="node2", seconds=120)      # the surge pod never gets Ready
+    result = dags_test("node_maintenance", {"timeout_seconds": 10})
+    assert result.returncode != 0
+    assert "Rollout not complete after 10s: Deployment slow" in result.stdout, result.stdout[-8000:]
+    assert "did not move: its exclusion is lifted again" in result.stdout
+    slow = AppsV1Api(kube_client).read_namespaced_deployment("slow", "default")
+    assert EXCLUSION_ANNOTATION not in (slow.metadata.annotations or {})
+    assert slow.spec.template.spec.affinity is None or \
+        slow.spec.template.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution is None
+    wait_all_ready(kube_client, timeout=30)
+    assert pods_on(kube_client, "node1") == before                       # the same pod, still serving
+    assert [p.status.phase for p in CoreV1Api(kube_client).list_namespaced_pod("default").items] == ["Running"]
+    # What a failed run leaves, end_maintenance with the documented conf brings back.
+    back = dags_test("end_maintenance", {"maintenance_label": {"maintenance": "scheduled"}})
+    assert back.returncode == 0, back.stdout[-5000:]
+    node1 = CoreV1Api(kube_client).read_node("node1")
+    assert not node1.spec.unschedulable and "maintenance" not in (node1.metadata.labels or {})

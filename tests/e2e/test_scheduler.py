@@ -42,8 +42,8 @@ def test_deploy_by_cli_then_migrate_by_rest_api(cluster, kube_client, airflow_st
     states = airflow_stack.task_states("deploy_app", deploy_run)
     assert run["state"] == "success", (states, airflow_stack.logs_tail())
     assert run["run_type"] == "manual" and run["conf"] == conf
-    assert set(states.values()) == {"success"} and set(states) == {
-        "preflight", "label_nodes", "render", "apply", "stop_if_dry_run", "wait_ready", "verify_endpoint"}, states
+    assert states == {"preflight": "success", "label_nodes": "success", "start_probe": "success", "move": "success",
+                      "rollback": "skipped", "stop_probe": "success", "report": "success"}, states
     assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
     assert verify_endpoint(url, deadline_seconds=20)["body"]["node"] == "node1"
 
@@ -66,27 +66,48 @@ def test_deploy_by_cli_then_migrate_by_rest_api(cluster, kube_client, airflow_st
     assert_moved_without_disruption(report, "node1", "node2")
     assert report["probe"]["failed"] == 0 and report["db"]["rows_lost"] == 0
 
-    # WaitReady really deferred to the triggerer, for both DAGs: the audit log shows the try going
+    # The move's wait really deferred to the triggerer, for both DAGs: the audit log shows the try going
     # running -> deferred -> running -> success (a deferral is not a retry: one try); the task log, as the
     # REST API serves it, merges the worker's log with the log file the TRIGGERER process (its job id is in the
     # file name) wrote for this trigger, in which the trigger fires its success event.
     triggerer_jobs = airflow_stack.job_ids("TriggererJob")
     assert triggerer_jobs, airflow_stack.get("/jobs").text
     for dag_id, dag_run in (("deploy_app", deploy_run), ("migrate_app", migrate_run)):
-        ti = airflow_stack.task_instances(dag_id, dag_run)["wait_ready"]
+        ti = airflow_stack.task_instances(dag_id, dag_run)["move"]
         assert ti["state"] == "success" and ti["try_number"] == 1, ti
-        assert airflow_stack.task_events(dag_id, dag_run, "wait_ready") == [
+        assert airflow_stack.task_events(dag_id, dag_run, "move") == [
             ("running", 1), ("deferred", 1), ("running", 1), ("success", 1)]
 
-        log = airflow_stack.task_log(dag_id, dag_run, "wait_ready")
+        log = airflow_stack.task_log(dag_id, dag_run, "move")
         events = [entry["event"] for entry in log]
-        trigger_files = [e for e in events if re.search(r"/task_id=wait_ready/attempt=1\.log\.trigger\.\d+\.log$", e)]
+        trigger_files = [e for e in events if re.search(r"/task_id=move/attempt=1\.log\.trigger\.\d+\.log$", e)]
         assert len(trigger_files) == 1, events[:10]
         assert int(trigger_files[0].rsplit(".", 2)[-2]) in triggerer_jobs, (trigger_files, triggerer_jobs)
         fired = [entry for entry in log if entry["event"] == "Trigger fired event"]
         assert len(fired) == 1 and "'status': 'success'" in fired[0]["result"], fired
-        assert events.index("Pausing task as DEFERRED. ") < events.index("Trigger fired event") < events.index(
-            "Rollout complete: every pod Running and Ready on its target nodes"), events
+        moved = next(i for i, e in enumerate(events) if e.startswith("default/demo: moved; "))
+        assert events.index("Pausing task as DEFERRED. ") < events.index("Trigger fired event") < moved, events
+
+    # Two runs moving the same release at once: the release's lock lets one move it; the other is refused with
+    # the holder's name, or (if it came second) finds the release already there.
+    racing = [run_id(f"race{i}") for i in range(2)]
+    for racer in racing:
+        response = airflow_stack.post("/dags/migrate_app/dagRuns", {
+            "dag_run_id": racer, "logical_date": None, "conf": {"node_label": {"demo": "node1"}}})
+        assert response.status_code == 200, response.text
+    reports = {}
+    for racer in racing:
+        airflow_stack.wait_for_run("migrate_app", racer, RUN_TIMEOUT)
+        reports[racer] = json.loads((airflow_stack.report_dir / f"migrate_app__{racer}.json").read_text())
+    outcomes = sorted(r["outcome"] for r in reports.values())
+    assert outcomes in (["moved", "refused"], ["moved", "unchanged"]), {k: (r["outcome"], r["reason"])
+                                                                       for k, r in reports.items()}
+    for racer, report in reports.items():
+        if report["outcome"] == "refused":
+            [winner] = [r for r in racing if r != racer]
+            assert f"is being moved by migrate_app/{winner}" in report["reason"], report["reason"]
+        assert report["probe"]["failed"] == 0 and report["db"]["rows_lost"] == 0, report
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
 
 
 @pytest.mark.parametrize("conf,message", [

@@ -12,7 +12,8 @@ from kubernetes.client import AppsV1Api, CoreV1Api
 from k8smove import K8sMoveError
 from k8smove.apply import apply_manifests, record_prior_state, restore_prior_state
 from k8smove.nodes import label_nodes
-from k8smove.preflight import preflight, recorded_release
+from k8smove.engine import plan_release
+from k8smove.preflight import recorded_release
 from k8smove.render import render_manifests
 from k8smove.rollout import RolloutTracker, workloads_in
 from k8smove.verify import pods_left_on_sources, verify_endpoint, verify_source_empty
@@ -80,13 +81,20 @@ def test_preflight_refuses_and_writes_nothing(cluster, kube_client, prepare, val
         prepare(kube_client, "node1")
     clear_request_log(cluster, kube_client)
     with pytest.raises(K8sMoveError, match=message):
-        preflight(kube_client, deploy_values(**values), ["app", "db"], label_nodes=label_changes)
+        plan_deploy(kube_client, deploy_values(**values), label_changes)
     assert cluster.writes() == []
 
 
+def plan_deploy(kube_client, values, label_changes):
+    settings = {k: v for k, v in values.items() if k not in ("namespace", "release", "node_label")}
+    return plan_release(kube_client, values["namespace"], values["release"], values["node_label"],
+                        settings=settings, label_nodes=label_changes)
+
+
 def test_preflight_passes_with_labels_still_to_set(cluster, kube_client):
-    plan = preflight(kube_client, deploy_values(), ["app", "db"], label_nodes=LABEL_NODES)
-    assert plan["target_nodes"] == ["node1"]
+    plan = plan_deploy(kube_client, deploy_values(), LABEL_NODES)
+    assert plan["target_nodes"] == ["node1"] and plan["existing"] is False and plan["sources"] == {}
+    assert [m["kind"] for m in plan["manifests"]][0] == "ConfigMap"   # the manifests the move will apply
 
 
 def test_preflight_of_a_migration(cluster, kube_client):
@@ -101,9 +109,16 @@ def test_preflight_of_a_migration(cluster, kube_client):
     CoreV1Api(kube_client).patch_node("node1", {"metadata": {"labels": {"zone": "a"}}})
     clear_request_log(cluster, kube_client)
     with pytest.raises(K8sMoveError, match="source and target are the same node.*node1"):
-        preflight(kube_client, {**recorded, "node_label": {"zone": "a"}}, ["app", "db"], sources=sources)
-    assert preflight(kube_client, {**recorded, "node_label": {"demo": "node2"}}, ["app", "db"],
-                     sources=sources)["target_nodes"] == ["node2"]
+        plan_release(kube_client, "default", "demo", {"zone": "a"})
+    plan = plan_release(kube_client, "default", "demo", {"demo": "node2"})
+    assert (plan["target_nodes"], plan["sources"], plan["existing"]) == (["node2"], sources, True)
+    with pytest.raises(K8sMoveError, match="matches no node outside node2"):
+        plan_release(kube_client, "default", "demo", {"demo": "node2"}, avoid_nodes=["node2"])
+    # A re-deploy may change placement and images, never what connected clients hold on to.
+    with pytest.raises(K8sMoveError, match=r"release default/demo exists: port: 8081 differs from the release's "
+                                           r"8080 \(the Service's port: every connected client would lose it\)"):
+        plan_release(kube_client, "default", "demo", {"demo": "node2"}, settings={**recorded, "port": 8081})
+    assert plan_release(kube_client, "default", "demo", {"demo": "node2"}, settings=recorded)["existing"]
     assert cluster.writes() == []
 
 

@@ -1,6 +1,7 @@
-"""The operators themselves on kubesim (those that need no XCom; Preflight and ApplyResources run in the
-`airflow dags test` end-to-end tests), with the provider's hooks reading the kubernetes_default connection
-from AIRFLOW_CONN_KUBERNETES_DEFAULT. WaitReady in both modes, its trigger run as the triggerer would."""
+"""The operators themselves on kubesim, with the provider's hooks reading the kubernetes_default connection from
+AIRFLOW_CONN_KUBERNETES_DEFAULT: the move engine's operators in both wait modes, their trigger run as the
+triggerer would. The task context is a stand-in (the run's id and an XCom recorder); the DAG tests run them for
+real under `airflow dags test` and the scheduler."""
 from __future__ import annotations
 
 import asyncio
@@ -8,26 +9,34 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import airflow_env  # noqa: E402,F401  (Airflow environment before Airflow is imported)
-from airflow.sdk.exceptions import AirflowException, TaskDeferred  # noqa: E402
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException, TaskDeferred  # noqa: E402
 
-from k8smove.apply import apply_manifests  # noqa: E402
+from k8smove import K8sMoveError, lock  # noqa: E402
+from k8smove.engine import plan_release  # noqa: E402
 from k8smove.nodes import label_nodes  # noqa: E402
-from k8smove.render import render_manifests  # noqa: E402
-from kubesim_release import LABEL_NODES, deploy_values  # noqa: E402
-from k8smove import K8sMoveError  # noqa: E402
-from k8smove.apply import record_prior_state  # noqa: E402
-from kubesim_release import pods_by_component  # noqa: E402
+from kubesim_release import LABEL_NODES, deploy_values, pods_by_component  # noqa: E402
 from operators.label_nodes import LabelNodes  # noqa: E402
-from operators.render import RenderTemplates  # noqa: E402
-from operators.rollback import Rollback  # noqa: E402
-from operators.verify import VerifyEndpoint, VerifySourceEmpty  # noqa: E402
-from operators.wait_ready import WaitReady  # noqa: E402
+from operators.move import MoveReleases  # noqa: E402
+from operators.rollback import RollbackReleases  # noqa: E402
+
+
+class TaskInstance:
+    def __init__(self):
+        self.xcom = {}
+
+    def xcom_push(self, key, value):
+        self.xcom[key] = value
+
+
+def context(run_id="manual__1"):
+    return {"dag": SimpleNamespace(dag_id="migrate_app"), "run_id": run_id, "ti": TaskInstance()}
 
 
 @pytest.fixture
@@ -37,26 +46,31 @@ def connection(cluster, monkeypatch):
     assert os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"]
 
 
-def applied(kube_client, **values):
+def deploy_plan(kube_client, **values):
     label_nodes(kube_client, LABEL_NODES)
-    manifests = render_manifests(deploy_values(**values), ["app", "db"])
-    apply_manifests(kube_client, manifests)
-    return manifests
+    values = deploy_values(**values)
+    settings = {k: v for k, v in values.items() if k not in ("namespace", "release", "node_label")}
+    return plan_release(kube_client, "default", "demo", values["node_label"], settings=settings)
 
 
-def wait_ready(manifests, **kwargs):
-    return WaitReady(task_id="wait_ready", namespace="default", release="demo", manifests=manifests, **kwargs)
+def move(plans, **kwargs):
+    return MoveReleases(task_id="move", plans=plans, **kwargs)
 
 
 def test_non_deferrable_mode_waits_in_the_worker(cluster, kube_client, connection):
-    operator = wait_ready(applied(kube_client), deferrable=False, timeout_seconds=60)
-    assert operator.execute(context={}) is None
+    ctx = context()
+    outcomes = move([deploy_plan(kube_client)], deferrable=False, timeout_seconds=60).execute(ctx)
+    assert outcomes["default/demo"]["outcome"] == "moved" and ctx["ti"].xcom["releases"] == outcomes
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+    assert lock.current(kube_client, "default", "demo") is None       # committed: the lock is released
 
 
 def test_deferrable_mode_defers_to_a_trigger_that_fires_when_ready(cluster, kube_client, connection):
-    operator = wait_ready(applied(kube_client), timeout_seconds=60)
+    operator = move([deploy_plan(kube_client)], timeout_seconds=60)
+    ctx = context()
     with pytest.raises(TaskDeferred) as deferred:
-        operator.execute(context={})
+        operator.execute(ctx)
+    assert lock.current(kube_client, "default", "demo")["spec"]["holderIdentity"] == "migrate_app/manual__1"
     classpath, kwargs = deferred.value.trigger.serialize()
     assert classpath == "triggers.wait_ready.WaitReadyTrigger"
     from triggers.wait_ready import WaitReadyTrigger
@@ -64,15 +78,30 @@ def test_deferrable_mode_defers_to_a_trigger_that_fires_when_ready(cluster, kube
     async def first_event():
         return await WaitReadyTrigger(**kwargs).run().__anext__()
     event = asyncio.run(first_event())
-    assert event.payload == {"status": "success"}
-    getattr(operator, deferred.value.method_name)(context={}, event=event.payload)
+    assert event.payload["status"] == "success"
+    assert [(g["namespace"], g["release"], g["status"]) for g in event.payload["groups"]] == [
+        ("default", "demo", "success")]
+    outcomes = getattr(operator, deferred.value.method_name)(ctx, event=event.payload, **deferred.value.kwargs)
+    assert outcomes["default/demo"]["outcome"] == "moved"
 
 
-def test_timeout_fails_with_the_clusters_reason(cluster, kube_client, connection):
-    operator = wait_ready(applied(kube_client, node_label={"demo": "nowhere"}), deferrable=False, timeout_seconds=2)
-    with pytest.raises(AirflowException, match=r"Rollout not complete after 2s: Deployment demo-db.*"
-                                               r"Cluster reports: pod demo-db-.*"):
-        operator.execute(context={})
+def test_timeout_fails_with_the_clusters_reason_and_the_rollback_undoes_it(cluster, kube_client, connection):
+    first = move([deploy_plan(kube_client)], deferrable=False, timeout_seconds=60)
+    first.execute(context("manual__0"))
+    target = plan_release(kube_client, "default", "demo", {"demo": "node2"})
+    cluster.faults.add("slow-startup", node="node2", seconds=120)
+    ctx = context()
+    with pytest.raises(AirflowException, match=r"default/demo failed: Rollout not complete after 3s: Deployment "
+                                               r"demo-(app|db).*Cluster reports: "):
+        move([target], deferrable=False, timeout_seconds=3).execute(ctx)
+    assert ctx["ti"].xcom["releases"]["default/demo"]["outcome"] == "failed"
+    assert lock.record_of(lock.current(kube_client, "default", "demo"))["phase"] == "applied"
+    undone = RollbackReleases(task_id="rollback", plans=[target], deferrable=False, timeout_seconds=60).execute(ctx)
+    assert undone["default/demo"]["outcome"] == "rolled_back"
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+    assert lock.current(kube_client, "default", "demo") is None
+    with pytest.raises(AirflowSkipException, match="holds no release's lock"):   # a second run changes nothing
+        RollbackReleases(task_id="rollback", plans=[target], deferrable=False).execute(ctx)
 
 
 def test_label_nodes(cluster, kube_client, connection):
@@ -81,34 +110,3 @@ def test_label_nodes(cluster, kube_client, connection):
     assert operator.execute(context={}) == {}
     with pytest.raises(K8sMoveError, match="node 'nodeX' not found"):
         LabelNodes(task_id="label_nodes", label_nodes={"nodeX": {"demo": "x"}}).execute(context={})
-
-
-def test_render_templates_returns_manifests_without_secret_values():
-    manifests = RenderTemplates(task_id="render", values=deploy_values(), components=["db"]).execute(context={})
-    assert [m["kind"] for m in manifests] == ["ConfigMap", "Secret", "PersistentVolumeClaim", "Deployment", "Service"]
-    assert "data" not in manifests[1]
-
-
-def test_verify_operators_and_rollback(cluster, kube_client, connection):
-    values = deploy_values()
-    manifests = applied(kube_client, external_ip=values["external_ip"])
-    wait_ready(manifests, deferrable=False).execute(context={})
-    url = f"http://{values['external_ip']}:8080/"
-    answer = VerifyEndpoint(task_id="verify_endpoint", url=url, body_contains='"node": "node1"',
-                            deadline_seconds=20).execute(context={})
-    assert answer["status"] == 200 and answer["body"]["node"] == "node1"
-
-    moved = render_manifests({**values, "node_label": {"demo": "node2"}}, ["app", "db"])
-    prior = record_prior_state(kube_client, moved)
-    apply_manifests(kube_client, moved)
-    wait_ready(moved, deferrable=False).execute(context={})
-    VerifySourceEmpty(task_id="verify_source_empty", namespace="default", release="demo",
-                      sources={"app": {"demo": "node1"}, "db": {"demo": "node1"}},
-                      node_label={"demo": "node2"}).execute(context={})
-
-    Rollback(task_id="rollback", namespace="default", release="demo", prior_state=prior, deferrable=False,
-             timeout_seconds=60).execute(context={})
-    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
-    with pytest.raises(K8sMoveError, match="pods still on the source node"):
-        VerifySourceEmpty(task_id="verify_source_empty", namespace="default", release="demo",
-                          sources={"app": {"demo": "node1"}}, node_label={"demo": "node2"}).execute(context={})

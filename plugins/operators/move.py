@@ -1,0 +1,131 @@
+"""Operators of the move engine (k8smove.engine): plan a release's move, then move it — one code path for
+deploy_app, migrate_app and node_maintenance."""
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from operators.base import KubernetesOperator
+from operators.wait_ready import RolloutWaitOperator
+
+
+def holder_of(context) -> str:
+    """Who holds a release's lock: the DAG run, so the retries of its tasks hold it too."""
+    return f"{context['dag'].dag_id}/{context['run_id']}"
+
+
+class PlanRelease(KubernetesOperator):
+    """Check the conf against the cluster before anything is written and plan the release's move.
+
+    A deploy passes ``settings`` (the render values besides namespace/release/node_label) and ``label_nodes``;
+    a migration passes neither, and the release's recorded values and current placement are read from the
+    cluster. Returns [plan] (the move's input: the rendered manifests and every fact they were checked
+    against); XCom ``service_url``, and ``probe_targets``: the release to probe while it moves ([] for a first
+    deploy: nothing answers yet).
+
+    :param node_label: target node selector
+    :param components: components to place (default both)
+    """
+
+    template_fields = ("namespace", "release", "node_label", "components", "settings", "label_nodes")
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, namespace: str, release: str, node_label: dict | str,
+                 components: list[str] | str = ("app", "db"), settings: dict | str | None = None,
+                 label_nodes: dict | str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.namespace = namespace
+        self.release = release
+        self.node_label = node_label
+        self.components = components
+        self.settings = settings
+        self.label_nodes = label_nodes
+
+    def execute(self, context):
+        from k8smove.engine import describe, plan_release
+        from k8smove.preflight import check_conf_keys
+
+        # The DAG's declared params: context["params"] also holds whatever keys the conf added.
+        check_conf_keys(context["dag_run"].conf or {}, self.dag.params.keys())
+        plan = plan_release(self.api, self.namespace, self.release, self.node_label, self.components,
+                            settings=self.settings, label_nodes=self.label_nodes)
+        self.log.info("Plan: %s", describe(plan))
+        ti = context["ti"]
+        ti.xcom_push(key="service_url", value=plan["service_url"])
+        ti.xcom_push(key="probe_targets", value=[probe_target(plan)] if plan["existing"] else [])
+        return [plan]
+
+
+def probe_target(plan: dict) -> dict:
+    return {"namespace": plan["namespace"], "release": plan["release"], "url": plan["service_url"]}
+
+
+class MoveReleases(RolloutWaitOperator):
+    """Move releases as their plans say: lock each, apply, wait for every rollout in one deferral, then prove
+    each move and commit it (recorded values written, lock released).
+
+    A release whose lock another run holds, or whose rollout or proof fails, ends this task failed (no retry:
+    it would wait as long again) with each reason; the rollback task undoes what this run changed. Any other
+    error (the API unreachable, the worker lost, Airflow failing a resumed task) is retried: every step is safe
+    to run again for the same run. XCom ``releases``: each release's outcome and reason. With ``dry_run`` the
+    API server only says what the apply would change (dryRun=All): no lock, nothing persisted; returns that.
+
+    :param plans: PlanRelease's (or the maintenance plan's) release plans
+    """
+
+    template_fields = ("plans", "dry_run", "timeout_seconds")
+    ui_color = "#fcf3cf"
+
+    def __init__(self, *, plans: list[dict] | str, dry_run: bool | str = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.plans = plans
+        self.dry_run = dry_run
+
+    def execute(self, context):
+        from airflow.sdk.log import mask_secret
+
+        from k8smove import K8sMoveError
+        from k8smove.apply import apply_manifests
+        from k8smove.engine import begin, release_ref, wait_group
+
+        if self.dry_run:
+            return [result for plan in self.plans for result in
+                    apply_manifests(self.api, plan["manifests"], dry_run=True, on_secret=mask_secret)]
+        holder, outcomes, groups = holder_of(context), {}, []
+        for plan in self.plans:
+            ref = release_ref(plan["namespace"], plan["release"])
+            try:
+                started = begin(self.api, plan, holder, int(self.timeout_seconds), on_secret=mask_secret)
+            except K8sMoveError as err:
+                outcomes[ref] = {"outcome": "refused", "reason": str(err)}
+                self.log.error("%s: %s", ref, err)
+                continue
+            self.log.info("%s: %s%s", ref, started["applied"],
+                          f"; undid an expired holder's move first: {started['recovered']}" if started["recovered"]
+                          else "")
+            groups.append(wait_group(plan))
+        if not groups:
+            return self.execute_complete(context, {"groups": []}, outcomes)
+        return self.wait_for(context, groups, kwargs={"outcomes": outcomes})
+
+    def execute_complete(self, context, event: dict, outcomes: dict | None = None):
+        from k8smove import K8sMoveError
+        from k8smove.engine import commit, release_ref
+
+        outcomes = dict(outcomes or {})
+        plans = {release_ref(p["namespace"], p["release"]): p for p in self.plans}
+        for group in event["groups"]:
+            ref = release_ref(group["namespace"], group["release"])
+            if group["status"] != "success":
+                outcomes[ref] = {"outcome": "failed", "reason": self.not_complete(group)}
+                continue
+            try:
+                done = commit(self.api, plans[ref], holder_of(context))
+            except K8sMoveError as err:
+                outcomes[ref] = {"outcome": "failed", "reason": str(err)}
+                continue
+            outcomes[ref] = {"outcome": "moved", "answered": done["endpoint"]["body"]}
+            self.log.info("%s: moved; %s answered %s", ref, plans[ref]["service_url"], done["endpoint"]["body"])
+        context["ti"].xcom_push(key="releases", value=outcomes)
+        if failed := {ref: o for ref, o in outcomes.items() if o["outcome"] != "moved"}:
+            raise AirflowFailException(" | ".join(f"{ref} {o['outcome']}: {o['reason']}" for ref, o in failed.items()))
+        return outcomes

@@ -1,0 +1,112 @@
+"""The move engine's lock and its safety net, against kubesim through the real kubernetes client."""
+from __future__ import annotations
+
+import threading
+import time
+import pytest
+from kubernetes.client import AppsV1Api, CoreV1Api
+
+from k8smove import K8sMoveError, lock
+from k8smove.engine import begin, commit, plan_release, roll_back
+from k8smove.nodes import label_nodes
+from k8smove.rollout import workloads_in
+from kubesim_release import LABEL_NODES, deploy_values, pods_by_component, wait
+
+
+def deployed(cluster, kube_client) -> dict:
+    """A release on node1, moved there by the engine itself; returns its deploy values."""
+    label_nodes(kube_client, LABEL_NODES)
+    values = deploy_values()
+    settings = {k: v for k, v in values.items() if k not in ("namespace", "release", "node_label")}
+    plan = plan_release(kube_client, "default", "demo", values["node_label"], settings=settings)
+    begin(kube_client, plan, "deploy_app/first", 60)
+    assert wait(cluster.kubeconfig_path, "default", "demo", workloads_in(plan["manifests"]), 60)["status"] == "success"
+    commit(kube_client, plan, "deploy_app/first")
+    return values
+
+
+def recorded_values(kube_client) -> str:
+    return CoreV1Api(kube_client).read_namespaced_config_map("demo-k8smove", "default").data["values.json"]
+
+
+def test_the_lock_is_one_holders_at_a_time_and_named_in_the_refusal(cluster, kube_client):
+    lease, orphan = lock.acquire(kube_client, "default", "demo", "migrate_app/run-a", 600)
+    assert orphan == {} and lease["spec"]["holderIdentity"] == "migrate_app/run-a"
+    again, _ = lock.acquire(kube_client, "default", "demo", "migrate_app/run-a", 600)   # a retry of the same run
+    assert again["metadata"]["uid"] == lease["metadata"]["uid"]
+    with pytest.raises(lock.LockHeld, match=r"release default/demo is being moved by migrate_app/run-a \(Lease "
+                                            r"default/demo-k8smove-lock, held until .* UTC\)"):
+        lock.acquire(kube_client, "default", "demo", "node_maintenance/run-b", 600)
+    assert lock.release_lock(kube_client, "default", "demo", "node_maintenance/run-b") is False   # not its lock
+    assert lock.release_lock(kube_client, "default", "demo", "migrate_app/run-a") is True
+    assert lock.current(kube_client, "default", "demo") is None
+
+
+def test_racing_runs_never_both_hold_the_lock(cluster, kube_client):
+    winners, refused = [], []
+    start = threading.Barrier(8)
+
+    def contend(holder):
+        start.wait()
+        try:
+            lock.acquire(kube_client, "default", "demo", holder, 600)
+            winners.append(holder)
+        except lock.LockHeld as err:
+            refused.append(str(err))
+    threads = [threading.Thread(target=contend, args=(f"migrate_app/run-{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and len(refused) == 7, (winners, refused)
+    assert all(f"is being moved by {winners[0]}" in message for message in refused)
+
+
+def test_an_expired_lock_is_taken_over_and_the_unfinished_move_undone_first(cluster, kube_client, monkeypatch):
+    deployed(cluster, kube_client)
+    plan = plan_release(kube_client, "default", "demo", {"demo": "node2"})
+    monkeypatch.setattr(lock, "LEASE_MARGIN_SECONDS", 0)
+    begin(kube_client, plan, "migrate_app/crashed", 1)      # its worker dies here: the move is half done
+    with pytest.raises(lock.LockHeld, match="being moved by migrate_app/crashed"):
+        begin(kube_client, plan, "migrate_app/next", 60)
+    time.sleep(1.5)                                          # its lease expires (margin 0, timeout 1 s)
+    started = begin(kube_client, plan, "migrate_app/next", 60)
+    assert {r["object"]: r["result"] for r in started["recovered"]}["Deployment default/demo-app"] == "restored"
+    record = lock.record_of(lock.current(kube_client, "default", "demo"))
+    prior_app = next(e for e in record["prior_state"] if e["kind"] == "Deployment" and e["metadata"]["name"] == "demo-app")
+    assert record["holder"] == "migrate_app/next"
+    assert prior_app["object"]["spec"]["template"]["spec"]["nodeSelector"] == {"demo": "node1"}   # undone first
+    assert wait(cluster.kubeconfig_path, "default", "demo", workloads_in(plan["manifests"]), 60)["status"] == "success"
+    commit(kube_client, plan, "migrate_app/next")
+    assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
+    assert lock.current(kube_client, "default", "demo") is None
+
+
+def test_begin_is_safe_to_run_again_and_rollback_restores_the_first_prior_state(cluster, kube_client):
+    deployed(cluster, kube_client)
+    before = recorded_values(kube_client)
+    plan = plan_release(kube_client, "default", "demo", {"demo": "node2"})
+    cluster.faults.add("slow-startup", node="node2", seconds=120)
+    first = begin(kube_client, plan, "migrate_app/run-1", 60)
+    assert {r["object"]: r["result"] for r in first["applied"]}["Deployment default/demo-app"] == "configured"
+    second = begin(kube_client, plan, "migrate_app/run-1", 60)   # the task retried: same holder, same record
+    assert {r["result"] for r in second["applied"]} <= {"unchanged", "unchanged (create-only)"}
+    record = lock.record_of(lock.current(kube_client, "default", "demo"))
+    assert record["phase"] == "applied"
+    prior_app = next(e for e in record["prior_state"] if e["metadata"]["name"] == "demo-app" and e["kind"] == "Deployment")
+    assert prior_app["object"]["spec"]["template"]["spec"]["nodeSelector"] == {"demo": "node1"}
+    assert recorded_values(kube_client) == before        # the recorded values change only at commit
+    undone = roll_back(kube_client, "default", "demo", "migrate_app/run-1")
+    assert {r["object"]: r["result"] for r in undone["restored"]}["Deployment default/demo-app"] == "restored"
+    assert wait(cluster.kubeconfig_path, "default", "demo", undone["workloads"], 60)["status"] == "success"
+    assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+
+
+def test_a_release_that_moved_since_the_plan_is_refused(cluster, kube_client):
+    deployed(cluster, kube_client)
+    stale = plan_release(kube_client, "default", "demo", {"demo": "node2"})
+    AppsV1Api(kube_client).patch_namespaced_deployment("demo-app", "default", {
+        "spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": "node1"}}}}})
+    with pytest.raises(K8sMoveError, match="release default/demo changed since it was planned"):
+        begin(kube_client, stale, "migrate_app/run-1", 60)
+    assert lock.record_of(lock.current(kube_client, "default", "demo")).get("prior_state") is None
