@@ -25,8 +25,9 @@ demo: install
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+BENCH ?=
 bench: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build reports

@@ -49,6 +49,7 @@ from operators.rollback import RollbackReleases
 SCHEDULE = os.environ.get("K8SMOVE_MAINTENANCE_SCHEDULE", "0 2 * * 6")
 WINDOW_MINUTES = int(os.environ.get("K8SMOVE_MAINTENANCE_WINDOW_MINUTES", "120"))
 MAX_PARALLEL_MOVES = 4   # concurrent rollouts; each needs room for one surge pod per workload
+PROBE_BUDGET = (100.0, 20.0)   # GET/s and row writes/s for all the releases' probes together
 
 
 with DAG(
@@ -71,7 +72,7 @@ with DAG(
     plan = PlanMaintenance(task_id="plan", selection=selection, retries=0)
     stop_if_dry_run = StopIfDryRun(task_id="stop_if_dry_run", dry_run="{{ params.dry_run }}", retries=0)
     cordon = CordonNodes(task_id="cordon", nodes=plan.output["nodes"])
-    start_probe = StartProbe(task_id="start_probe", targets=plan.output["probe_targets"],
+    start_probe = StartProbe(task_id="start_probe", targets=plan.output["probe_targets"], budget=PROBE_BUDGET,
                              max_seconds="{{ params.timeout_seconds * 2 + 120 }}").as_setup()
     release_plans = plan.output["release_plans"]
     move_releases = MoveReleases(task_id="move_releases", plans=release_plans,

@@ -252,7 +252,7 @@ def plan_releases(api: ApiClient, marked: list[str], target_selector: dict | Non
         current = next((d["spec"]["template"]["spec"].get("nodeSelector") or {} for d in deployments), {})
         target = (release_targets or {}).get(ref) or release_target(current, target_selector)
         if target == current:
-            refused.append(_release_refusal(ref, its_pods, current, "it would stay where it is"))
+            refused.append(_release_refusal(ref, its_pods, current, "no target outside maintenance given"))
             continue
         try:
             plans.append({**plan_release(api, namespace, release, target, avoid_nodes=marked), "pods": its_pods})
@@ -363,9 +363,18 @@ def release_patch(workload: dict, nodes: list[str]) -> dict:
     avoided = [n for e in recorded if e["key"] == HOSTNAME_LABEL and e["operator"] == "NotIn" for n in e["values"]]
     target = {e["key"]: e["values"][0] for e in recorded if e["operator"] == "In"}
     ours, terms = _node_terms(workload, [n for n in avoided if n not in nodes], target)
+    affinity = _property_path(workload, "spec", "template", "spec", "affinity") or {}
+    node_affinity = {k: v for k, v in (affinity.get("nodeAffinity") or {}).items() if k != REQUIRED_AFFINITY}
+    if terms:
+        patch = {"nodeAffinity": {REQUIRED_AFFINITY: {"nodeSelectorTerms": terms}}}
+    elif node_affinity:
+        patch = {"nodeAffinity": {REQUIRED_AFFINITY: None}}
+    else:
+        # No empty structs left behind: the template must hash as before the exclusion, so the Deployment
+        # returns to its old ReplicaSet (and its running pods) instead of rolling out yet another one.
+        patch = {"nodeAffinity": None} if {k for k in affinity if k != "nodeAffinity"} else None
     return {"metadata": {"annotations": {EXCLUSION_ANNOTATION: json.dumps(ours, sort_keys=True) if ours else None}},
-            "spec": {"template": {"spec": {"affinity": {"nodeAffinity": {
-                REQUIRED_AFFINITY: {"nodeSelectorTerms": terms} if terms else None}}}}}}
+            "spec": {"template": {"spec": {"affinity": patch}}}}
 
 
 def apply_exclusion(api: ApiClient, move: dict) -> dict:

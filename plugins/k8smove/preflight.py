@@ -11,7 +11,6 @@ from kubernetes.utils.quantity import parse_quantity
 
 from k8smove import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, K8sMoveError, kube, release_selector
 from k8smove.labels import check_selector, matches, node_selector_matches, selector_string, split_label_changes
-from k8smove.render import render_manifests
 
 BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
 
@@ -185,7 +184,7 @@ def check_placement(api: ApiClient, manifests: list[dict], values: dict, sources
                     label_nodes: dict, avoid_nodes=()) -> list[str]:
     """Every check of where ``manifests`` would run; returns the target nodes (``avoid_nodes`` never are)."""
     check_selector("node_label", values["node_label"])
-    nodes = [n for n in kube.list_objects(api, "v1", "Node")]
+    nodes = kube.list_objects(api, "v1", "Node")
     node_labels = labels_after_changes(nodes, label_nodes)
     pods = kube.list_objects(api, "v1", "Pod")
     candidates = [n for n in nodes if n["metadata"]["name"] not in set(avoid_nodes)]

@@ -28,31 +28,41 @@ class StartProbe(KubernetesOperator):
     nothing moves, and the probe's rows would be writes to the app's database.
 
     :param targets: [{namespace, release, url}] (PlanRelease's or the maintenance plan's ``probe_targets``)
+    :param budget: (GET/s, writes/s) for all the probes together, split evenly (never above ``rate`` and
+        ``write_rate`` each): forty releases probed at full rate would load the machine they measure
     """
 
     template_fields = ("targets", "rate", "write_rate", "max_seconds", "dry_run")
     ui_color = "#d6eaf8"
 
     def __init__(self, *, targets: list[dict] | str, rate: float = 20.0, write_rate: float = 5.0,
-                 max_seconds: float | str = 3600, dry_run: bool | str = False, **kwargs) -> None:
+                 max_seconds: float | str = 3600, dry_run: bool | str = False,
+                 budget: tuple[float, float] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.targets = targets
         self.rate = rate
         self.write_rate = write_rate
         self.max_seconds = max_seconds
         self.dry_run = dry_run
+        self.budget = budget
+
+    def rates(self, count: int) -> tuple[float, float]:
+        rate, write_rate = float(self.rate), float(self.write_rate)
+        if self.budget and count:
+            rate, write_rate = min(rate, self.budget[0] / count), min(write_rate, self.budget[1] / count)
+        return rate, write_rate
 
     def execute(self, context):
         from k8smove.engine import release_ref
         from k8smove.report import pods_by_node, start_probe
 
         probes, pods_before = {}, {}
+        rate, write_rate = self.rates(len(self.targets or []))
         for target in self.targets or []:
             ref = release_ref(target["namespace"], target["release"])
             pods_before[ref] = pods_by_node(self.api, target["namespace"], target["release"])
             if not self.dry_run:
-                probes[ref] = start_probe(target["url"], float(self.rate), float(self.write_rate),
-                                          float(self.max_seconds))
+                probes[ref] = start_probe(target["url"], rate, write_rate, float(self.max_seconds))
             self.log.info("%s: pods before %s; %s", ref, pods_before[ref],
                           f"probe pid {probes[ref]['pid']} on {target['url']}" if ref in probes else "no probe")
         return {"probes": probes, "pods_before": pods_before}

@@ -53,7 +53,7 @@ def test_a_release_with_no_target_is_refused_by_name_before_any_write(cluster, k
     result = dags_test("node_maintenance", {})
     assert result.returncode != 0
     assert ("release default/demo (default/demo-app-" in result.stdout and
-            "node_label demo=node1 matches no node outside node1; its node_label is demo=node1: set target_selector "
+            "no target outside maintenance given; its node_label is demo=node1: set target_selector "
             'to the label of nodes outside maintenance (e.g. {"demo": "<value>"}) or release_targets '
             '{"default/demo": {...}} to say where it goes' in result.stdout), result.stdout[-8000:]
     assert cluster.writes() == []

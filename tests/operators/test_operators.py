@@ -110,3 +110,30 @@ def test_label_nodes(cluster, kube_client, connection):
     assert operator.execute(context={}) == {}
     with pytest.raises(K8sMoveError, match="node 'nodeX' not found"):
         LabelNodes(task_id="label_nodes", label_nodes={"nodeX": {"demo": "x"}}).execute(context={})
+
+
+def generations(kube_client):
+    from kubernetes.client import AppsV1Api
+
+    return {d.metadata.name: d.metadata.generation for d in AppsV1Api(kube_client).list_namespaced_deployment(
+        "default").items}
+
+
+def test_every_step_is_safe_to_run_again_after_a_partial_or_a_whole_first_run(cluster, kube_client, connection):
+    """What a retry does after Airflow failed a resumed task (apache/airflow#71580) or a worker died."""
+    from k8smove.engine import begin
+
+    move([deploy_plan(kube_client)], deferrable=False, timeout_seconds=60).execute(context("manual__0"))
+    target = plan_release(kube_client, "default", "demo", {"demo": "node2"})
+    begin(kube_client, target, "migrate_app/manual__1", 60)            # the first try died after its apply
+    ctx = context()
+    again = move([target], deferrable=False, timeout_seconds=60).execute(ctx)   # the retry finishes it
+    assert again["default/demo"]["outcome"] == "moved"
+    assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
+    before = generations(kube_client)
+    once_more = move([target], deferrable=False, timeout_seconds=60).execute(ctx)   # and after a whole run
+    assert once_more["default/demo"]["outcome"] == "moved"
+    assert generations(kube_client) == before and lock.current(kube_client, "default", "demo") is None
+    with pytest.raises(AirflowSkipException):                              # nothing of this run's to undo
+        RollbackReleases(task_id="rollback", plans=[target], deferrable=False).execute(ctx)
+    assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
