@@ -55,6 +55,20 @@ class PlanRelease(KubernetesOperator):
         return [plan]
 
 
+PARALLEL_RELEASES = 8   # releases locked/applied/committed at once: API round trips, not CPU
+
+
+def in_parallel(fn, items: list) -> list:
+    """``fn`` over ``items`` on a few threads, results in order; an exception other than the ones ``fn`` returns
+    is raised (the task then retries: every step is safe to run again)."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_RELEASES, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
 def probe_target(plan: dict) -> dict:
     return {"namespace": plan["namespace"], "release": plan["release"], "url": plan["service_url"]}
 
@@ -91,13 +105,17 @@ class MoveReleases(RolloutWaitOperator):
             return [result for plan in self.plans for result in
                     apply_manifests(self.api, plan["manifests"], dry_run=True, on_secret=mask_secret)]
         holder, outcomes, groups = holder_of(context), {}, []
-        for plan in self.plans:
-            ref = release_ref(plan["namespace"], plan["release"])
+
+        def start(plan):
             try:
-                started = begin(self.api, plan, holder, int(self.timeout_seconds), on_secret=mask_secret)
+                return begin(self.api, plan, holder, int(self.timeout_seconds), on_secret=mask_secret)
             except K8sMoveError as err:
-                outcomes[ref] = {"outcome": "refused", "reason": str(err)}
-                self.log.error("%s: %s", ref, err)
+                return err
+        for plan, started in zip(self.plans, in_parallel(start, self.plans)):
+            ref = release_ref(plan["namespace"], plan["release"])
+            if isinstance(started, K8sMoveError):
+                outcomes[ref] = {"outcome": "refused", "reason": str(started)}
+                self.log.error("%s: %s", ref, started)
                 continue
             self.log.info("%s: %s%s", ref, started["applied"],
                           f"; undid an expired holder's move first: {started['recovered']}" if started["recovered"]
@@ -113,18 +131,20 @@ class MoveReleases(RolloutWaitOperator):
 
         outcomes = dict(outcomes or {})
         plans = {release_ref(p["namespace"], p["release"]): p for p in self.plans}
-        for group in event["groups"]:
+        holder = holder_of(context)
+
+        def finish(group):
             ref = release_ref(group["namespace"], group["release"])
             if group["status"] != "success":
-                outcomes[ref] = {"outcome": "failed", "reason": self.not_complete(group)}
-                continue
+                return {"outcome": "failed", "reason": self.not_complete(group)}
             try:
-                done = commit(self.api, plans[ref], holder_of(context))
+                done = commit(self.api, plans[ref], holder)
             except K8sMoveError as err:
-                outcomes[ref] = {"outcome": "failed", "reason": str(err)}
-                continue
-            outcomes[ref] = {"outcome": "moved", "answered": done["endpoint"]["body"]}
+                return {"outcome": "failed", "reason": str(err)}
             self.log.info("%s: moved; %s answered %s", ref, plans[ref]["service_url"], done["endpoint"]["body"])
+            return {"outcome": "moved", "answered": done["endpoint"]["body"]}
+        for group, outcome in zip(event["groups"], in_parallel(finish, event["groups"])):
+            outcomes[release_ref(group["namespace"], group["release"])] = outcome
         context["ti"].xcom_push(key="releases", value=outcomes)
         if failed := {ref: o for ref, o in outcomes.items() if o["outcome"] != "moved"}:
             raise AirflowFailException(" | ".join(f"{ref} {o['outcome']}: {o['reason']}" for ref, o in failed.items()))

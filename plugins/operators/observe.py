@@ -85,19 +85,20 @@ class StopProbe(BaseOperator):
         from k8smove.availability import rows_present
         from k8smove.report import data_check, stop_probe
 
-        releases = {}
-        for ref, pods_before in self.probe["pods_before"].items():
-            handle = self.probe["probes"].get(ref)
+        from operators.move import in_parallel
+
+        def stop(ref):
+            pods_before, handle = self.probe["pods_before"][ref], self.probe["probes"].get(ref)
             if handle is None:   # a dry run, or a release that did not exist yet, started none
-                releases[ref] = {"probe": None, "db": None, "pods_before": pods_before}
-                continue
+                return {"probe": None, "db": None, "pods_before": pods_before}
             summary = stop_probe(handle)
             acknowledged = summary["writes"].pop("acknowledged")
             db = data_check(acknowledged, rows_present(handle["url"]) if acknowledged else [])
-            self.log.info("%s probe: %s sent, %s failed, longest gap %s ms; rows %s", ref, summary["sent"],
-                          summary["failed"], summary["max_gap_ms"], db)
-            releases[ref] = {"probe": summary, "db": db, "pods_before": pods_before}
-        return {"releases": releases}
+            self.log.info("%s probe: %s sent, %s failed (%s), longest gap %s ms; rows %s", ref, summary["sent"],
+                          summary["failed"], summary.get("errors"), summary["max_gap_ms"], db)
+            return {"probe": summary, "db": db, "pods_before": pods_before}
+        refs = list(self.probe["pods_before"])
+        return {"releases": dict(zip(refs, in_parallel(stop, refs)))}
 
 
 class MigrationReport(KubernetesOperator):
