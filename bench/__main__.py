@@ -7,7 +7,7 @@ import traceback
 
 from .common import machine_facts, save
 
-BENCHMARKS = ("api", "controllers", "dataplane", "evict_vs_surge", "dag_package", "maintenance")
+BENCHMARKS = ("api", "controllers", "dataplane", "evict_vs_surge", "dag_package", "maintenance", "controlplane")
 
 
 def main(argv: list[str]) -> int:
