@@ -7,7 +7,8 @@ import traceback
 
 from .common import machine_facts, save
 
-BENCHMARKS = ("api", "controllers", "dataplane", "evict_vs_surge", "dag_package", "maintenance", "evacuation", "move_latency")
+BENCHMARKS = ("api", "controllers", "dataplane", "evict_vs_surge", "dag_package", "maintenance", "evacuation",
+              "move_latency", "controlplane")
 
 
 def main(argv: list[str]) -> int:

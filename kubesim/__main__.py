@@ -71,6 +71,41 @@ def _serve(args) -> int:
     return 0
 
 
+def _controlplane_parser(sub) -> None:
+    cp = sub.add_parser("controlplane", help="the real Kubernetes control plane built by `make controlplane` "
+                                             "(etcd, kube-apiserver, kube-controller-manager, kube-scheduler)")
+    cp_sub = cp.add_subparsers(dest="cp_command", required=True)
+    up = cp_sub.add_parser("up", help="start it and serve until SIGTERM/Ctrl-C (or --detach)")
+    up.add_argument("--kubeconfig", required=True, help="where to write the admin kubeconfig")
+    up.add_argument("--work-dir", help="certificates, etcd data and logs (default: a temporary directory)")
+    up.add_argument("--bin-dir", help="the binaries (default: $KUBESIM_CONTROLPLANE_BIN or make's build cache)")
+    up.add_argument("--detach", action="store_true", help="run in the background; stop with `controlplane down`")
+    down = cp_sub.add_parser("down", help="stop a control plane started with --detach")
+    down.add_argument("--kubeconfig", required=True)
+
+
+def _serve_controlplane(args) -> int:
+    from .controlplane import ControlPlane
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    cp = ControlPlane(bin_dir=args.bin_dir, work_dir=args.work_dir, kubeconfig_path=os.path.abspath(args.kubeconfig))
+    cp.start()
+    with open(_pid_path(cp.kubeconfig_path), "w") as f:
+        f.write(str(os.getpid()))
+    print(f"kubesim: control plane {cp.url} ready in {cp.times.ready:.1f} s (API server /readyz "
+          f"{cp.times.apiserver_ready:.1f} s), kubeconfig {cp.kubeconfig_path}, logs {cp.work_dir}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        cp.stop()
+        if os.path.exists(_pid_path(cp.kubeconfig_path)):
+            os.remove(_pid_path(cp.kubeconfig_path))
+        print("kubesim: control plane stopped", flush=True)
+    return 0
+
+
 def _detach(argv: list[str], kubeconfig: str) -> int:
     """Start `up` without --detach in a new session and return once it serves."""
     kubeconfig = os.path.abspath(kubeconfig)
@@ -127,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubesim", description="Kubernetes API simulator")
     sub = parser.add_subparsers(dest="command", required=True)
     _up_parser(sub)
+    _controlplane_parser(sub)
     down = sub.add_parser("down", help="stop a kubesim started with --detach")
     down.add_argument("--kubeconfig", required=True)
     sub.add_parser("fault", help="inject or clear faults (see `python -m kubesim fault --help`)",
@@ -138,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "down":
         return _down(args.kubeconfig)
+    if args.command == "controlplane":
+        if args.cp_command == "down":
+            return _down(args.kubeconfig)
+        return _detach(argv, args.kubeconfig) if args.detach else _serve_controlplane(args)
     if args.detach:
         return _detach(argv, args.kubeconfig)
     return _serve(args)
