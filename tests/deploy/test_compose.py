@@ -211,3 +211,13 @@ def test_that_connection_form_gets_the_operators_a_client(cluster, monkeypatch, 
 def test_kind_override_joins_the_kind_network():
     override = yaml.safe_load(KIND_OVERRIDE.read_text())
     assert override == {"networks": {"default": {"name": "kind", "external": True}}}
+
+
+def test_airflow_reacts_as_fast_as_the_local_stacks(services):
+    """The settings scripts/airflow_stack.py ships to the tests, the benchmarks and make ui hold in compose too."""
+    from scripts.airflow_stack import FAST_REACTION
+
+    for name, service in services.items():
+        if name.startswith("airflow-"):
+            env = service.get("environment") or {}
+            assert {k: env.get(k) for k in FAST_REACTION} == FAST_REACTION, name
