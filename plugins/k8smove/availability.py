@@ -144,10 +144,24 @@ def run(base_url: str, rate: float, write_rate: float, stop: threading.Event,
     return record
 
 
-def rows_present(base_url: str) -> list[int]:
-    """Ids of every row the app can read back now (GET /rows)."""
-    _, body = _request(base_url.rstrip("/") + "/rows")
-    return [int(i) for i in json.loads(body)["ids"]]
+def rows_present(base_url: str, deadline_seconds: float = 60.0) -> list[int]:
+    """Ids of every row the app can read back (GET /rows), retried with backoff within ``deadline_seconds``:
+    right after a move the app may still be reconnecting to its DB, which is not a lost row."""
+    deadline, delay = time.monotonic() + deadline_seconds, 0.2
+    while True:
+        try:
+            status, body = _request(base_url.rstrip("/") + "/rows")
+            if status == 200:
+                return [int(i) for i in json.loads(body)["ids"]]
+            problem = f"HTTP {status}"
+        except (OSError, ValueError) as exc:     # refused, reset, timed out, or a 503 while the DB is away
+            problem = _error_name(exc)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RuntimeError(f"GET {base_url.rstrip('/')}/rows did not answer within {deadline_seconds} s "
+                               f"(last: {problem}): the rows cannot be checked")
+        time.sleep(min(delay, remaining))   # backoff of a bounded retry
+        delay = min(delay * 2, 5.0)
 
 
 def main(argv: list[str] | None = None) -> int:

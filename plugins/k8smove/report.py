@@ -48,7 +48,8 @@ def start_probe(url: str, rate: float, write_rate: float, max_seconds: float) ->
 
 
 def stop_probe(handle: dict) -> dict:
-    """Stop the probe (if it is still running) and return its summary."""
+    """Stop the probe (if it is still running) and return its summary. The result file stays until
+    ``forget_probe``: a retried stop_probe must find it again."""
     try:
         os.kill(handle["pid"], signal.SIGTERM)
     except ProcessLookupError:
@@ -59,10 +60,15 @@ def stop_probe(handle: dict) -> dict:
             raise RuntimeError(f"the availability probe (pid {handle['pid']}) wrote no result within "
                                f"{STOP_WAIT_SECONDS} s")
         time.sleep(0.05)
+    return json.loads(Path(handle["out"]).read_text())
+
+
+def forget_probe(handle: dict) -> None:
+    """Remove the probe's result file once the summary is safely recorded."""
     try:
-        return json.loads(Path(handle["out"]).read_text())
-    finally:
         os.unlink(handle["out"])
+    except FileNotFoundError:
+        pass
 
 
 def data_check(acknowledged: list[int], present: list[int]) -> dict:

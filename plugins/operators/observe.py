@@ -83,7 +83,7 @@ class StopProbe(BaseOperator):
 
     def execute(self, context):
         from k8smove.availability import rows_present
-        from k8smove.report import data_check, stop_probe
+        from k8smove.report import data_check, forget_probe, stop_probe
 
         from operators.move import in_parallel
 
@@ -98,7 +98,10 @@ class StopProbe(BaseOperator):
                           summary["failed"], summary.get("errors"), summary["max_gap_ms"], db)
             return {"probe": summary, "db": db, "pods_before": pods_before}
         refs = list(self.probe["pods_before"])
-        return {"releases": dict(zip(refs, in_parallel(stop, refs)))}
+        releases = dict(zip(refs, in_parallel(stop, refs)))
+        for handle in self.probe["probes"].values():
+            forget_probe(handle)
+        return {"releases": releases}
 
 
 class MigrationReport(KubernetesOperator):
