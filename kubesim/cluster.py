@@ -127,9 +127,12 @@ class Cluster:
                     raise
 
     def stop(self) -> None:
-        for part in (self.nodes, self.admin, self.control_plane):
-            if part is not None:
-                part.stop() if hasattr(part, "stop") else part.close()
+        if self.nodes is not None:      # control_plane="real": nodes, then the admin client, then the control plane
+            self.nodes.stop()
+        if self.admin is not None:
+            self.admin.close()
+        if self.control_plane is not None:
+            self.control_plane.stop()
         self.nodes = self.admin = self.control_plane = None
         for part in (self.controllers, self.dataplane, self.api):
             if part is not None:

@@ -78,6 +78,9 @@ def test_nodes_register_and_stay_ready_with_renewed_leases(real_cluster, kubectl
         assert lease["spec"]["holderIdentity"] == name
         assert lease["metadata"]["ownerReferences"][0]["uid"] == next(
             n["metadata"]["uid"] for n in nodes if n["metadata"]["name"] == name)
+    classes = {sc["metadata"]["name"]: sc for sc in kubectl.json("get", "storageclasses")["items"]}
+    assert classes["standard"]["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+    assert classes["local-path"]["volumeBindingMode"] == "WaitForFirstConsumer"
     # renewed every heartbeat (2 s)
     for name, lease in leases.items():
         wait_for(lambda: kubectl.json("get", "lease", "-n", "kube-node-lease", name)["spec"]["renewTime"]
