@@ -75,8 +75,10 @@ def next_event(events: "queue.Queue[Event]", name: str, type_: str, timeout: flo
 
 
 def pod(name: str, namespace: str, **labels) -> dict:
+    # no scheduler serves this name: kube-scheduler would otherwise write an Unschedulable condition (a new
+    # resourceVersion) into the pods these tests write status to
     return {"metadata": {"name": name, "namespace": namespace, "labels": labels or {"app": name}},
-            "spec": {"containers": [{"name": "c", "image": "nginx"}]}}
+            "spec": {"schedulerName": "kubesim-test-nobody", "containers": [{"name": "c", "image": "nginx"}]}}
 
 
 def test_informer_lists_then_watches_into_store_events(admin, informed, namespace):
