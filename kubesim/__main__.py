@@ -38,6 +38,9 @@ def _up_parser(sub) -> None:
     up.add_argument("--work-dir", help="volumes, process logs and data (default: a temporary directory)")
     up.add_argument("--images", dest="images_file", help="YAML image table merged over the built-in one")
     up.add_argument("--no-processes", action="store_true", help="control plane only: run no processes")
+    up.add_argument("--control-plane", choices=("kubesim", "real"), default=defaults.control_plane,
+                    help="real: kubesim's kubelets as nodes of the real kube-apiserver/-scheduler/-controller-manager "
+                         "(built by `make controlplane`)")
     up.add_argument("--detach", action="store_true", help="run in the background; stop with `down`")
 
 
@@ -46,7 +49,8 @@ def _config_from(args) -> ClusterConfig:
         nodes=[n.strip() for n in args.nodes.split(",") if n.strip()], host=args.host, port=args.port,
         pod_startup_seconds=args.pod_startup, node_cpu=args.node_cpu, node_memory=args.node_memory,
         max_pods=args.max_pods, max_grace_seconds=args.max_grace, state_dir=args.state_dir,
-        work_dir=args.work_dir, images_file=args.images_file, run_processes=not args.no_processes)
+        work_dir=args.work_dir, images_file=args.images_file, run_processes=not args.no_processes,
+        control_plane=args.control_plane)
 
 
 def _serve(args) -> int:

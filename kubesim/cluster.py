@@ -57,6 +57,9 @@ class Cluster:
         self.dataplane = None
         self.faults = None
         self.url: str | None = None
+        self.control_plane = None   # control_plane="real": the ControlPlane, its admin RemoteStore and the nodes
+        self.admin = None
+        self.nodes = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> "Cluster":
@@ -66,6 +69,8 @@ class Cluster:
         from .faults import FaultRegistry
         from .runtime import SimulatedRuntime
 
+        if self.config.control_plane == "real":
+            return self._start_real()
         self.store = Store(self.config.state_dir)
         self._seed()
         self.faults = FaultRegistry()
@@ -86,7 +91,49 @@ class Cluster:
                  self.kubeconfig_path)
         return self
 
+    def _start_real(self) -> "Cluster":
+        """The real control plane with kubesim's kubelets as its nodes; no kubesim API server or controllers."""
+        from .controlplane import ControlPlane
+        from .faults import FaultRegistry
+        from .realnodes import RealNodes
+        from .remote import RemoteStore
+
+        try:
+            self.control_plane = ControlPlane(
+                work_dir=os.path.join(self.config.work_dir, "controlplane"), kubeconfig_path=self.kubeconfig_path,
+                node_monitor_grace_seconds=self.config.node_monitor_grace_seconds).start()
+            self.url = self.control_plane.url
+            self.admin = RemoteStore.from_kubeconfig(self.kubeconfig_path, user_agent="kubesim-admin")
+            self._seed_real()
+            self.faults = FaultRegistry()
+            self.nodes = RealNodes(self.control_plane, self.config, self.faults)
+            self.nodes.start()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("kubesim nodes %s on the real control plane %s; kubeconfig %s", ",".join(self.config.nodes),
+                 self.url, self.kubeconfig_path)
+        return self
+
+    def _seed_real(self) -> None:
+        """The StorageClasses (the API server makes the system namespaces itself)."""
+        from . import errors
+
+        for sc in STORAGE_CLASSES:
+            try:
+                self.admin.create(STORAGECLASSES, sc)
+            except errors.ApiError as e:
+                if e.code != 409:
+                    raise
+
     def stop(self) -> None:
+        if self.nodes is not None:      # control_plane="real": nodes, then the admin client, then the control plane
+            self.nodes.stop()
+        if self.admin is not None:
+            self.admin.close()
+        if self.control_plane is not None:
+            self.control_plane.stop()
+        self.nodes = self.admin = self.control_plane = None
         for part in (self.controllers, self.dataplane, self.api):
             if part is not None:
                 part.stop()

@@ -28,7 +28,13 @@ class ClusterConfig:
     # Third octet of node (127.0.N.n), pod (127.1xx.N.k) and ClusterIP (127.96-99.N.k) addresses; 0 picks
     # one at random so that two clusters on one machine do not answer on each other's addresses.
     network_id: int = 0
+    # "kubesim": kubesim's own API server and controllers in this process. "real": the real kube-apiserver,
+    # controller-manager and scheduler (kubesim.controlplane, built by `make controlplane`) with kubesim's
+    # kubelets as the nodes (kubesim.realnodes).
+    control_plane: str = "kubesim"
 
     def __post_init__(self) -> None:
+        if self.control_plane not in ("kubesim", "real"):
+            raise ValueError(f'control_plane must be "kubesim" or "real", not {self.control_plane!r}')
         if not self.network_id:
             self.network_id = random.randint(2, 254)

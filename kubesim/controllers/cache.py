@@ -12,7 +12,9 @@ from .base import log
 
 
 class Cache:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, resource_types: tuple[ResourceType, ...] = RESOURCE_TYPES) -> None:
+        """resource_types: what to fill from the store (a kubelet on the real API server sees only its pods,
+        its Node and the Services; the rest stays empty)."""
         self._lock = threading.Lock()
         self._by_ns: dict[str, dict[str, dict[str, dict]]] = {r.key: defaultdict(dict) for r in RESOURCE_TYPES}
         self._pods_by_node: dict[str, dict[tuple[str, str], dict]] = defaultdict(dict)
@@ -23,7 +25,7 @@ class Cache:
         self._touched: set[tuple[str, str, str]] = set()
         self._filling = True
         store.add_listener(self._on_event)
-        for rt in RESOURCE_TYPES:
+        for rt in resource_types:
             objs, _ = store.snapshot(rt)
             with self._lock:
                 for obj in objs:

@@ -615,8 +615,9 @@ class Kubelets:
         self._stopped = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kubesim-kubelet-poller", daemon=True)
 
-    def add(self, node: str) -> Kubelet:
-        kubelet = Kubelet(self.ctx, node, len(self.by_node) + 1)
+    def add(self, node: str, ctx: Context | None = None) -> Kubelet:
+        """ctx: the node's own (store, cache, runtime) when each kubelet has its identity (real control plane)."""
+        kubelet = Kubelet(ctx or self.ctx, node, len(self.by_node) + 1)
         self.by_node[node] = kubelet
         return kubelet
 

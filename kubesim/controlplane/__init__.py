@@ -119,6 +119,10 @@ class ControlPlane:
     kubeconfig_path: str | None = None  # default: <work_dir>/admin.kubeconfig
     start_timeout: float = 120.0
     verbosity: int = 1  # --v of the Kubernetes components (logs in <work_dir>/<component>.log)
+    # kube-controller-manager --node-monitor-grace-period: how long a node may go without a Lease renewal
+    # before the node-lifecycle controller marks it Unknown and taints it (None: upstream's default, 50 s).
+    node_monitor_grace_seconds: float | None = None
+    apiserver_args: tuple[str, ...] = ()   # extra kube-apiserver flags (tests: e.g. --watch-cache-sizes)
     url: str = field(default="", init=False)
     times: StartupTimes = field(default_factory=StartupTimes, init=False)
 
@@ -127,6 +131,7 @@ class ControlPlane:
         self._own_work_dir = False
         self._spawner: concurrent.futures.ThreadPoolExecutor | None = None
         self._ssl: ssl.SSLContext | None = None
+        self.pki: Pki | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def __enter__(self) -> "ControlPlane":
@@ -153,7 +158,7 @@ class ControlPlane:
 
     def _start(self, bins: Path, t0: float) -> None:
         wd = self.work_dir
-        pki = Pki(os.path.join(wd, "pki"))
+        pki = self.pki = Pki(os.path.join(wd, "pki"))
         ca = pki.ca.cert
         etcd_port, etcd_peer_port, api_port, kcm_port, sched_port = _free_ports(5)
         etcd_server = pki.issue("etcd", "kubesim-etcd", server=True, client=True, dns_names=("localhost",),
@@ -198,6 +203,7 @@ class ControlPlane:
             "--peer-client-cert-auth", f"--peer-trusted-ca-file={ca}",
             # A throwaway cluster: no fsync (as envtest does) keeps etcd from stalling on a busy disk.
             "--unsafe-no-fsync", "--log-level=warn"])
+        self.etcd_url, self.etcd_client = etcd_url, etcd_client   # for tests that act on etcd (compaction)
         etcd_ssl = ssl.create_default_context(cafile=ca)
         etcd_ssl.load_cert_chain(etcd_client.cert, etcd_client.key)
         self._wait_http(etcd, f"{etcd_url}/health", deadline, context=etcd_ssl, expect=b'"health":"true"')
@@ -224,7 +230,7 @@ class ControlPlane:
             # Endpoints may not hold loopback addresses, so the `kubernetes` Service gets none (the API server
             # would retry and log that every 10 s); clients reach the API server at 127.0.0.1 directly.
             "--endpoint-reconciler-type=none",
-            "--profiling=false"])
+            "--profiling=false", *self.apiserver_args])
         self._wait_http(api, f"{self.url}/readyz", deadline)
         self.times.apiserver_ready = time.monotonic() - t0
         write_kubeconfig(self.kubeconfig_path, self.url, ca, admin, "kubesim-admin")
@@ -237,7 +243,9 @@ class ControlPlane:
             "--leader-elect=false", "--use-service-account-credentials=true",
             f"--service-account-private-key-file={sa.key}", f"--root-ca-file={ca}",
             f"--cluster-signing-cert-file={pki.ca.cert}", f"--cluster-signing-key-file={pki.ca.key}",
-            "--cluster-name=kubesim", "--profiling=false"])
+            "--cluster-name=kubesim", "--profiling=false",
+            *([f"--node-monitor-grace-period={self.node_monitor_grace_seconds:g}s"]
+              if self.node_monitor_grace_seconds else [])])
         sched = self._spawn("kube-scheduler", [
             str(bins / "kube-scheduler"), f"--v={self.verbosity}", f"--kubeconfig={sched_kubeconfig}",
             f"--authentication-kubeconfig={sched_kubeconfig}", f"--authorization-kubeconfig={sched_kubeconfig}",
@@ -264,6 +272,18 @@ class ControlPlane:
         if self._own_work_dir and self.work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
             self._own_work_dir = False
+
+    # -- identities --------------------------------------------------------------------------------------------
+    def node_credentials(self, node: str) -> CertFiles:
+        """A kubelet's client certificate (CN system:node:<node>, O system:nodes): the Node authorizer and
+        the NodeRestriction admission plugin then limit it to its own Node, Lease and pods, and the
+        Secrets/ConfigMaps/volumes those pods reference."""
+        return self.pki.issue(f"node-{node}", f"system:node:{node}", ("system:nodes",), client=True)
+
+    def kubeconfig_for(self, name: str, client: CertFiles, user: str) -> str:
+        """A kubeconfig at <work_dir>/<name>.kubeconfig for this API server and a client certificate."""
+        return write_kubeconfig(os.path.join(self.work_dir, f"{name}.kubeconfig"), self.url, self.ca_file, client,
+                                user)
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> _Proc:

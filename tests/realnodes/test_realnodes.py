@@ -1,0 +1,189 @@
+"""Two kubesim nodes under the real kube-apiserver, kube-scheduler and kube-controller-manager: they register
+and stay Ready with renewed Leases, run a Deployment the real scheduler places and the real deployment
+controller rolls out, stop a deleted pod's processes, are held to their own objects by the Node authorizer and
+NodeRestriction, and a node-not-ready fault becomes the real node-lifecycle controller's taint."""
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pytest
+
+from kubesim import errors
+from kubesim.resources import SECRETS
+from tests.kubesim.dataplane_support import alive_in, pod_processes
+from waiting import wait_for
+
+from realnodes_support import REAL, kubectl_runner
+
+pytestmark = pytest.mark.slow
+
+NODES = REAL["nodes"]
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: nginx
+        ports: [{containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+        env:
+        - name: GREETING  # read by the kubelet with its node identity: the Node authorizer must allow it
+          valueFrom: {secretKeyRef: {name: web-secret, key: greeting}}
+"""
+
+
+def condition(obj: dict, type_: str) -> dict:
+    return next((c for c in obj["status"].get("conditions") or () if c["type"] == type_), {})
+
+
+def web_pods(kubectl) -> list[dict]:
+    return [p for p in kubectl.json("get", "pods", "-n", "default", "-l", "app=web")["items"]
+            if not p["metadata"].get("deletionTimestamp")]
+
+
+def ready_web_pods(kubectl, count: int = 2) -> list[dict]:
+    pods = web_pods(kubectl)
+    ready = [p for p in pods if condition(p, "Ready").get("status") == "True"]
+    return ready if len(ready) == count == len(pods) else []
+
+
+def http_get(ip: str, port: int) -> int:
+    with urllib.request.urlopen(f"http://{ip}:{port}/", timeout=5) as resp:
+        return resp.status
+
+
+def test_nodes_register_and_stay_ready_with_renewed_leases(real_cluster, kubectl):
+    def ready_nodes():
+        nodes = kubectl.json("get", "nodes")["items"]
+        ok = [n for n in nodes if condition(n, "Ready").get("status") == "True" and not n["spec"].get("taints")]
+        return ok if len(ok) == len(NODES) else None
+
+    nodes = wait_for(ready_nodes, timeout=30, interval=0.5, what="both nodes Ready without taints")
+    assert sorted(n["metadata"]["name"] for n in nodes) == NODES
+    for node in nodes:
+        addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+        assert addresses["InternalIP"].startswith("127.0.") and addresses["Hostname"] == node["metadata"]["name"]
+        assert node["metadata"]["labels"]["kubernetes.io/hostname"] == node["metadata"]["name"]
+    leases = {n: kubectl.json("get", "lease", "-n", "kube-node-lease", n) for n in NODES}
+    for name, lease in leases.items():
+        assert lease["spec"]["holderIdentity"] == name
+        assert lease["metadata"]["ownerReferences"][0]["uid"] == next(
+            n["metadata"]["uid"] for n in nodes if n["metadata"]["name"] == name)
+    classes = {sc["metadata"]["name"]: sc for sc in kubectl.json("get", "storageclasses")["items"]}
+    assert classes["standard"]["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+    assert classes["local-path"]["volumeBindingMode"] == "WaitForFirstConsumer"
+    # renewed every heartbeat (2 s)
+    for name, lease in leases.items():
+        wait_for(lambda: kubectl.json("get", "lease", "-n", "kube-node-lease", name)["spec"]["renewTime"]
+                 != lease["spec"]["renewTime"], timeout=10, interval=0.5, what=f"{name}'s Lease renewed")
+
+
+def test_deployment_is_scheduled_by_the_real_scheduler_and_its_pods_serve_http(real_cluster, kubectl):
+    kubectl("create", "secret", "generic", "web-secret", "--from-literal=greeting=hello")
+    kubectl("apply", "-f", "-", input=DEPLOYMENT)
+    kubectl("rollout", "status", "deployment/web", "--timeout=60s")
+    pods = wait_for(lambda: ready_web_pods(kubectl), timeout=30, interval=0.5, what="2 web pods Ready")
+    scheduled = {e["involvedObject"]["name"]: e for e in kubectl.json(
+        "get", "events", "-n", "default", "--field-selector", "reason=Scheduled")["items"]}
+    for pod in pods:
+        name, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
+        assert node in NODES and pod["status"]["phase"] == "Running"
+        # bound by kube-scheduler (kubesim's own scheduler does not run in this mode)
+        assert scheduled[name]["reportingComponent"] == "default-scheduler", scheduled[name]
+        assert f"to {node}" in scheduled[name]["message"]
+        assert condition(pod, "PodScheduled")["status"] == "True"
+        assert pod["status"]["hostIP"] == real_cluster.nodes.nodes[node].kubelet.internal_ip
+        container = pod["status"]["containerStatuses"][0]
+        assert container["ready"] and "running" in container["state"]
+        assert http_get(pod["status"]["podIP"], 8080) == 200   # the responder process itself, on the pod IP
+        assert pod_processes(pod["metadata"]["uid"])
+    deployment = kubectl.json("get", "deployment", "web")
+    assert deployment["status"]["readyReplicas"] == 2 and deployment["status"]["updatedReplicas"] == 2
+
+
+def test_rollout_completes_through_the_real_deployment_controller(real_cluster, kubectl):
+    old = wait_for(lambda: ready_web_pods(kubectl), timeout=30, interval=0.5, what="2 web pods Ready")
+    old_processes = {p["metadata"]["uid"]: pod_processes(p["metadata"]["uid"]) for p in old}
+    assert all(old_processes.values())
+    kubectl("set", "image", "deployment/web", "web=nginx:1.27")
+    kubectl("rollout", "status", "deployment/web", "--timeout=90s")
+    new = wait_for(lambda: ready_web_pods(kubectl), timeout=30, interval=0.5, what="2 new web pods Ready")
+    assert {p["spec"]["containers"][0]["image"] for p in new} == {"nginx:1.27"}
+    assert not {p["metadata"]["uid"] for p in new} & set(old_processes)
+    for pod in new:
+        assert http_get(pod["status"]["podIP"], 8080) == 200
+    replicasets = kubectl.json("get", "replicasets", "-n", "default", "-l", "app=web")["items"]
+    assert sorted((rs["spec"]["template"]["spec"]["containers"][0]["image"], rs["spec"]["replicas"])
+                  for rs in replicasets) == [("nginx", 0), ("nginx:1.27", 2)]
+    # the old pods were deleted by the controller and terminated by the kubelets: their processes are gone
+    for uid, procs in old_processes.items():
+        wait_for(lambda: not alive_in(procs), timeout=15, what=f"old pod {uid}'s processes gone")
+
+
+def test_deleting_a_pod_stops_its_processes(real_cluster, kubectl):
+    victim = wait_for(lambda: ready_web_pods(kubectl), timeout=30, interval=0.5, what="2 web pods Ready")[0]
+    uid = victim["metadata"]["uid"]
+    procs = pod_processes(uid)
+    assert procs
+    kubectl("delete", "pod", victim["metadata"]["name"], "--wait=true", "--timeout=30s")
+    assert not alive_in(procs)  # the kubelet deletes the pod object only once its containers are stopped
+    assert not pod_processes(uid)
+    replacement = wait_for(lambda: ready_web_pods(kubectl), timeout=30, interval=0.5, what="a replacement Ready")
+    assert uid not in {p["metadata"]["uid"] for p in replacement}
+
+
+def test_a_node_identity_is_limited_to_its_own_objects(real_cluster, kubectl, tmp_path):
+    kubectl("create", "secret", "generic", "unreferenced", "--from-literal=k=v")
+    pod = wait_for(lambda: ready_web_pods(kubectl), timeout=30, interval=0.5, what="2 web pods Ready")[0]
+    node = pod["spec"]["nodeName"]
+    other = next(n for n in NODES if n != node)
+    as_node = kubectl_runner(f"{real_cluster.control_plane.work_dir}/node-{node}.kubeconfig", str(tmp_path))
+    assert as_node("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout == f"system:node:{node}"
+    # a Secret a pod on this node references: the Node authorizer's graph allows it
+    assert as_node.json("get", "secret", "web-secret")["data"]["greeting"]
+    # one no pod references: 403
+    denied = as_node("get", "secret", "unreferenced", check=False)
+    assert denied.returncode != 0 and "Forbidden" in denied.stderr
+    assert "no relationship found between node" in denied.stderr
+    # another node's object: NodeRestriction refuses
+    relabel = as_node("label", "node", other, "kubesim.io/test=1", check=False)
+    assert relabel.returncode != 0 and "Forbidden" in relabel.stderr
+    # the kubelet's own RemoteStore gets the same answer (find() does not hide a 403 as "absent")
+    with pytest.raises(errors.ApiError) as forbidden:
+        real_cluster.nodes.nodes[node].store.find(SECRETS, "default", "unreferenced")
+    assert forbidden.value.code == 403
+
+
+def test_node_not_ready_fault_becomes_the_node_lifecycle_controllers_taint(real_cluster, kubectl):
+    node = NODES[1]
+    fault = real_cluster.faults.add("node-not-ready", node=node)
+    try:
+        def tainted():
+            obj = kubectl.json("get", "node", node)
+            taints = {(t["key"], t["effect"]) for t in obj["spec"].get("taints") or ()}
+            return obj if ("node.kubernetes.io/unreachable", "NoExecute") in taints else None
+
+        started = time.monotonic()
+        obj = wait_for(tainted, timeout=45, interval=0.5, what=f"{node} tainted unreachable")
+        # the grace is 8 s and the controller looks every 5 s: not before the grace, well within 45 s
+        assert time.monotonic() - started >= 4
+        assert condition(obj, "Ready")["status"] == "Unknown"
+        assert condition(obj, "Ready")["reason"] == "NodeStatusUnknown"
+        assert condition(kubectl.json("get", "node", NODES[0]), "Ready")["status"] == "True"
+    finally:
+        real_cluster.faults.clear(fault.id)
+
+    def healthy():
+        obj = kubectl.json("get", "node", node)
+        return condition(obj, "Ready").get("status") == "True" and not obj["spec"].get("taints")
+
+    wait_for(healthy, timeout=45, interval=0.5, what=f"{node} Ready and untainted again")
