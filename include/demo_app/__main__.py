@@ -1,6 +1,7 @@
 """HTTP server of the demo App.
 
-GET /         {"pod", "node", "rows"} (rows: how many are stored, null while the DB is unreachable)
+GET /         {"pod", "node", "rows"} (rows: how many were stored at the last count, taken in the background
+              every COUNT_SECONDS; null while the DB is unreachable) — never waits for the DB
 GET /healthz  200 whenever the process serves HTTP; the readiness probe's target
 POST /rows    {"value": ...} -> {"id"}: answered only after the INSERT has committed
 GET /rows     {"ids": [...]}
@@ -91,6 +92,21 @@ class Database:
 
 
 DB = Database()
+COUNT_SECONDS = 0.5
+ROW_COUNT = {"rows": None}
+
+
+def count_rows_forever() -> None:
+    """Keep ROW_COUNT fresh off the request path: a DB that is moving (or slow to accept connections under
+    load) must not make GET / wait, or time out, for a figure it only reports."""
+    while True:
+        try:
+            ROW_COUNT["rows"] = DB.run("SELECT count(*) FROM rows", wait=0)[0][0]
+        except psycopg2.Error:
+            ROW_COUNT["rows"] = None
+        time.sleep(COUNT_SECONDS)
+
+
 IDENTITY = {"pod": os.environ.get("POD_NAME", socket.gethostname()), "node": os.environ.get("NODE_NAME", "")}
 
 
@@ -120,11 +136,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._answer(200, {"ids": [row[0] for row in rows]})
             return
         if self.path == "/":
-            try:
-                count = DB.run("SELECT count(*) FROM rows", wait=0)[0][0]
-            except psycopg2.Error:
-                count = None
-            return self._answer(200, {**IDENTITY, "rows": count})
+            return self._answer(200, {**IDENTITY, "rows": ROW_COUNT["rows"]})
         self._answer(404, {"error": f"no route {self.path}"})
 
     def do_POST(self):
@@ -152,6 +164,7 @@ def main() -> None:
         server.shutdown()
     # SIGTERM: serve the drain period, stop accepting, let requests in flight finish, exit.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=drain_then_stop, daemon=True).start())
+    threading.Thread(target=count_rows_forever, daemon=True).start()
     print(f"demo app {IDENTITY} listening on {address[0]}:{address[1]}", flush=True)
     server.serve_forever()
     server.server_close()

@@ -112,10 +112,22 @@ PROBE_STEPS = ("start_probe", "stop_probe")
 ROLLBACK_STEP = "rollback"
 
 
+def proof_problem(probe: dict | None, db: dict | None) -> tuple[str, str] | None:
+    """What the probe saw that a moved release must not show: lost rows (data_lost), failed requests
+    (disrupted); None when neither."""
+    if db and db.get("rows_lost"):
+        return "data_lost", f"{db['rows_lost']} acknowledged rows are missing after the move: {db['lost_ids']}"
+    if probe and probe.get("failed"):
+        return "disrupted", (f"{probe['failed']} of {probe['sent']} requests failed during the move "
+                             f"({probe.get('errors')}; longest gap {probe.get('max_gap_ms')} ms)")
+    return None
+
+
 def migration_outcome(steps: dict[str, dict], pods_before: dict | None, pods_after: dict,
-                      db: dict | None, dry_run: bool = False, moved: dict | None = None) -> tuple[str, str | None]:
-    """(outcome, reason): moved, deployed, unchanged, dry_run, refused, rolled_back, failed, unverified or
-    data_lost."""
+                      db: dict | None, dry_run: bool = False, moved: dict | None = None,
+                      probe: dict | None = None) -> tuple[str, str | None]:
+    """(outcome, reason): moved, deployed, unchanged, dry_run, refused, rolled_back, failed, unverified,
+    data_lost or disrupted."""
     failed = [t for t, step in steps.items() if step["state"] in ("failed", "upstream_failed")
               and t not in PROBE_STEPS and t != ROLLBACK_STEP]
     if failed:
@@ -132,8 +144,8 @@ def migration_outcome(steps: dict[str, dict], pods_before: dict | None, pods_aft
     if broken_proof:
         t = broken_proof[0]
         return "unverified", steps[t].get("error") or f"task {t} ended {steps[t]['state']}"
-    if db and db.get("rows_lost"):
-        return "data_lost", f"{db['rows_lost']} acknowledged rows are missing after the move: {db['lost_ids']}"
+    if problem := proof_problem(probe, db):
+        return problem
     if pods_before is None:
         return "deployed", None          # a first deploy: nothing ran before, nothing was probed
     return ("unchanged" if pods_before == pods_after else "moved"), None
@@ -145,7 +157,7 @@ def compose(step_ids: list[str], states: dict[str, str], recorded: dict[str, dic
     ``moved``: the move task's outcome for the release ({"outcome", "reason"})."""
     steps = {t: {**(recorded.get(t) or {}), "state": states.get(t) or "none"} for t in step_ids}
     outcome, reason = migration_outcome(steps, pods_before, pods_after, observed.get("db"), dry_run=planned is not None,
-                                        moved=moved)
+                                        moved=moved, probe=observed.get("probe"))
     return {
         "outcome": outcome, "reason": reason,
         "duration_s": round(time.time() - started.timestamp(), 3) if started else None,

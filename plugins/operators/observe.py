@@ -141,7 +141,7 @@ class MigrationReport(KubernetesOperator):
         report["report_file"] = write_report(report, ti.dag_id, run_id)
         for line in summary_lines(report):
             self.log.info(line)
-        if report["outcome"] not in ("moved", "deployed", "unchanged", "dry_run"):
+        if report["outcome"] not in ("moved", "deployed", "unchanged", "dry_run"):   # disrupted, data_lost, ...
             raise AirflowFailException(f"Migration {report['outcome']}: {report['reason']}")
         return report
 
@@ -162,7 +162,7 @@ class MaintenanceReport(KubernetesOperator):
         self.observed = observed
 
     def execute(self, context):
-        from k8smove.report import pods_by_node, write_report
+        from k8smove.report import pods_by_node, proof_problem, write_report
 
         ti, run_id = context["ti"], context["run_id"]
         states = ti.get_task_states(dag_id=ti.dag_id, task_ids=list(self.steps), run_ids=[run_id])[run_id]
@@ -175,20 +175,26 @@ class MaintenanceReport(KubernetesOperator):
             outcome = {**moved.get(ref, {}), **undone.get(ref, {})}
             if outcome.get("outcome") == "rolled_back":
                 outcome["reason"] = moved.get(ref, {}).get("reason")
-            releases[ref] = {**outcome, **observed.get(ref, {}),
-                             "pods_after": pods_by_node(self.api, namespace, release)}
+            seen = observed.get(ref, {})
+            if outcome.get("outcome") == "moved" and (problem := proof_problem(seen.get("probe"), seen.get("db"))):
+                outcome["outcome"], outcome["reason"] = problem
+            releases[ref] = {**outcome, **seen, "pods_after": pods_by_node(self.api, namespace, release)}
         failed = [t for t in self.steps if states.get(t) in ("failed", "upstream_failed")]
+        unproven = sorted(ref for ref, r in releases.items() if r.get("outcome") in ("disrupted", "data_lost"))
+        reasons = ([f"failed: {', '.join(failed)}"] if failed else []) + [
+            f"{ref} {releases[ref]['outcome']}: {releases[ref]['reason']}" for ref in unproven]
         report = {
-            "outcome": "failed" if failed else ("done" if states.get("mark_ready") == "success" else "stopped"),
-            "reason": f"failed: {', '.join(failed)}" if failed else None,
+            "outcome": "failed" if failed or unproven else (
+                "done" if states.get("mark_ready") == "success" else "stopped"),
+            "reason": "; ".join(reasons) or None,
             "nodes": ti.xcom_pull(task_ids="plan", key="nodes"), "releases": releases,
             "workloads": ti.xcom_pull(task_ids="move"), "evicted": ti.xcom_pull(task_ids="evict"),
             "steps": {t: states.get(t) or "none" for t in self.steps},
         }
         report["report_file"] = write_report(report, ti.dag_id, run_id)
         self.log.info("Maintenance %s; releases: %s", report["outcome"], json.dumps(releases, default=str)[:4000])
-        if failed:
-            raise AirflowFailException(f"Maintenance failed at {', '.join(failed)}; releases: " + "; ".join(
+        if failed or unproven:
+            raise AirflowFailException(f"Maintenance failed: {report['reason']}; releases: " + "; ".join(
                 f"{ref} {r.get('outcome')}" + (f" ({r['reason']})" if r.get("reason") else "")
                 for ref, r in releases.items()))
         return report

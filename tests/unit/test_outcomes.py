@@ -46,3 +46,10 @@ def test_lost_rows_are_data_lost_even_when_everything_succeeded():
 ])
 def test_where_maintenance_sends_a_release(current, target_selector, expected):
     assert release_target(current, target_selector) == expected
+
+
+def test_failed_requests_are_reported_as_a_disruption_never_as_moved():
+    probe = {"sent": 400, "failed": 3, "errors": {"TimeoutError": 3}, "max_gap_ms": 2400.0}
+    outcome, reason = migration_outcome(steps(), PLACED, MOVED, {"rows_lost": 0}, probe=probe)
+    assert outcome == "disrupted"
+    assert reason == "3 of 400 requests failed during the move ({'TimeoutError': 3}; longest gap 2400.0 ms)"
