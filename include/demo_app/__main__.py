@@ -27,8 +27,9 @@ import psycopg2
 DB_WAIT_SECONDS = float(os.environ.get("DB_WAIT_SECONDS", "20"))
 RETRY_DELAY_SECONDS = 0.2
 # After SIGTERM the app keeps accepting this long: proxies that had not yet seen the pod leave its endpoints
-# may still send a connection or two (the "lame duck" period a preStop sleep gives on real clusters).
-DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "0.5"))
+# may still send a connection or two (the "lame duck" period a preStop sleep gives on real clusters); 0.5 s was
+# too short while ten releases rolled out at once (connections reset by an old pod that had stopped).
+DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "2.0"))
 
 
 def db_address() -> tuple[str, int]:
