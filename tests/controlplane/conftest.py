@@ -1,11 +1,13 @@
 """The real control plane (kubesim.controlplane), started once for the whole session."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
+import sys
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from kubectl_support import kubectl_runner  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,17 +27,7 @@ def control_plane(tmp_path_factory):
 def kubectl(control_plane, tmp_path_factory):
     """Run the kubectl on PATH against the control plane as admin; check=True asserts exit 0."""
     home = str(tmp_path_factory.mktemp("kubectl-home"))  # its own discovery cache
-
-    def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["kubectl", "--kubeconfig", control_plane.kubeconfig_path, *args], input=input,
-                              capture_output=True, text=True, timeout=60,
-                              env={"HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-        if check:
-            assert proc.returncode == 0, f"kubectl {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-        return proc
-
-    run.json = lambda *args: json.loads(run(*args, "-o", "json").stdout)
-    return run
+    return kubectl_runner(control_plane.kubeconfig_path, home, default_timeout=60)
 
 
 @pytest.fixture(scope="session")

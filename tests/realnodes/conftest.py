@@ -10,7 +10,8 @@ import pytest
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TESTS)  # waiting.py, and tests.kubesim.dataplane_support's own import of it
 
-from realnodes_support import REAL, kubectl_runner  # noqa: E402
+from kubectl_support import kubectl_runner  # noqa: E402
+from realnodes_support import REAL  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from kubesim.resources import SECRETS
 from tests.kubesim.dataplane_support import alive_in, pod_processes
 from waiting import wait_for
 
-from realnodes_support import REAL, kubectl_runner
+from kubectl_support import kubectl_runner
+from realnodes_support import REAL
 
 pytestmark = pytest.mark.slow
 
