@@ -53,11 +53,13 @@ def _redeploy_problems(recorded: dict, settings: dict) -> list[str]:
 
 
 def plan_release(api: ApiClient, namespace: str, release: str, target: dict, components=COMPONENTS,
-                 settings: dict | None = None, label_nodes: dict | None = None, avoid_nodes=()) -> dict:
+                 settings: dict | None = None, label_nodes: dict | None = None, avoid_nodes=(),
+                 snapshot: tuple[list, list] | None = None) -> dict:
     """What a move of one release does, checked against the cluster; raises K8sMoveError naming the problem.
 
     ``settings`` (deploy_app): the values besides placement; the release may not exist yet. Without them
     (migrate_app, maintenance) the release's recorded values are used. ``avoid_nodes``: nodes no pod may go to.
+    ``snapshot``: (nodes, pods) the caller listed already (see ``check_placement``).
     """
     components = list(components)
     found = recorded_release(api, namespace, release, components, required=settings is None)
@@ -68,7 +70,7 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
     values = {**(recorded or {}), **(settings or {}), "namespace": namespace, "release": release,
               "node_label": target}
     manifests = render_manifests(values, components)
-    target_nodes = check_placement(api, manifests, values, sources, label_nodes or {}, avoid_nodes)
+    target_nodes = check_placement(api, manifests, values, sources, label_nodes or {}, avoid_nodes, snapshot)
     return {"namespace": namespace, "release": release, "target": target, "components": components,
             "values": values, "sources": sources, "existing": recorded is not None, "target_nodes": target_nodes,
             "avoid_nodes": sorted(avoid_nodes), "manifests": manifests,

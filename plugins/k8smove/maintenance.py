@@ -228,14 +228,15 @@ def _release_refusal(ref: str, pods: list[str], current: dict, reason: str) -> d
 
 
 def plan_releases(api: ApiClient, marked: list[str], target_selector: dict | None,
-                  release_targets: dict | None) -> dict:
-    """Plan, with the move engine, every k8smove release that has pods on the ``marked`` nodes.
+                  release_targets: dict | None, nodes: list[dict], all_pods: list[dict]) -> dict:
+    """Plan, with the move engine, every k8smove release that has pods on the ``marked`` nodes; every release is
+    checked against the one listing of ``nodes`` and ``all_pods`` the maintenance plan made.
 
     Returns {"release_plans": [engine plans], "refused": [{workload, pods, reason}], "workloads": {refs}}.
     """
     plans, refused, workloads = [], [], set()
-    pods = [p for p in kube.list_objects(api, "v1", "Pod", label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
-            if p["spec"].get("nodeName") in marked and not _finished(p)]
+    pods = [p for p in all_pods if (p["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
+            and p["spec"].get("nodeName") in marked and not _finished(p)]
     for record in kube.list_objects(api, "v1", "ConfigMap", label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"):
         meta = record["metadata"]
         if not meta["name"].endswith("-k8smove") or LABEL_INSTANCE not in (meta.get("labels") or {}):
@@ -255,7 +256,8 @@ def plan_releases(api: ApiClient, marked: list[str], target_selector: dict | Non
             refused.append(_release_refusal(ref, its_pods, current, "no target outside maintenance given"))
             continue
         try:
-            plans.append({**plan_release(api, namespace, release, target, avoid_nodes=marked), "pods": its_pods})
+            plans.append({**plan_release(api, namespace, release, target, avoid_nodes=marked,
+                                         snapshot=(nodes, all_pods)), "pods": its_pods})
         except K8sMoveError as err:
             refused.append(_release_refusal(ref, its_pods, current, f"cannot move to {selector_string(target)}: {err}"))
     return {"release_plans": plans, "refused": refused, "workloads": workloads}
@@ -276,13 +278,13 @@ def plan_maintenance(api: ApiClient, maintenance_label: dict, target_selector: d
                      extra_selector: dict | None, ready_label: dict, allow_local_storage: bool,
                      release_targets: dict | None = None) -> dict:
     """``make_plan`` over the cluster as it is now, k8smove's releases planned by the move engine (reads only)."""
-    nodes = kube.list_objects(api, "v1", "Node")
+    nodes, pods = kube.list_objects(api, "v1", "Node"), kube.list_objects(api, "v1", "Pod")
     marked, _ = select_nodes(nodes, maintenance_label, target_selector)
+    releases = plan_releases(api, marked, target_selector, release_targets, nodes, pods) if marked else None
     return make_plan(
-        nodes, kube.list_objects(api, "v1", "Pod"), _workloads(api, extra_selector),
-        kube.list_objects(api, "v1", "PersistentVolumeClaim"),
+        nodes, pods, _workloads(api, extra_selector), kube.list_objects(api, "v1", "PersistentVolumeClaim"),
         kube.list_objects(api, "v1", "PersistentVolume"), maintenance_label, target_selector, ready_label,
-        allow_local_storage, releases=plan_releases(api, marked, target_selector, release_targets) if marked else None)
+        allow_local_storage, releases=releases)
 
 
 def blocking(plan: dict) -> list[str]:

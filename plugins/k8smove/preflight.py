@@ -181,12 +181,14 @@ def recorded_release(api: ApiClient, namespace: str, release: str, components,
 
 
 def check_placement(api: ApiClient, manifests: list[dict], values: dict, sources: dict[str, dict],
-                    label_nodes: dict, avoid_nodes=()) -> list[str]:
-    """Every check of where ``manifests`` would run; returns the target nodes (``avoid_nodes`` never are)."""
+                    label_nodes: dict, avoid_nodes=(), snapshot: tuple[list, list] | None = None) -> list[str]:
+    """Every check of where ``manifests`` would run; returns the target nodes (``avoid_nodes`` never are).
+
+    ``snapshot``: (nodes, pods) already listed by the caller (a maintenance plan checks many releases against one
+    listing); listed here otherwise."""
     check_selector("node_label", values["node_label"])
-    nodes = kube.list_objects(api, "v1", "Node")
+    nodes, pods = snapshot or (kube.list_objects(api, "v1", "Node"), kube.list_objects(api, "v1", "Pod"))
     node_labels = labels_after_changes(nodes, label_nodes)
-    pods = kube.list_objects(api, "v1", "Pod")
     candidates = [n for n in nodes if n["metadata"]["name"] not in set(avoid_nodes)]
     if avoid_nodes and not any(matches(values["node_label"], node_labels[n["metadata"]["name"]]) for n in candidates):
         raise K8sMoveError(f"node_label {selector_string(values['node_label'])} matches no node outside "
