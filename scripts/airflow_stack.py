@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from kubesim.dataplane.processes import _group_alive  # noqa: F401  (the e2e conftest imports it from here)
 from scripts.local_airflow import AIRFLOW, ROOT, airflow_environ
 
 COMPONENTS = {
@@ -61,8 +62,9 @@ def processes_with_env(name: str, value: str) -> list[tuple[int, str]]:
     return found
 
 
-def processes_in_sessions(sids: set[int]) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process in one of the sessions ``sids``."""
+def _live_processes(column: int, ids: set[int]) -> list[tuple[int, str]]:
+    """(pid, command line) of every live (not zombie) process whose /proc stat field ``column`` (after
+    "pid (comm) ": 0 state, 2 pgrp, 3 session) is one of ``ids``."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -74,18 +76,15 @@ def processes_in_sessions(sids: set[int]) -> list[tuple[int, str]]:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        fields = stat[stat.rindex(")") + 2:].split()     # after "pid (comm) ": state ppid pgrp session ...
-        if int(fields[3]) in sids and fields[0] != "Z":
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[column]) in ids and fields[0] != "Z":
             found.append((int(entry), cmdline))
     return found
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def processes_in_sessions(sids: set[int]) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process in one of the sessions ``sids``."""
+    return _live_processes(3, sids)
 
 
 @dataclass
@@ -228,6 +227,10 @@ class AirflowStack:
             if _group_alive(process.pid):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+        # SIGKILL is delivered at once but a member's exit may lag (it may be in uninterruptible sleep).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_group_alive(p.pid) for p in self.processes.values()):
+            time.sleep(0.1)
 
 
 # The scheduler's idle loop picks up a finished task within 0.1 s instead of 1 s (each hand-off between tasks
