@@ -19,6 +19,9 @@ SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 # The two kinds of storage a move has to reckon with: network-attached (data follows the pod) and
 # node-local (data stays on its node), like a cloud disk class and local-path on kind/k3s.
+# The CSI driver of the network class needs no attach step (no VolumeAttachment for an external attacher).
+CSI_DRIVERS = ({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": "network.kubesim.io"},
+                "spec": {"attachRequired": False, "podInfoOnMount": False}},)
 STORAGE_CLASSES = (
     {"metadata": {"name": "standard",
                   "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
@@ -93,15 +96,18 @@ class Cluster:
 
     def _start_real(self) -> "Cluster":
         """The real control plane with kubesim's kubelets as its nodes; no kubesim API server or controllers."""
+        from .addresses import ensure_local_routes, service_cidr
         from .controlplane import ControlPlane
         from .faults import FaultRegistry
         from .realnodes import RealNodes
         from .remote import RemoteStore
 
+        ensure_local_routes()
         try:
             self.control_plane = ControlPlane(
                 work_dir=os.path.join(self.config.work_dir, "controlplane"), kubeconfig_path=self.kubeconfig_path,
-                node_monitor_grace_seconds=self.config.node_monitor_grace_seconds).start()
+                node_monitor_grace_seconds=self.config.node_monitor_grace_seconds,
+                service_cidr=service_cidr(self.config.network_id)).start()
             self.url = self.control_plane.url
             self.admin = RemoteStore.from_kubeconfig(self.kubeconfig_path, user_agent="kubesim-admin")
             self._seed_real()
@@ -116,12 +122,24 @@ class Cluster:
         return self
 
     def _seed_real(self) -> None:
-        """The StorageClasses (the API server makes the system namespaces itself)."""
+        """The StorageClasses, their CSI driver and their provisioner's binding (the API server makes the system
+        namespaces itself)."""
         from . import errors
+        from .realnodes import PROVISIONER_USER
 
-        for sc in STORAGE_CLASSES:
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": "kubesim:provisioner"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                               "name": "system:persistent-volume-provisioner"},
+                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROVISIONER_USER}]}
+        creates = [(lambda sc=sc: self.admin.create(STORAGECLASSES, sc)) for sc in STORAGE_CLASSES] + [
+            (lambda d=d: self.admin.request("POST", "/apis/storage.k8s.io/v1/csidrivers", None, d))
+            for d in CSI_DRIVERS] + [
+            lambda: self.admin.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", None,
+                                       binding)]
+        for create in creates:
             try:
-                self.admin.create(STORAGECLASSES, sc)
+                create()
             except errors.ApiError as e:
                 if e.code != 409:
                     raise

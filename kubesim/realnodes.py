@@ -10,20 +10,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .cluster import STORAGE_CLASSES
 from .config import ClusterConfig
 from .controllers.base import Context, Timers, WorkerPool
 from .controllers.cache import Cache
 from .controllers.events import EventRecorder
 from .controllers.kubelet import Kubelet, Kubelets
 from .controllers.manager import WORKER_THREADS
+from .controllers.provisioner import Provisioner
 from .dataplane.network import LoopbackNetwork
+from .dataplane.proxy import ServiceProxy
 from .dataplane.runtime import ProcessRuntime
 from .remote import Informed, RemoteStore
-from .resources import NODES, PODS, SERVICES
+from .resources import ENDPOINTS, ENDPOINTSLICES, NODES, PODS, PVCS, PVS, SERVICES, STORAGECLASSES
 from .runtime import SimulatedRuntime
 
 # What a kubelet's cache holds: the API objects it watches.
 KUBELET_VIEW = (PODS, NODES, SERVICES)
+# What kube-proxy watches, cluster-wide.
+PROXY_VIEW = (SERVICES, ENDPOINTSLICES, ENDPOINTS, NODES)
+# What the provisioner watches, cluster-wide.
+PROVISIONER_VIEW = (PVCS, PVS, STORAGECLASSES)
+PROVISIONER_USER = "kubesim-provisioner"   # bound to the bootstrap ClusterRole system:persistent-volume-provisioner
 
 
 @dataclass
@@ -47,6 +55,10 @@ class RealNodes:
         # The poller and Kubelets' routing need only the config: each kubelet brings its own Context.
         self.kubelets = Kubelets(Context(None, config, None, faults, self.timers, self.workers, None, None))
         self.nodes: dict[str, Node] = {}
+        self.proxy_store: RemoteStore | None = None
+        self.proxy: ServiceProxy | None = None
+        self.provisioner_store: RemoteStore | None = None
+        self.provisioner: Provisioner | None = None
 
     def start(self) -> "RealNodes":
         self.timers.start()
@@ -54,7 +66,38 @@ class RealNodes:
         for name in self.config.nodes:
             self.add_node(name)
         self.kubelets.start_poller()
+        self.start_provisioner()
+        if self.config.run_processes:
+            self.start_proxy()
         return self
+
+    def start_provisioner(self) -> None:
+        """kubesim's StorageClasses' provisioner with an identity of its own (the binding is Cluster's)."""
+        cp = self.control_plane
+        kubeconfig = cp.kubeconfig_for("provisioner", cp.pki.issue("provisioner", PROVISIONER_USER, client=True),
+                                       PROVISIONER_USER)
+        store = self.provisioner_store = RemoteStore.from_kubeconfig(
+            kubeconfig, [Informed(rt) for rt in PROVISIONER_VIEW], user_agent="kubesim-provisioner").start()
+        ctx = Context(store, self.config, None, self.faults, self.timers, self.workers,
+                      Cache(store, PROVISIONER_VIEW), EventRecorder(store))
+        self.provisioner = Provisioner(ctx, {sc["provisioner"] for sc in STORAGE_CLASSES})
+        routes = self.provisioner.watches()
+
+        def dispatch(event) -> None:
+            keys_for = routes.get(event.resource.key)
+            if keys_for is not None:
+                self.provisioner.enqueue_all(keys_for(event))
+        store.add_listener(dispatch)
+        self.provisioner.start()
+
+    def start_proxy(self) -> None:
+        """The service proxy (kube-proxy's part): one for the machine, as every node is this machine."""
+        cp = self.control_plane
+        kubeconfig = cp.kubeconfig_for("kube-proxy", cp.proxy_credentials(), "system:kube-proxy")
+        self.proxy_store = RemoteStore.from_kubeconfig(kubeconfig, [Informed(rt) for rt in PROXY_VIEW],
+                                                       user_agent="kubesim-proxy").start()
+        self.proxy = ServiceProxy(self.proxy_store, self.network)
+        self.proxy.start()
 
     def add_node(self, name: str) -> Kubelet:
         cp = self.control_plane
@@ -77,7 +120,14 @@ class RealNodes:
         return kubelet
 
     def stop(self) -> None:
-        """Kubelets first, then every pod process, then the informers."""
+        """The proxy and the provisioner, the kubelets, then every pod process, then the informers."""
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.provisioner is not None:
+            self.provisioner.stop()
+        for store in (self.proxy_store, self.provisioner_store):
+            if store is not None:
+                store.close()
         for node in self.nodes.values():
             node.kubelet.stop()
         self.kubelets.stop_poller()

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--external-ip", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="8080, or the nearest free port above it")
     parser.add_argument("--report-dir", type=Path, default=ROOT / "reports")
+    parser.add_argument("--control-plane", choices=("kubesim", "real"), default="kubesim",
+                        help="kubesim's own API server (default), or the real one built by `make controlplane`")
     args = parser.parse_args(argv)
     report_dir = args.report_dir.resolve()
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("--> starting kubesim (nodes node1, node2)", flush=True)
         with Cluster(nodes=["node1", "node2"], work_dir=str(work / "kubesim"),
-                     kubeconfig_path=str(work / "kubeconfig")) as cluster:
+                     kubeconfig_path=str(work / "kubeconfig"), control_plane=args.control_plane) as cluster:
             print(f"    API server {cluster.url}; kubeconfig {cluster.kubeconfig_path}", flush=True)
             env = airflow_environ(work / "airflow", cluster.kubeconfig_path, report_dir)
             print("--> preparing Airflow (sqlite metadata DB)", flush=True)

@@ -10,6 +10,7 @@ from .. import errors
 from ..resources import LEASES, NODES, PODS, PVCS, PVS
 from ..runtime import PodSandbox
 from ..store import Event, now_rfc3339
+from ..addresses import pod_cidr
 from .base import Context, Controller, log
 from .pods import is_finished, set_condition
 from .quantity import parse_quantity
@@ -72,7 +73,7 @@ class Kubelet(Controller):
         self._uid_by_key: dict[tuple[str, str], str] = {}
         self._ips_in_use: set[str] = set()
         self._next_ip = 1
-        self.pod_cidr = f"127.{100 + index}.{ctx.config.network_id}.0/24"
+        self.pod_cidr = pod_cidr(ctx.config.network_id, index, real=ctx.config.control_plane == "real")
         self._pulled_images: set[str] = set()
         self._down = False
         self._last_heartbeat = 0.0

@@ -20,6 +20,36 @@ LOCAL_PROVISIONERS = ("rancher.io/local-path",)   # volumes that live on one nod
 PROTECTION = "kubernetes.io/pvc-protection"      # a claim in use by a pod is not removed until the pod is gone
 
 
+def csi_driver_name(provisioner: str) -> str:
+    """A CSI driver name for a provisioner name: no "/" (the API server validates it as a DNS subdomain)."""
+    first, _, rest = provisioner.partition("/")
+    return f"{rest}.{first}" if rest else first
+
+
+def provisioned_volume(pvc: dict, sc: dict, node: str | None, volumes_dir: str) -> dict:
+    """The PV a provisioner creates for ``pvc`` of class ``sc`` (with its directory under ``volumes_dir``):
+    node-local classes get a `local` PV pinned to ``node``, the others a CSI volume any node can mount."""
+    provisioner = sc.get("provisioner", "")
+    name = f"pvc-{pvc['metadata']['uid']}"
+    path = os.path.join(volumes_dir, name)
+    os.makedirs(path, exist_ok=True)
+    ns, claim = obj_key(pvc)
+    spec = {"capacity": {"storage": ((pvc["spec"].get("resources") or {}).get("requests") or {}).get("storage", "1Gi")},
+            "accessModes": pvc["spec"].get("accessModes") or ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy", "Delete"),
+            "storageClassName": sc["metadata"]["name"], "volumeMode": pvc["spec"].get("volumeMode", "Filesystem"),
+            "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": claim, "apiVersion": "v1",
+                         "uid": pvc["metadata"]["uid"], "resourceVersion": pvc["metadata"].get("resourceVersion")}}
+    if provisioner in LOCAL_PROVISIONERS and node:
+        spec["local"] = {"path": path}
+        spec["nodeAffinity"] = {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}
+    else:
+        spec["csi"] = {"driver": csi_driver_name(provisioner), "volumeHandle": name, "fsType": "ext4"}
+    return {"metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": provisioner,
+                                                       HOST_PATH: path}}, "spec": spec}
+
+
 class PersistentVolumeBinder(Controller):
     name = "pvbinder"
 
@@ -144,28 +174,13 @@ class PersistentVolumeBinder(Controller):
         return min(candidates)[2] if candidates else None
 
     def _provision(self, pvc: dict, sc: dict, node: str | None) -> dict:
-        provisioner = sc.get("provisioner", "")
-        name = f"pvc-{pvc['metadata']['uid']}"
-        path = os.path.join(self._volumes_dir, name)
-        os.makedirs(path, exist_ok=True)
         ns, claim = obj_key(pvc)
+        provisioner = sc.get("provisioner", "")
         self.events.normal(pvc, "Provisioning", f'External provisioner is provisioning volume for claim "{ns}/{claim}"',
                            provisioner)
-        spec = {"capacity": {"storage": ((pvc["spec"].get("resources") or {}).get("requests") or {}).get("storage", "1Gi")},
-                "accessModes": pvc["spec"].get("accessModes") or ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy", "Delete"),
-                "storageClassName": sc["metadata"]["name"], "volumeMode": pvc["spec"].get("volumeMode", "Filesystem"),
-                "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": claim, "apiVersion": "v1",
-                             "uid": pvc["metadata"]["uid"], "resourceVersion": pvc["metadata"].get("resourceVersion")}}
-        if provisioner in LOCAL_PROVISIONERS and node:
-            spec["local"] = {"path": path}
-            spec["nodeAffinity"] = {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}
-        else:
-            spec["csi"] = {"driver": provisioner, "volumeHandle": name, "fsType": "ext4"}
-        pv = self.store.create(PVS, {"metadata": {"name": name, "annotations": {
-            "pv.kubernetes.io/provisioned-by": provisioner, HOST_PATH: path}}, "spec": spec})
-        self.events.normal(pvc, "ProvisioningSucceeded", f"Successfully provisioned volume {name}", provisioner)
+        pv = self.store.create(PVS, provisioned_volume(pvc, sc, node, self._volumes_dir))
+        self.events.normal(pvc, "ProvisioningSucceeded", f"Successfully provisioned volume {pv['metadata']['name']}",
+                           provisioner)
         return pv
 
     def _bind(self, pvc: dict, pv: dict) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import ipaddress
 import json
 import os
 import shutil
@@ -38,7 +39,6 @@ DEFAULT_BIN_DIR = REPO_ROOT / ".cache" / "controlplane" / "current" / "bin"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 HOST = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
-SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: the first address of SERVICE_CIDR
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 API_SANS = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local")
@@ -123,6 +123,7 @@ class ControlPlane:
     # before the node-lifecycle controller marks it Unknown and taints it (None: upstream's default, 50 s).
     node_monitor_grace_seconds: float | None = None
     apiserver_args: tuple[str, ...] = ()   # extra kube-apiserver flags (tests: e.g. --watch-cache-sizes)
+    service_cidr: str = SERVICE_CIDR       # --service-cluster-ip-range (kubesim.addresses gives each cluster one)
     url: str = field(default="", init=False)
     times: StartupTimes = field(default_factory=StartupTimes, init=False)
 
@@ -132,6 +133,11 @@ class ControlPlane:
         self._spawner: concurrent.futures.ThreadPoolExecutor | None = None
         self._ssl: ssl.SSLContext | None = None
         self.pki: Pki | None = None
+
+    @property
+    def service_ip(self) -> str:
+        """The `kubernetes` Service's ClusterIP: the first address of the range."""
+        return str(ipaddress.ip_network(self.service_cidr)[1])
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def __enter__(self) -> "ControlPlane":
@@ -165,7 +171,7 @@ class ControlPlane:
                                 ips=(HOST,))
         etcd_client = pki.issue("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True)
         api_serving = pki.issue("apiserver", "kube-apiserver", server=True, dns_names=API_SANS,
-                                ips=(HOST, SERVICE_IP))
+                                ips=(HOST, self.service_ip))
         kubelet_client = pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
                                    ("kubeadm:cluster-admins",), client=True)
         admin = pki.issue("admin", "kubesim-admin", ("system:masters",), client=True)
@@ -219,7 +225,7 @@ class ControlPlane:
             # NodeRestriction on top of the default plugins (NamespaceLifecycle, LimitRanger, ServiceAccount,
             # PodSecurity, ResourceQuota, webhooks …), as kubeadm configures it.
             "--enable-admission-plugins=NodeRestriction", "--allow-privileged=true",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={self.service_cidr}",
             f"--service-account-issuer={SA_ISSUER}", f"--service-account-key-file={sa.cert}",
             f"--service-account-signing-key-file={sa.key}",
             f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
@@ -279,6 +285,11 @@ class ControlPlane:
         the NodeRestriction admission plugin then limit it to its own Node, Lease and pods, and the
         Secrets/ConfigMaps/volumes those pods reference."""
         return self.pki.issue(f"node-{node}", f"system:node:{node}", ("system:nodes",), client=True)
+
+    def proxy_credentials(self) -> CertFiles:
+        """kube-proxy's client certificate (CN system:kube-proxy): the bootstrap binding system:node-proxier
+        lets it list and watch Services, EndpointSlices and Nodes, nothing more."""
+        return self.pki.issue("kube-proxy", "system:kube-proxy", client=True)
 
     def kubeconfig_for(self, name: str, client: CertFiles, user: str) -> str:
         """A kubeconfig at <work_dir>/<name>.kubeconfig for this API server and a client certificate."""

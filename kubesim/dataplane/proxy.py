@@ -22,7 +22,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from .. import resources
+from .. import errors, resources
 from ..store import Event, Store
 from .network import LoopbackNetwork
 
@@ -337,4 +337,9 @@ class ServiceProxy:
                 annotations.pop(PROXY_ADDRESS_ANNOTATION, None)
             else:
                 annotations[PROXY_ADDRESS_ANNOTATION] = value
-        self.store.mutate(resources.SERVICES, meta["namespace"], meta["name"], annotate)
+        try:
+            self.store.mutate(resources.SERVICES, meta["namespace"], meta["name"], annotate)
+        except errors.ApiError as error:
+            # kube-proxy's identity on the real control plane (system:node-proxier) may not write Services
+            log.warning("service %s/%s: external addresses listen on %s; not annotated (%s %s)", meta["namespace"],
+                        meta["name"], value, error.code, error.reason)

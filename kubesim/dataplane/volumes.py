@@ -117,11 +117,11 @@ class Volumes:
             raise VolumeProblem("FailedMount", f'persistentvolumeclaim "{claim_name}" is not bound')
         spec = pv.get("spec") or {}
         class_name = spec.get("storageClassName") or (pvc.get("spec") or {}).get("storageClassName") or ""
-        storage_class = self._store.find(resources.STORAGECLASSES, None, class_name) if class_name else None
-        provisioner = (storage_class or {}).get("provisioner", "")
+        annotations = pv["metadata"].get("annotations") or {}
+        # From the PV alone, as a kubelet knows it (a node may not read StorageClasses).
+        provisioner = annotations.get("pv.kubernetes.io/provisioned-by", "")
         node_local = bool({class_name, provisioner} & NODE_LOCAL_STORAGE) or "local" in spec \
             or "hostPath" in spec or "nodeAffinity" in spec
-        annotations = pv["metadata"].get("annotations") or {}
         modes = spec.get("accessModes") or (pvc.get("spec") or {}).get("accessModes") or ["ReadWriteOnce"]
         access = next((EXCLUSIVE_ACCESS[m] for m in modes if m in EXCLUSIVE_ACCESS), None) \
             if len(modes) == 1 else None

@@ -4,6 +4,7 @@ controller rolls out, stop a deleted pod's processes, are held to their own obje
 NodeRestriction, and a node-not-ready fault becomes the real node-lifecycle controller's taint."""
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 
@@ -188,3 +189,124 @@ def test_node_not_ready_fault_becomes_the_node_lifecycle_controllers_taint(real_
         return condition(obj, "Ready").get("status") == "True" and not obj["spec"].get("taints")
 
     wait_for(healthy, timeout=45, interval=0.5, what=f"{node} Ready and untainted again")
+
+
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  externalIPs: [%s]
+  ports: [{port: %d, targetPort: 8080}]
+"""
+
+
+def test_services_answer_through_the_proxy_on_the_real_endpointslices(real_cluster, kubectl):
+    """The real EndpointSlice controller publishes the pods' addresses (out of the loopback range, which it
+    would refuse), and kubesim's proxy, as kube-proxy with its own identity, follows them: the Service answers
+    on its ClusterIP and its external address, and refuses connections while it has no Ready endpoint."""
+    import ipaddress
+    import socket
+
+    from kubesim.addresses import POD_RANGE, SERVICE_RANGE, external_address
+
+    external_ip, port = external_address(os.getpid() % 60000 + 1), 18080
+    kubectl("apply", "-f", "-", input=SERVICE % (external_ip, port))
+    pods = wait_for(lambda: ready_web_pods(kubectl), timeout=60, interval=0.5, what="two Ready web pods")
+    nodes = {n["metadata"]["name"]: n for n in kubectl.json("get", "nodes")["items"]}
+    for pod in pods:
+        pod_ip = ipaddress.ip_address(pod["status"]["podIP"])
+        assert pod_ip in ipaddress.ip_network(nodes[pod["spec"]["nodeName"]]["spec"]["podCIDR"])
+        assert pod_ip in POD_RANGE
+    cluster_ip = kubectl.json("get", "service", "web")["spec"]["clusterIP"]
+    assert ipaddress.ip_address(cluster_ip) in SERVICE_RANGE
+
+    def published():
+        slices = kubectl.json("get", "endpointslices", "-l", "kubernetes.io/service-name=web")["items"]
+        addresses = {a for s in slices for e in s.get("endpoints") or [] if e["conditions"].get("ready")
+                     for a in e["addresses"]}
+        return addresses if addresses == {p["status"]["podIP"] for p in pods} else None
+
+    wait_for(published, timeout=30, interval=0.5, what="the EndpointSlice controller publishing both pods")
+    for host, number in ((cluster_ip, port), (external_ip, port)):
+        wait_for(lambda: _answers(host, number), timeout=30, interval=0.3, what=f"{host}:{number} answering")
+
+    kubectl("scale", "deployment", "web", "--replicas=0")
+
+    def refused():
+        try:
+            socket.create_connection((external_ip, port), timeout=2).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+    wait_for(refused, timeout=30, interval=0.3, what="connections refused without a Ready endpoint")
+    kubectl("scale", "deployment", "web", "--replicas=2")
+    wait_for(lambda: _answers(external_ip, port), timeout=60, interval=0.3, what="the Service answering again")
+    kubectl("delete", "service", "web")
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        return http_get(host, port) == 200
+    except OSError:
+        return False
+
+
+CLAIMS = """
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data-network, namespace: default}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data-local, namespace: default}
+spec: {storageClassName: local-path, accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: uses-local, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  nodeSelector: {kubernetes.io/hostname: node2}
+  containers: [{name: web, image: nginx, volumeMounts: [{name: data, mountPath: /data}]}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data-local}}]
+"""
+
+
+def test_claims_are_provisioned_bound_and_reclaimed_through_the_real_volume_controller(real_cluster, kubectl):
+    """The real persistentvolume-controller binds, kubesim's provisioner (its own identity) makes the volumes:
+    the default class at once, local-path once kube-scheduler has picked the node, pinned to it; deleting a
+    claim releases its volume, which the provisioner then deletes with its directory."""
+    import os as _os
+
+    kubectl("apply", "-f", "-", input=CLAIMS)
+
+    def bound(name):
+        pvc = kubectl.json("get", "pvc", name)
+        return pvc if pvc.get("status", {}).get("phase") == "Bound" else None
+
+    network = wait_for(lambda: bound("data-network"), timeout=30, interval=0.5, what="data-network Bound")
+    local = wait_for(lambda: bound("data-local"), timeout=30, interval=0.5, what="data-local Bound")
+    assert network["spec"]["storageClassName"] == "standard"      # the default class, set by admission
+    pv_network = kubectl.json("get", "pv", network["spec"]["volumeName"])
+    assert pv_network["spec"]["csi"]["driver"] == "network.kubesim.io"
+    assert pv_network["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"] == "kubesim.io/network"
+    pv_local = kubectl.json("get", "pv", local["spec"]["volumeName"])
+    term = pv_local["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert (term["key"], term["values"]) == ("kubernetes.io/hostname", ["node2"])
+    assert local["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == "node2"
+    wait_for(lambda: kubectl.json("get", "pod", "uses-local")["status"].get("phase") == "Running", timeout=30,
+             interval=0.5, what="the pod on the local volume Running")
+    directory = pv_network["metadata"]["annotations"]["kubesim.io/host-path"]
+    assert _os.path.isdir(directory)
+
+    kubectl("delete", "pod", "uses-local", "--wait=true")
+    kubectl("delete", "pvc", "data-network", "data-local", "--wait=true")
+
+    def reclaimed():
+        names = {pv["metadata"]["name"] for pv in kubectl.json("get", "pv")["items"]}
+        return not names & {pv_network["metadata"]["name"], pv_local["metadata"]["name"]}
+    wait_for(reclaimed, timeout=60, interval=0.5, what="both volumes deleted by the provisioner")
+    assert not _os.path.exists(directory)
