@@ -149,12 +149,15 @@ class ResourceHandlers:
         self._serialized_lock = threading.Lock()
 
     # ---- encoding ------------------------------------------------------------------------------------
-    def encode(self, rt: ResourceType, obj: dict) -> bytes:
-        """JSON of a stored (shared, never mutated) object, cached per resourceVersion."""
+    def encode(self, rt: ResourceType, obj: dict, list_item: bool = False) -> bytes:
+        """JSON of a stored (shared, never mutated) object, cached per resourceVersion. A list's items carry no
+        kind or apiVersion, as a real API server sends them (clients that read ``item["kind"]`` break there)."""
         meta = obj["metadata"]
-        key = (rt.key, meta.get("namespace"), meta.get("name"), meta.get("resourceVersion"), meta.get("uid"))
+        key = (rt.key, meta.get("namespace"), meta.get("name"), meta.get("resourceVersion"), meta.get("uid"), list_item)
         data = self._serialized.get(key)
         if data is None:
+            if list_item:
+                obj = {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
             data = json.dumps(obj, separators=(",", ":")).encode()
             with self._serialized_lock:
                 if len(self._serialized) >= SERIALIZED_CACHE_SIZE:
@@ -195,7 +198,7 @@ class ResourceHandlers:
             return Response.json(table(rt.key, objs, list_meta, query.get("includeObject")))
         head = json.dumps({"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": list_meta},
                           separators=(",", ":")).encode()
-        body = head[:-1] + b',"items":[' + b",".join(self.encode(rt, o) for o in objs) + b"]}"
+        body = head[:-1] + b',"items":[' + b",".join(self.encode(rt, o, list_item=True) for o in objs) + b"]}"
         return Response(200, body)
 
     def _await_resource_version(self, rv: str | None, match: str | None) -> None:

@@ -87,8 +87,7 @@ def apply_manifests(api: ApiClient, manifests: list[dict], dry_run: bool = False
         applied = kube.server_side_apply(api, manifest, dry_run=dry_run)
         if live is None:
             result = "created"
-        elif applied["metadata"]["resourceVersion"] != live["metadata"]["resourceVersion"] or (
-                dry_run and _diff(live, applied)):
+        elif _changed(live, applied) or (dry_run and _diff(live, applied)):
             result = "configured"
         else:
             result = "unchanged"
@@ -99,6 +98,17 @@ def apply_manifests(api: ApiClient, manifests: list[dict], dry_run: bool = False
             log.info("%s %s", name, result)
         results.append({"object": name, "result": result})
     return results
+
+
+def _changed(live: dict, applied: dict) -> bool:
+    """Whether the apply changed the object: its generation, labels or annotations where it has a generation (a
+    controller's status write between our read and the apply changes the resourceVersion only), else its
+    resourceVersion."""
+    before, after = live["metadata"], applied["metadata"]
+    if "generation" not in before:
+        return after.get("resourceVersion") != before.get("resourceVersion")
+    return after.get("generation") != before["generation"] or any(
+        (after.get(field) or {}) != (before.get(field) or {}) for field in ("labels", "annotations"))
 
 
 def restore_prior_state(api: ApiClient, prior: list[dict]) -> list[dict]:

@@ -24,15 +24,15 @@ def _pod_ready(pod: dict) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def _rollout_problem(workload: dict) -> str | None:
-    """kubectl rollout status's conditions, without the pods."""
+def _rollout_problem(kind: str, workload: dict) -> str | None:
+    """kubectl rollout status's conditions, without the pods (``kind``: a listed item carries none)."""
     spec, status = workload.get("spec", {}), workload.get("status", {})
     want = spec.get("replicas", 1)
     if status.get("observedGeneration", 0) < workload["metadata"].get("generation", 0):
         return "waiting for the controller to observe the new generation"
     counts = {field: status.get(field, 0) for field in ("replicas", "updatedReplicas", "readyReplicas",
                                                           "availableReplicas")}
-    if workload["kind"] == "StatefulSet":
+    if kind == "StatefulSet":
         if status.get("updateRevision") and status.get("currentRevision") != status.get("updateRevision"):
             return f"{status.get('currentRevision')} -> {status.get('updateRevision')} in progress"
     if any(count != want for count in counts.values()):
@@ -86,7 +86,7 @@ class RolloutTracker:
             if obj is None:
                 problems.append(f"{label}: not found")
                 continue
-            if problem := _rollout_problem(obj):
+            if problem := _rollout_problem(workload["kind"], obj):
                 problems.append(f"{label}: {problem}")
                 continue
             pods = self.pods_of(workload)
