@@ -32,8 +32,9 @@ controlplane: $(CONTROLPLANE_STAMP)
 install: $(STAMP)
 
 # make demo needs no control plane (kubesim serves it); the tests and benchmarks do.
+DEMO_ARGS ?=
 demo: install
-	$(BIN)/python -m scripts.demo
+	$(BIN)/python -m scripts.demo $(DEMO_ARGS)
 
 test: install controlplane
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)

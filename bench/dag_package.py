@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .common import REPO_ROOT, Kubectl, Result, api_client, cluster, ms, now, percentile, pod_ready, pods, \
     probing, wait_for
+from kubesim.addresses import external_address
 from kubesim.resources import DEPLOYMENTS, NODES, PODS, STATEFULSETS
 from scripts.demo import run_dag
 from scripts.local_airflow import airflow_environ, run_airflow
@@ -54,9 +55,9 @@ print(json.dumps({"airflow_sdk_s": t1 - t0, "file_s": t2 - t1}))
 
 # ---- the release on the cluster --------------------------------------------------------------------------
 def external_ip() -> str:
-    """A loopback address whose :PORT is free (not 127.0.0.1:8080, which a demo may be using)."""
+    """An external address (kubesim.addresses) whose :PORT is free (not a demo's)."""
     for last in range(1, 250):
-        ip = f"127.79.{os.getpid() % 250}.{last}"
+        ip = external_address((3000 + os.getpid() % 1000) * 256 + last)
         with socket.socket() as s:
             try:
                 s.bind((ip, PORT))

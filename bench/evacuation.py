@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from kubesim.addresses import external_address
+
 from .common import Kubectl, Result, api_client, cluster, pod_ready, pods, wait_for
 
 CASES = (10, 40)
@@ -38,7 +40,7 @@ def release_name(i: int) -> str:
 
 
 def external_ip(i: int) -> str:
-    return f"127.78.{os.getpid() % 250}.{i + 1}"
+    return external_address((2000 + os.getpid() % 1000) * 256 + i + 1)
 
 
 def deploy_releases(c, count: int) -> list[dict]:

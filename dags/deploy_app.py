@@ -19,7 +19,7 @@ With `dry_run`, **label_nodes** and **move** only ask the API server what they w
 nothing persisted; the diffs are in their logs).
 
 Example conf: `{"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
-"node_label": {"demo": "node1"}, "external_ip": "127.0.0.1", "port": 8080}`.
+"node_label": {"demo": "node1"}, "external_ip": "10.192.0.1", "port": 8080}`.
 Then move it with **migrate_app**.
 """
 from airflow.sdk import DAG

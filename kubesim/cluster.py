@@ -74,6 +74,7 @@ class Cluster:
 
         if self.config.control_plane == "real":
             return self._start_real()
+        self._route_external_addresses()
         self.store = Store(self.config.state_dir)
         self._seed()
         self.faults = FaultRegistry()
@@ -93,6 +94,17 @@ class Cluster:
         log.info("kubesim serving %s with nodes %s; kubeconfig %s", self.url, ",".join(self.config.nodes),
                  self.kubeconfig_path)
         return self
+
+    @staticmethod
+    def _route_external_addresses() -> None:
+        """Services' external addresses (kubesim.addresses.EXTERNAL_RANGE) bindable here; without the privilege
+        the proxy listens on a free 127.0.0.1 port instead and says where in the Service's annotation."""
+        from .addresses import EXTERNAL_RANGE, ensure_local_routes
+
+        try:
+            ensure_local_routes((EXTERNAL_RANGE,))
+        except RuntimeError as error:
+            log.warning("%s", error)
 
     def _start_real(self) -> "Cluster":
         """The real control plane with kubesim's kubelets as its nodes; no kubesim API server or controllers."""

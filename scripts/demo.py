@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from kubesim.addresses import EXTERNAL_RANGE, ensure_local_routes, external_address
 from scripts.local_airflow import ROOT, airflow_environ, run_airflow
 
 
@@ -73,7 +74,8 @@ def human_summary(report: dict, report_path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--external-ip", default="127.0.0.1")
+    parser.add_argument("--external-ip", default=external_address(1),
+                        help="the Service's external address (an API server refuses loopback ones)")
     parser.add_argument("--port", type=int, default=8080, help="8080, or the nearest free port above it")
     parser.add_argument("--report-dir", type=Path, default=ROOT / "reports")
     parser.add_argument("--control-plane", choices=("kubesim", "real"), default="kubesim",
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     report_dir.mkdir(parents=True, exist_ok=True)
     for old in report_dir.glob("*"):
         old.unlink()
+    try:
+        ensure_local_routes((EXTERNAL_RANGE,))   # kubesim's Services answer on this machine at these addresses
+    except RuntimeError as error:
+        raise SystemExit(f"{error}\nor pass --external-ip with a non-loopback address of this machine")
     port = free_port(args.external_ip, args.port)
     work = Path(tempfile.mkdtemp(prefix="k8smove-demo-"))
     try:

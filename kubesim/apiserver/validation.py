@@ -2,6 +2,8 @@
 (names, labels, required fields, immutable fields) that answer 422 Invalid with field causes."""
 from __future__ import annotations
 
+import ipaddress
+
 import json
 import re
 from functools import lru_cache
@@ -229,9 +231,29 @@ def _label_selector_requirements(selector: dict) -> list | None:
     return reqs if all(op in ("In", "NotIn", "Exists", "DoesNotExist") for _, op, _ in reqs) else None
 
 
+def _special_ip_problem(value) -> str | None:
+    """ValidateNonSpecialIP's verdict: what an API server says of an address no Service may claim."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except (TypeError, ValueError):
+        return "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+    if ip.is_unspecified:
+        return "may not be unspecified (0.0.0.0, ::)"
+    if ip.is_loopback:
+        return "may not be in the loopback range (127.0.0.0/8, ::1/128)"
+    if ip.is_link_local:
+        return "may not be in the link-local range (169.254.0.0/16, fe80::/10)"
+    if ip.is_multicast:
+        return "may not be a multicast address (224.0.0.0/4, ff00::/8)"
+    return None
+
+
 def _service_causes(svc: dict) -> list[dict]:
     spec = svc.get("spec") or {}
     out = []
+    for i, address in enumerate(spec.get("externalIPs") or []):
+        if problem := _special_ip_problem(address):
+            out.append(invalid_value(f"spec.externalIPs[{i}]", address, problem))
     if spec.get("type") != "ExternalName" and spec.get("clusterIP") != "None" and not spec.get("ports"):
         out.append(required("spec.ports"))
     for i, port in enumerate(spec.get("ports") or []):

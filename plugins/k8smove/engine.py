@@ -22,7 +22,7 @@ from kubernetes.client import ApiClient
 from k8smove import COMPONENTS, LABEL_COMPONENT, K8sMoveError, kube, lock, release_selector
 from k8smove.apply import apply_manifests, record_prior_state, restore_prior_state
 from k8smove.labels import selector_string
-from k8smove.preflight import check_placement, recorded_release
+from k8smove.preflight import check_external_ip, check_placement, recorded_release
 from k8smove.render import render_manifests
 from k8smove.rollout import workloads_in
 from k8smove.verify import verify_endpoint, verify_source_empty
@@ -62,6 +62,8 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
     ``snapshot``: (nodes, pods) the caller listed already (see ``check_placement``).
     """
     components = list(components)
+    if settings is not None and "external_ip" in settings:
+        check_external_ip(settings["external_ip"])
     found = recorded_release(api, namespace, release, components, required=settings is None)
     recorded, sources = found if found else (None, {})
     if settings is not None and recorded is not None:

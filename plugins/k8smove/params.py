@@ -74,9 +74,11 @@ DEPLOY_PARAMS = {
         "description": "Node selector for the App and DB pods.",
     },
     "external_ip": {
-        "default": "127.0.0.1",
+        "default": "10.192.0.1",
         "title": "External IP",
-        "description": "Address the Service is exposed on (one of the cluster's interfaces).",
+        "description": "Address the Service is exposed on: one of the nodes' or the load balancer's (not a "
+                       "loopback, link-local or unspecified address, which Kubernetes refuses). The default is "
+                       "the demo cluster's.",
         "type": "string",
         "format": "ipv4",
     },

@@ -4,6 +4,7 @@ Every problem found is collected, so one failed run names all of them; nothing h
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 
 from kubernetes.client import ApiClient
@@ -18,6 +19,19 @@ BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
 def check_conf_keys(conf: dict, allowed) -> None:
     if unknown := sorted(set(conf) - set(allowed)):
         raise K8sMoveError(f"unknown conf key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def check_external_ip(value) -> None:
+    """A Service's external address must be one Kubernetes accepts in spec.externalIPs (its non-special rule)."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except (TypeError, ValueError):
+        raise K8sMoveError(f"external_ip {value!r}: not an IP address") from None
+    for special, what in ((ip.is_unspecified, "unspecified"), (ip.is_loopback, "a loopback address"),
+                          (ip.is_link_local, "link-local"), (ip.is_multicast, "multicast")):
+        if special:
+            raise K8sMoveError(f"external_ip {value}: {what}, which Kubernetes refuses in a Service's externalIPs; "
+                               f"use an address of the nodes or of a load balancer")
 
 
 def labels_after_changes(nodes: list[dict], label_nodes: dict) -> dict[str, dict]:

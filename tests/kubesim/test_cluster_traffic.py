@@ -15,6 +15,7 @@ from cluster_support import (RECREATE, SURGE, deployment, dump, kubectl, pods_of
 from k8smove.availability import ProbeRecord, run
 
 from kubesim.resources import SERVICES
+from tests.operators.kubesim_release import unique_external_ip
 
 RATE = 25.0   # requests per second, fired at a fixed rate whatever the latency
 
@@ -26,14 +27,14 @@ def free_port() -> int:
 
 
 def expose(cluster, name: str) -> str:
-    """A Service with externalIPs [127.0.0.1] on a free port; the URL its proxy really answers on."""
-    port = free_port()
-    kubectl(cluster, "apply", "-f", "-", input=dump(service(name, port=port, target=80, externalIPs=["127.0.0.1"])))
+    """A Service with an external address on a free port; the URL its proxy really answers on."""
+    port, address_ = free_port(), unique_external_ip()
+    kubectl(cluster, "apply", "-f", "-", input=dump(service(name, port=port, target=80, externalIPs=[address_])))
 
     def address():
         svc = cluster.store.get(SERVICES, "default", name)
         fallback = (svc["metadata"].get("annotations") or {}).get("kubesim.io/proxy-address")
-        return fallback.split(",")[0] if fallback else f"127.0.0.1:{port}"
+        return fallback.split(",")[0] if fallback else f"{address_}:{port}"
     url = f"http://{address()}/"
     wait_for(lambda: _answers(url), what=f"{url} answering")
     return url

@@ -6,6 +6,7 @@ import itertools
 import os
 
 from k8smove.params import DEPLOY_PARAMS
+from kubesim.addresses import external_address
 
 _addresses = itertools.count(1)
 RENDER_KEYS = ("namespace", "release", "node_label", "external_ip", "port", "images", "replicas", "storage")
@@ -13,8 +14,9 @@ LABEL_NODES = {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}}
 
 
 def unique_external_ip() -> str:
-    """A loopback address no other test (or agent on this machine) is using, so :8080 is free on it."""
-    return f"127.77.{os.getpid() % 250}.{next(_addresses) % 250 + 1}"
+    """An external address (kubesim.addresses.EXTERNAL_RANGE: an API server refuses loopback ones) no other test
+    (or agent on this machine) is using, so :8080 is free on it."""
+    return external_address((1000 + os.getpid() % 1000) * 256 + next(_addresses) % 250 + 1)
 
 
 def deploy_values(**overrides) -> dict:

@@ -43,7 +43,7 @@ def test_app_rollout_placement_and_labels(values):
     assert db["spec"]["template"]["spec"]["nodeSelector"] == {"demo": "node1"}
     assert manifests[("PersistentVolumeClaim", "demo-db")]["spec"]["storageClassName"] == "standard"
     service = manifests[("Service", "demo")]
-    assert service["spec"]["externalIPs"] == ["127.0.0.1"]
+    assert service["spec"]["externalIPs"] == ["10.192.0.1"]
     assert service["spec"]["ports"][0]["port"] == 8080
     assert manifests[("Service", "demo-db")]["spec"]["type"] == "ClusterIP"
 
