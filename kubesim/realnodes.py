@@ -20,6 +20,7 @@ from .controllers.manager import WORKER_THREADS
 from .controllers.provisioner import Provisioner
 from .dataplane.network import LoopbackNetwork
 from .dataplane.proxy import ServiceProxy
+from .kubeletapi import KubeletApi
 from .dataplane.runtime import ProcessRuntime
 from .remote import Informed, RemoteStore
 from .resources import ENDPOINTS, ENDPOINTSLICES, NODES, PODS, PVCS, PVS, SERVICES, STORAGECLASSES
@@ -58,6 +59,7 @@ class RealNodes:
         self.proxy_store: RemoteStore | None = None
         self.proxy: ServiceProxy | None = None
         self.provisioner_store: RemoteStore | None = None
+        self.apis: list[KubeletApi] = []
         self.provisioner: Provisioner | None = None
 
     def start(self) -> "RealNodes":
@@ -112,6 +114,13 @@ class RealNodes:
         ctx = Context(store, self.config, runtime, self.faults, self.timers, self.workers, cache,
                       EventRecorder(store))
         kubelet = self.kubelets.add(name, ctx)
+        if self.config.run_processes:
+            api = KubeletApi(name, kubelet.internal_ip, runtime, cp.pki.issue(
+                f"kubelet-{name}", f"system:node:{name}", ("system:nodes",), server=True, dns_names=(name,),
+                ips=(kubelet.internal_ip,)), cp.ca_file).start()
+            self.apis.append(api)
+            # the API server then proxies kubectl's WebSocket exec straight here (see kubeletapi.py)
+            kubelet.api_port, kubelet.declared_features = api.port, ("ExtendWebSocketsToKubelet",)
         store.add_listener(self.kubelets.on_event)   # after the cache's listener: the kubelet reads the cache
         self.nodes[name] = Node(name, store, runtime, kubelet)
         if name not in self.config.nodes:
@@ -125,6 +134,8 @@ class RealNodes:
             self.proxy.stop()
         if self.provisioner is not None:
             self.provisioner.stop()
+        for api in self.apis:
+            api.stop()
         for store in (self.proxy_store, self.provisioner_store):
             if store is not None:
                 store.close()

@@ -11,6 +11,7 @@ SUBRESOURCES = {
     "eviction": (("create",), "Eviction", "policy", "v1"),
     "binding": (("create",), "Binding", "", "v1"),
     "log": (("get",), "Pod", "", "v1"),
+    "exec": (("create", "get"), "PodExecOptions", "", "v1"),
     "finalize": (("update",), None, None, None),
 }
 

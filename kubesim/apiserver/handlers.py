@@ -590,13 +590,16 @@ class ResourceHandlers:
 
     def log(self, request: Request) -> Response:
         pod, container = self._log_target(request)
-        return Response(200, self._read_logs(pod, container, self._tail_lines(request)).encode(), "text/plain")
+        body = self._read_logs(pod, container, self._tail_lines(request)).encode()
+        limit = _optional_int(request.query.get("limitBytes"), "limitBytes")
+        return Response(200, body[:limit] if limit is not None else body, "text/plain")
 
     def follow_logs(self, request: Request):
         """Checks the request now; returns the streamer, which sends new log output until the pod is gone
         or stops running, or the client leaves."""
         pod, container = self._log_target(request)
         first = self._read_logs(pod, container, self._tail_lines(request))
+        limit = _optional_int(request.query.get("limitBytes"), "limitBytes")
 
         def stream(http) -> None:
             http.send_response(200)
@@ -604,15 +607,24 @@ class ResourceHandlers:
             http.send_header("Transfer-Encoding", "chunked")
             http.end_headers()
             total = len(self._read_logs(pod, container, None))
+            sent = 0
+
+            def send(data: bytes) -> bool:
+                """Write what limitBytes still allows; whether more may follow."""
+                nonlocal sent
+                data = data[:limit - sent] if limit is not None else data
+                if data:
+                    write_chunk(http.wfile, data)
+                    sent += len(data)
+                return limit is None or sent < limit
             try:
-                if first:
-                    write_chunk(http.wfile, first.encode())
-                while True:
+                more = send(first.encode())
+                while more:
                     time.sleep(LOG_POLL_SECONDS)
                     current = self.store.find(PODS, pod["metadata"].get("namespace"), pod["metadata"]["name"])
                     text = self._read_logs(pod, container, None)
                     if len(text) > total:
-                        write_chunk(http.wfile, text[total:].encode())
+                        more = send(text[total:].encode())
                         total = len(text)
                     if current is None or current["metadata"]["uid"] != pod["metadata"]["uid"] or \
                             (current.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
@@ -621,6 +633,18 @@ class ResourceHandlers:
             except OSError:
                 http.close_connection = True
         return stream
+
+    def exec_session(self, request: Request, query: dict):
+        """Checks the request now (the pod, its container running here); returns what upgrades the connection
+        to a WebSocket exec session (kubesim.kubeletapi.serve_exec, the kubelet API's own)."""
+        from ..kubeletapi import serve_exec
+
+        pod, container = self._log_target(request)
+        supervisor = getattr(self.runtime, "find_pod", lambda *_: None)(pod["metadata"]["namespace"],
+                                                                         pod["metadata"]["name"])
+        if supervisor is None or not supervisor.running(container):
+            raise errors.bad_request(f'unable to upgrade connection: container not found ("{container}")')
+        return lambda http: serve_exec(http, supervisor, container, query)
 
     def eviction(self, request: Request) -> Response:
         route = request.route

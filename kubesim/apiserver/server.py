@@ -206,6 +206,10 @@ class ApiServer:
             stream.bookmark_seconds = self.bookmark_seconds
             self._stream(entry, started, lambda: stream.serve(http))
             return None
+        if route.subresource == "exec":
+            session = self.handlers.exec_session(request, parse_qs(urlsplit(http.path).query))
+            self._stream(entry, started, lambda: session(http))
+            return None
         if route.subresource == "log" and truthy(query.get("follow")):
             follow = self.handlers.follow_logs(request)
             self._stream(entry, started, lambda: follow(http))

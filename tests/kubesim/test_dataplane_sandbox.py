@@ -85,3 +85,21 @@ def test_a_postgres_container_given_a_command_runs_the_postgres_tools(cluster):
     assert done["status"]["phase"] == "Succeeded", logs(cluster, "tools")
     out = logs(cluster, "tools")
     assert "pg_basebackup (PostgreSQL)" in out and "psql (PostgreSQL)" in out
+
+
+def test_exec_and_logs_on_kubesims_own_api_server(cluster, tmp_path):
+    from kubectl_support import check_exec_and_logs, kubectl_runner
+
+    check_exec_and_logs(kubectl_runner(cluster.kubeconfig_path, str(tmp_path)), cluster.kubeconfig_path)
+
+
+def test_exec_into_postgres_reaches_the_server_over_its_local_socket(cluster):
+    """As in the official image: `psql -U postgres` in the container connects over the unix socket, trusted."""
+    db = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "namespace": "default"},
+          "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+              "name": "postgres", "image": "postgres:16", "env": [{"name": "POSTGRES_PASSWORD", "value": "pw"}],
+              "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 1}}]}}
+    kubectl(cluster, "apply", "-f", "-", input=dump(db))
+    kubectl(cluster, "wait", "--for=condition=Ready", "pod/db", "--timeout=90s", timeout=100)
+    answer = kubectl(cluster, "exec", "db", "--", "psql", "-U", "postgres", "-tAc", "select 41 + 1")
+    assert answer.stdout == "42\n"

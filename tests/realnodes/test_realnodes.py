@@ -342,3 +342,14 @@ spec:
     pod = kubectl.json("get", "pods", "-l", "job-name=fails")["items"][0]
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
     kubectl("delete", "job", "hello", "fails")
+
+
+def test_exec_and_logs_reach_kubesims_kubelet_api_through_the_real_api_server(real_cluster, kubectl):
+    """The node declares ExtendWebSocketsToKubelet, so the API server proxies the WebSocket exec to the node's
+    kubelet API (kubesim/kubeletapi.py, TLS, the API server's client certificate) and logs the same way."""
+    from kubectl_support import check_exec_and_logs
+
+    nodes = kubectl.json("get", "nodes")["items"]
+    assert all(n["status"]["declaredFeatures"] == ["ExtendWebSocketsToKubelet"] for n in nodes)
+    assert all(n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] != 10250 for n in nodes)
+    check_exec_and_logs(kubectl, real_cluster.kubeconfig_path)
