@@ -28,10 +28,11 @@ kind: Pod
 metadata: {name: shell, namespace: default}
 spec:
   terminationGracePeriodSeconds: 1
+  restartPolicy: Never
   containers:
   - name: main
     image: busybox:1.36
-    command: [sh, -c, 'echo started; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done']
+    command: [sh, -c, 'trap "exit 0" INT; echo started; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done']
     env: [{name: GREETING, value: hello}]
     volumeMounts: [{name: scratch, mountPath: /scratch}]
   volumes: [{name: scratch, emptyDir: {}}]
@@ -50,7 +51,7 @@ def check_exec_and_logs(kubectl, kubeconfig: str) -> None:
     failed = kubectl("exec", "shell", "--", "sh", "-c", "echo $GREETING from $(hostname); echo oops >&2; exit 3",
                      check=False)
     assert failed.returncode == 3, failed
-    assert failed.stdout == "hello from shell\n" and failed.stderr.startswith("oops\n")
+    assert failed.stdout == "hello from shell\n" and failed.stderr.startswith("oops\n"), failed
     kubectl("exec", "-i", "shell", "--", "sh", "-c", "cat > /scratch/note", input="kept\n")
     assert kubectl("exec", "shell", "--", "cat", "/scratch/note").stdout == "kept\n"   # the pod's volume
     api = client.CoreV1Api(config.new_client_from_config(kubeconfig))
@@ -67,4 +68,9 @@ def check_exec_and_logs(kubectl, kubeconfig: str) -> None:
     assert len(followed) == 30 and followed.startswith("started\ntick 1\n")
     missing = kubectl("exec", "shell", "-c", "nope", "--", "true", check=False)
     assert missing.returncode != 0 and "nope" in missing.stderr
+    # an exec joins the container: its PID 1 is the container's command, and `kill -INT 1` stops it (how
+    # KubernetesPodOperator ends its xcom sidecar)
+    assert "while true" in kubectl("exec", "shell", "--", "cat", "/proc/1/cmdline").stdout
+    kubectl("exec", "shell", "--", "kill", "-INT", "1")
+    kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/shell", "--timeout=30s")
     kubectl("delete", "pod", "shell", "--wait=true")

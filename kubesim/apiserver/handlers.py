@@ -136,6 +136,16 @@ def _optional_int(value, name: str) -> int | None:
     raise errors.bad_request(f"{name}: invalid value {value!r}: must be an integer")
 
 
+def _container_terminated(pod: dict, container: str) -> bool:
+    """Whether ``container`` has stopped for good (a follow ends with its container, as the kubelet's does)."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return True
+    statuses = (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
+    state = next((cs.get("state") or {} for cs in statuses if cs.get("name") == container), {})
+    return "terminated" in state
+
+
 class ResourceHandlers:
     def __init__(self, store, config: ClusterConfig, runtime=None):
         self.store = store
@@ -627,7 +637,7 @@ class ResourceHandlers:
                         more = send(text[total:].encode())
                         total = len(text)
                     if current is None or current["metadata"]["uid"] != pod["metadata"]["uid"] or \
-                            (current.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                            _container_terminated(current, container):
                         break
                 write_chunk(http.wfile, b"")
             except OSError:

@@ -76,7 +76,8 @@ class ContainerRun:
     started_at: float = 0.0
     crashes: int = 0
     env: dict | None = None             # the container's own env (from its spec) as last launched
-    sandbox_args: tuple | None = None   # (mounts, workdir, read-only dirs, PATH prefix) an exec runs with
+    sandbox_args: tuple | None = None   # (mounts, workdir, read-only dirs, PATH prefix, exec env) an exec runs with
+    sandboxed: bool = False             # its process is a sandbox an exec enters
 
 
 class ProcessRuntime:
@@ -372,6 +373,7 @@ class PodSupervisor(threading.Thread):
                             tuple(d.format(**placeholders) for d in run.entry.sandbox_path),
                             {k: str(v).format(**placeholders) for k, v in run.entry.exec_env.items()})
         kind = "sandbox" if spec.get("command") and run.entry.sandbox_command else run.entry.run
+        run.sandboxed = kind == "sandbox"
         launch = (self._launch_sandbox(run, container_env_only, placeholders) if kind == "sandbox"
                   else _LAUNCHERS[kind](self, run, env, placeholders, ports))
         launch.stop_signal = signal.Signals[run.entry.stop_signal]
@@ -410,6 +412,13 @@ class PodSupervisor(threading.Thread):
             raise KeyError(container)
         if run.sandbox_args is None or run.proc is None or run.proc.poll() is not None:
             raise LookupError(f"container {container} is not running")
+        if run.sandboxed:   # into the container's own namespaces: its processes, its PID 1
+            pid = sandbox.sandbox_pid1(run.proc.pid)
+            if pid is None:
+                raise LookupError(f"container {container} is not running")
+            env = {**(run.env or {}), **run.sandbox_args[4], "KUBESIM_POD_UID": self.uid}
+            return Launch(sandbox.enter_argv(pid, command, env), {
+                "KUBESIM_POD_UID": self.uid, "PATH": os.environ.get("PATH", sandbox.DEFAULT_PATH)})
         return self._sandboxed(run, command, run.env or {}, run.sandbox_args[4])
 
     def container_names(self) -> list[str]:

@@ -23,7 +23,9 @@ def sandbox_argv(argv: list[str], env: dict[str, str], mounts: list[tuple[str, s
     """bwrap's command line for ``argv`` with ``env``; ``mounts``: (host dir, container path, read only);
     ``extra_ro``: host directories visible read-only at their own path (e.g. PostgreSQL's binaries);
     ``path_prefix``: directories put before the default PATH."""
-    args = [str(bwrap_path()), "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+    # --as-pid-1: the command is its namespace's PID 1, as in a container (`kill 1` reaches it; a SIGTERM it has
+    # no handler for is ignored, so the stop waits the grace period and kills)
+    args = [str(bwrap_path()), "--die-with-parent", "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--cap-drop", "ALL", "--hostname", hostname[:63],
             "--ro-bind", "/usr", "/usr"]
     for target, link in MERGED_USR:
@@ -45,3 +47,26 @@ def sandbox_argv(argv: list[str], env: dict[str, str], mounts: list[tuple[str, s
     for name, value in {"HOME": "/root", "HOSTNAME": hostname, **env, "PATH": path}.items():
         args += ["--setenv", name, value]
     return [*args, "--", *argv]
+
+
+def enter_argv(pid: int, argv: list[str], env: dict[str, str]) -> list[str]:
+    """An exec into the running sandbox whose PID 1 is ``pid`` (host PID): its mount, PID, UTS and IPC namespaces,
+    root and working directory, no capabilities, only ``env``."""
+    path = env.get("PATH") or DEFAULT_PATH
+    # -r -w: the target's root and working directory (util-linux 2.38's --wd=DIR with --root fails getcwd)
+    return ["nsenter", "-t", str(pid), "-m", "-p", "-u", "-i", "-r", "-w", "--",
+            "setpriv", "--bounding-set=-all", "--inh-caps=-all", "--",
+            "env", "-i", *(f"{k}={v}" for k, v in {"HOME": "/root", **env, "PATH": path}.items()), *argv]
+
+
+def sandbox_pid1(bwrap_pid: int) -> int | None:
+    """The host PID of the command bwrap started (its namespace's PID 1)."""
+    try:
+        for task in os.listdir(f"/proc/{bwrap_pid}/task"):
+            with open(f"/proc/{bwrap_pid}/task/{task}/children") as f:
+                children = f.read().split()
+            if children:
+                return int(children[0])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None

@@ -71,7 +71,7 @@ def test_the_sandbox_hides_the_host_and_drops_privileges(cluster):
         volumes=[{"name": "c", "configMap": {"name": "ro"}}])))
     assert finished(cluster, "probe")["status"]["phase"] == "Succeeded"
     out = logs(cluster, "probe").splitlines()
-    assert out[0] == "pid=2"                              # its own PID namespace (bwrap's init is 1)
+    assert out[0] == "pid=1"                              # its own PID namespace, the command as PID 1
     assert "host-visible" not in out and "wrote-read-only" not in out
     assert out[1].split() == ["CapEff:", "0000000000000000"]
     assert out[2] == "0"                                  # /etc/shadow cannot be read
