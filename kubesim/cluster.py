@@ -186,9 +186,11 @@ class Cluster:
     def clear_request_log(self) -> None:
         self.api.clear_request_log()
 
-    def writes(self) -> list[dict]:
-        """Requests that could change the cluster (anything but reads), as the request log saw them."""
-        return [r for r in self.request_log if r["method"] in ("POST", "PUT", "PATCH", "DELETE")]
+    def writes(self, dry_runs: bool = True) -> list[dict]:
+        """Write requests (anything but reads), as the request log saw them; ``dry_runs=False``: only the ones
+        that could change the cluster (not ``dryRun=All``)."""
+        return [r for r in self.request_log if r["method"] in ("POST", "PUT", "PATCH", "DELETE")
+                and (dry_runs or r["query"].get("dryRun") != "All")]
 
     def write_kubeconfig(self, path: str) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

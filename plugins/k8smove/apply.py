@@ -8,6 +8,7 @@ import secrets
 
 import yaml
 from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
 
 from k8smove import kube
 from k8smove.render import GENERATE_KEYS_ANNOTATION, redact
@@ -65,6 +66,26 @@ def _diff(before: dict | None, after: dict) -> str:
         shown = redact(kube.strip_server_fields(obj))
         return yaml.safe_dump(shown, sort_keys=True).splitlines(keepends=True)
     return "".join(difflib.unified_diff(lines(before), lines(after), "live", "applied"))
+
+
+def refusals_on_server(api: ApiClient, manifests: list[dict]) -> list[str]:
+    """What the API server refuses of ``manifests``, one line per object (its reason, its message): a server-side
+    dry run of each, in order, nothing written. A create-only Secret that exists is left out (it is never
+    applied); one that does not is tried with placeholder values."""
+    problems = []
+    for manifest in manifests:
+        if keys := _generated_keys(manifest):
+            if kube.get(api, manifest) is not None:
+                continue
+            placeholder = base64.b64encode(b"dry-run").decode()
+            manifest = {**manifest, "data": {key: placeholder for key in keys}}
+        try:
+            kube.server_side_apply(api, manifest, dry_run=True)
+        except ApiException as err:
+            if err.status not in (400, 404, 409, 422):
+                raise   # not an answer about the manifest: the caller reports it with its reason
+            problems.append(f"{kube.ref(manifest)}: {kube.status_message(err)}")
+    return problems
 
 
 def apply_manifests(api: ApiClient, manifests: list[dict], dry_run: bool = False,

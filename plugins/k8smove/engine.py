@@ -20,7 +20,7 @@ import time
 from kubernetes.client import ApiClient
 
 from k8smove import COMPONENTS, LABEL_COMPONENT, K8sMoveError, kube, lock, release_selector
-from k8smove.apply import apply_manifests, record_prior_state, restore_prior_state
+from k8smove.apply import apply_manifests, record_prior_state, refusals_on_server, restore_prior_state
 from k8smove.labels import selector_string
 from k8smove.preflight import check_external_ip, check_placement, recorded_release
 from k8smove.render import render_manifests
@@ -73,6 +73,9 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
               "node_label": target}
     manifests = render_manifests(values, components)
     target_nodes = check_placement(api, manifests, values, sources, label_nodes or {}, avoid_nodes, snapshot)
+    # the API server's own verdict (validation, admission, a missing namespace) before anything is written
+    if refused := refusals_on_server(api, manifests):
+        raise K8sMoveError("the API server refuses the release's manifests: " + "; ".join(refused))
     return {"namespace": namespace, "release": release, "target": target, "components": components,
             "values": values, "sources": sources, "existing": recorded is not None, "target_nodes": target_nodes,
             "avoid_nodes": sorted(avoid_nodes), "manifests": manifests,

@@ -52,6 +52,17 @@ def call(api: ApiClient, method: str, path: str, body=None, query=None, content_
     return json.loads(response.data) if response.data else None
 
 
+def status_message(err: ApiException) -> str:
+    """An API error in words: the Status's reason and message (which names the fields), else the HTTP reason."""
+    try:
+        status = json.loads(err.body or "{}")
+    except (TypeError, ValueError):
+        status = {}
+    if not isinstance(status, dict):
+        status = {}
+    return f"{status.get('reason') or err.reason}: {status.get('message') or err.body or err.status}"
+
+
 def get(api: ApiClient, manifest: dict) -> dict | None:
     meta = manifest["metadata"]
     try:

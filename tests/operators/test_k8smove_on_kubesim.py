@@ -85,6 +85,18 @@ def test_preflight_refuses_and_writes_nothing(cluster, kube_client, prepare, val
     assert cluster.writes() == []
 
 
+@pytest.mark.parametrize("values,message", [
+    ({"namespace": "nosuch"}, r'ConfigMap nosuch/demo-k8smove: NotFound: namespaces "nosuch" not found'),
+    ({"external_ip": "127.0.0.1"}, "external_ip 127.0.0.1: a loopback address, which Kubernetes refuses"),
+])
+def test_what_the_api_server_would_refuse_is_refused_before_any_write(cluster, kube_client, values, message):
+    """The plan asks the API server (server-side dry runs of every manifest) and refuses with its answer."""
+    clear_request_log(cluster, kube_client)
+    with pytest.raises(K8sMoveError, match=message):
+        plan_deploy(kube_client, deploy_values(**values), LABEL_NODES)
+    assert cluster.writes(dry_runs=False) == []
+
+
 def plan_deploy(kube_client, values, label_changes):
     settings = {k: v for k, v in values.items() if k not in ("namespace", "release", "node_label")}
     return plan_release(kube_client, values["namespace"], values["release"], values["node_label"],
@@ -119,7 +131,7 @@ def test_preflight_of_a_migration(cluster, kube_client):
                                            r"8080 \(the Service's port: every connected client would lose it\)"):
         plan_release(kube_client, "default", "demo", {"demo": "node2"}, settings={**recorded, "port": 8081})
     assert plan_release(kube_client, "default", "demo", {"demo": "node2"}, settings=recorded)["existing"]
-    assert cluster.writes() == []
+    assert cluster.writes(dry_runs=False) == []   # plans ask the API server with dry runs only
 
 
 # ---- ApplyResources ------------------------------------------------------------------------------------
