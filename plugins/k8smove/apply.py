@@ -123,13 +123,16 @@ def apply_manifests(api: ApiClient, manifests: list[dict], dry_run: bool = False
 
 def _changed(live: dict, applied: dict) -> bool:
     """Whether the apply changed the object: its generation, labels or annotations where it has a generation (a
-    controller's status write between our read and the apply changes the resourceVersion only), else its
-    resourceVersion."""
+    controller's write between our read and the apply — status, its revision annotation — does not count), else
+    its resourceVersion."""
     before, after = live["metadata"], applied["metadata"]
     if "generation" not in before:
         return after.get("resourceVersion") != before.get("resourceVersion")
+
+    def own(meta: dict, field: str) -> dict:   # not what controllers keep (deployment.kubernetes.io/revision …)
+        return {k: v for k, v in (meta.get(field) or {}).items() if "kubernetes.io/" not in k}
     return after.get("generation") != before["generation"] or any(
-        (after.get(field) or {}) != (before.get(field) or {}) for field in ("labels", "annotations"))
+        own(after, field) != own(before, field) for field in ("labels", "annotations"))
 
 
 def restore_prior_state(api: ApiClient, prior: list[dict]) -> list[dict]:
