@@ -31,6 +31,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .apiserver.watch import ChunkedBody
+
 log = logging.getLogger("kubesim.kubeletapi")
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -120,18 +122,8 @@ def _handler(api: KubeletApi):
             self.send_header("Content-Type", "text/plain")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            sent = 0
-
-            def send(chunk: bytes) -> bool:
-                nonlocal sent
-                if limit is not None:
-                    chunk = chunk[:max(0, limit - sent)]
-                if chunk:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    self.wfile.flush()
-                    sent += len(chunk)
-                return limit is None or sent < limit
-            more = send(data)
+            body = ChunkedBody(self.wfile, limit)
+            more = body.send(data)
             if follow and more:
                 position = os.path.getsize(path) if os.path.exists(path) else 0
                 while more and supervisor.running(container):
@@ -144,10 +136,10 @@ def _handler(api: KubeletApi):
                         break
                     position += len(chunk)
                     try:
-                        more = send(chunk)
+                        more = body.send(chunk)
                     except OSError:   # the client went away
                         return
-            self.wfile.write(b"0\r\n\r\n")
+            body.end()
 
         def _exec(self, supervisor, container: str, query: dict) -> None:
             serve_exec(self, supervisor, container, query)

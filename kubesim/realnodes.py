@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .cluster import STORAGE_CLASSES
 from .config import ClusterConfig
-from .controllers.base import Context, Timers, WorkerPool
+from .controllers.base import Context, EventRoutes, Timers, WorkerPool
 from .controllers.cache import Cache
 from .controllers.events import EventRecorder
 from .controllers.kubelet import Kubelet, Kubelets
@@ -20,8 +20,8 @@ from .controllers.manager import WORKER_THREADS
 from .controllers.provisioner import Provisioner
 from .dataplane.network import LoopbackNetwork
 from .dataplane.proxy import ServiceProxy
-from .kubeletapi import KubeletApi
 from .dataplane.runtime import ProcessRuntime
+from .kubeletapi import KubeletApi
 from .remote import Informed, RemoteStore
 from .resources import ENDPOINTS, ENDPOINTSLICES, NODES, PODS, PVCS, PVS, SERVICES, STORAGECLASSES
 from .runtime import SimulatedRuntime
@@ -83,13 +83,7 @@ class RealNodes:
         ctx = Context(store, self.config, None, self.faults, self.timers, self.workers,
                       Cache(store, PROVISIONER_VIEW), EventRecorder(store))
         self.provisioner = Provisioner(ctx, {sc["provisioner"] for sc in STORAGE_CLASSES})
-        routes = self.provisioner.watches()
-
-        def dispatch(event) -> None:
-            keys_for = routes.get(event.resource.key)
-            if keys_for is not None:
-                self.provisioner.enqueue_all(keys_for(event))
-        store.add_listener(dispatch)
+        store.add_listener(EventRoutes([self.provisioner]).dispatch)
         self.provisioner.start()
 
     def start_proxy(self) -> None:

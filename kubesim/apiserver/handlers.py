@@ -25,7 +25,7 @@ from .schemas import Schemas
 from .selectors import matcher
 from .tables import table
 from .validation import check_object, check_schema, prune
-from .watch import WatchStream, write_chunk
+from .watch import ChunkedBody, WatchStream
 
 JSON = "application/json"
 SERIALIZED_CACHE_SIZE = 50_000
@@ -617,29 +617,20 @@ class ResourceHandlers:
             http.send_header("Transfer-Encoding", "chunked")
             http.end_headers()
             total = len(self._read_logs(pod, container, None))
-            sent = 0
-
-            def send(data: bytes) -> bool:
-                """Write what limitBytes still allows; whether more may follow."""
-                nonlocal sent
-                data = data[:limit - sent] if limit is not None else data
-                if data:
-                    write_chunk(http.wfile, data)
-                    sent += len(data)
-                return limit is None or sent < limit
+            body = ChunkedBody(http.wfile, limit)
             try:
-                more = send(first.encode())
+                more = body.send(first.encode())
                 while more:
                     time.sleep(LOG_POLL_SECONDS)
                     current = self.store.find(PODS, pod["metadata"].get("namespace"), pod["metadata"]["name"])
                     text = self._read_logs(pod, container, None)
                     if len(text) > total:
-                        more = send(text[total:].encode())
+                        more = body.send(text[total:].encode())
                         total = len(text)
                     if current is None or current["metadata"]["uid"] != pod["metadata"]["uid"] or \
                             _container_terminated(current, container):
                         break
-                write_chunk(http.wfile, b"")
+                body.end()
             except OSError:
                 http.close_connection = True
         return stream

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-
 import json
 import re
 from functools import lru_cache

@@ -23,6 +23,25 @@ def write_chunk(wfile, data: bytes) -> None:
     wfile.flush()
 
 
+class ChunkedBody:
+    """A chunked response body of at most ``limit`` bytes (a log's limitBytes; None: no limit)."""
+
+    def __init__(self, wfile, limit: int | None = None) -> None:
+        self.wfile, self.limit, self.sent = wfile, limit, 0
+
+    def send(self, data: bytes) -> bool:
+        """Write what the limit still allows; whether more may follow."""
+        if self.limit is not None:
+            data = data[:self.limit - self.sent]
+        if data:
+            write_chunk(self.wfile, data)
+            self.sent += len(data)
+        return self.limit is None or self.sent < self.limit
+
+    def end(self) -> None:
+        write_chunk(self.wfile, b"")
+
+
 def client_gone(connection: socket.socket) -> bool:
     try:
         readable, _, _ = select.select([connection], [], [], 0)

@@ -7,7 +7,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable
 
@@ -216,6 +216,25 @@ class Controller:
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
         self.requeue_after(key, min(0.005 * 2 ** failures, 5.0))
+
+
+class EventRoutes:
+    """Store events to the keys of the controllers that watch their resource (``Controller.watches``)."""
+
+    def __init__(self, controllers: Iterable[Controller]) -> None:
+        self._routes: dict[str, list] = defaultdict(list)
+        for controller in controllers:
+            for resource_key, keys_for in controller.watches().items():
+                self._routes[resource_key].append((controller, keys_for))
+
+    def dispatch(self, event: Event) -> None:
+        """Only enqueue (listeners run under the store lock)."""
+        for controller, keys_for in self._routes.get(event.resource.key, ()):
+            try:
+                for key in keys_for(event):
+                    controller.enqueue(key)
+            except Exception:   # a controller's bug must not fail the API write that triggered it
+                log.exception("%s: mapping %s %s failed", controller.name, event.type, event.resource.key)
 
 
 _INITIAL = ("initial-sync",)   # the first key of every controller: enqueue what already exists

@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass, field
 
 from .. import errors
+from ..addresses import pod_cidr
 from ..resources import LEASES, NODES, PODS, PVCS, PVS
 from ..runtime import PodSandbox
 from ..store import Event, now_rfc3339
-from ..addresses import pod_cidr
 from .base import Context, Controller, log
 from .pods import is_finished, set_condition
 from .quantity import parse_quantity

@@ -3,11 +3,10 @@ kubelet per node, and routes store events to their queues."""
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 
 from ..config import ClusterConfig
 from ..store import Event, Store
-from .base import Context, Controller, Timers, WorkerPool, log
+from .base import Context, Controller, EventRoutes, Timers, WorkerPool
 from .cache import Cache
 from .daemonset import DaemonSetController
 from .deployment import DeploymentController
@@ -47,10 +46,7 @@ class ControllerManager:
         for node in config.nodes:
             self.kubelets.add(node)
         self.controllers: list[Controller] = [cls(self.ctx) for cls in CONTROLLERS]
-        self._routes: dict[str, list] = defaultdict(list)
-        for controller in self.controllers:
-            for resource_key, keys_for in controller.watches().items():
-                self._routes[resource_key].append((controller, keys_for))
+        self._routes = EventRoutes(self.controllers)
         self._lock = threading.Lock()
         self._running = False
         store.add_listener(self._dispatch)
@@ -62,12 +58,7 @@ class ControllerManager:
         """Store listener (under the store lock): only enqueue."""
         if not self._running:
             return
-        for controller, keys_for in self._routes.get(event.resource.key, ()):
-            try:
-                for key in keys_for(event):
-                    controller.enqueue(key)
-            except Exception:   # a controller's bug must not fail the API write that triggered it
-                log.exception("%s: mapping %s %s failed", controller.name, event.type, event.resource.key)
+        self._routes.dispatch(event)
         self.kubelets.on_event(event)
 
     def start(self) -> "ControllerManager":

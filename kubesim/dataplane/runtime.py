@@ -63,6 +63,16 @@ class Launch:
 
 
 @dataclass
+class SandboxView:
+    """What a container's sandbox holds, for its own command and for an exec into it."""
+    mounts: list[tuple[str, str, bool]]     # (host dir, container path, read only)
+    workdir: str
+    read_only_dirs: tuple[str, ...]         # host directories visible at their own path (the image table's)
+    path_prefix: tuple[str, ...]            # put before the default PATH
+    exec_env: dict[str, str]                # the image's exec env (PGHOST/PGPORT on postgres)
+
+
+@dataclass
 class ContainerRun:
     """A container as its pod's supervisor keeps it."""
     spec: dict
@@ -76,7 +86,7 @@ class ContainerRun:
     started_at: float = 0.0
     crashes: int = 0
     env: dict | None = None             # the container's own env (from its spec) as last launched
-    sandbox_args: tuple | None = None   # (mounts, workdir, read-only dirs, PATH prefix, exec env) an exec runs with
+    sandbox_view: SandboxView | None = None
     sandboxed: bool = False             # its process is a sandbox an exec enters
 
 
@@ -367,11 +377,11 @@ class PodSupervisor(threading.Thread):
         run.env = container_env_only
         mounts = pod_volumes.mount_table(spec, self._volume_paths)
         read_only = {m["mountPath"].rstrip("/") or "/": bool(m.get("readOnly")) for m in spec.get("volumeMounts") or []}
-        run.sandbox_args = ([(host, path, read_only.get(path, False)) for path, host in mounts],
-                            spec.get("workingDir") or "/",
-                            tuple(os.path.normpath(d.format(**placeholders)) for d in run.entry.sandbox_ro),
-                            tuple(d.format(**placeholders) for d in run.entry.sandbox_path),
-                            {k: str(v).format(**placeholders) for k, v in run.entry.exec_env.items()})
+        run.sandbox_view = SandboxView(
+            [(host, path, read_only.get(path, False)) for path, host in mounts], spec.get("workingDir") or "/",
+            tuple(os.path.normpath(d.format(**placeholders)) for d in run.entry.sandbox_ro),
+            tuple(d.format(**placeholders) for d in run.entry.sandbox_path),
+            {k: str(v).format(**placeholders) for k, v in run.entry.exec_env.items()})
         kind = "sandbox" if spec.get("command") and run.entry.sandbox_command else run.entry.run
         run.sandboxed = kind == "sandbox"
         launch = (self._launch_sandbox(run, container_env_only, placeholders) if kind == "sandbox"
@@ -396,36 +406,42 @@ class PodSupervisor(threading.Thread):
         return self._sandboxed(run, argv, env)
 
     def _sandboxed(self, run: ContainerRun, argv: list[str], env: dict, extra_env: dict | None = None) -> Launch:
-        mounts, workdir, read_only_dirs, path_prefix, _ = run.sandbox_args
+        view = run.sandbox_view
         # KUBESIM_POD_UID inside too: every process of the pod stays findable (see _launch)
         inner = {**env, **(extra_env or {}), "KUBESIM_POD_UID": self.uid}
-        argv = sandbox.sandbox_argv(argv, inner, mounts, workdir, self.pod["metadata"]["name"], read_only_dirs,
-                                    path_prefix)
+        return self._host_launch(sandbox.sandbox_argv(argv, inner, view.mounts, view.workdir,
+                                                      self.pod["metadata"]["name"], view.read_only_dirs,
+                                                      view.path_prefix))
+
+    def _host_launch(self, argv: list[str]) -> Launch:
+        """bwrap or nsenter, started with only what finds it (PATH) and marks it as this pod's."""
         return Launch(argv, {"KUBESIM_POD_UID": self.uid, "PATH": os.environ.get("PATH", sandbox.DEFAULT_PATH)})
+
+    def _run_of(self, container: str) -> ContainerRun | None:
+        return next((c for c in self._containers if c.spec["name"] == container), None)
 
     def exec_launch(self, container: str, command: list[str]) -> Launch:
         """How `kubectl exec` runs ``command`` in ``container``: in a sandbox with the container's env, volumes
         and working directory (and the image's exec env: PGHOST/PGPORT on postgres). KeyError: no such
         container; LookupError: it is not running."""
-        run = next((c for c in self._containers if c.spec["name"] == container), None)
+        run = self._run_of(container)
         if run is None:
             raise KeyError(container)
-        if run.sandbox_args is None or run.proc is None or run.proc.poll() is not None:
+        if run.sandbox_view is None or not self.running(container):
             raise LookupError(f"container {container} is not running")
         if run.sandboxed:   # into the container's own namespaces: its processes, its PID 1
             pid = sandbox.sandbox_pid1(run.proc.pid)
             if pid is None:
                 raise LookupError(f"container {container} is not running")
-            env = {**(run.env or {}), **run.sandbox_args[4], "KUBESIM_POD_UID": self.uid}
-            return Launch(sandbox.enter_argv(pid, command, env), {
-                "KUBESIM_POD_UID": self.uid, "PATH": os.environ.get("PATH", sandbox.DEFAULT_PATH)})
-        return self._sandboxed(run, command, run.env or {}, run.sandbox_args[4])
+            env = {**(run.env or {}), **run.sandbox_view.exec_env, "KUBESIM_POD_UID": self.uid}
+            return self._host_launch(sandbox.enter_argv(pid, command, env))
+        return self._sandboxed(run, command, run.env or {}, run.sandbox_view.exec_env)
 
     def container_names(self) -> list[str]:
         return [c.spec["name"] for c in self._containers]
 
     def running(self, container: str) -> bool:
-        run = next((c for c in self._containers if c.spec["name"] == container), None)
+        run = self._run_of(container)
         return bool(run and run.proc is not None and run.proc.poll() is None)
 
     def _launch_responder(self, run, env, placeholders, ports) -> Launch:
@@ -440,9 +456,9 @@ class PodSupervisor(threading.Thread):
             self.runtime.volumes.pod_dir(self.uid), "rootfs", run.spec["name"], pgdata.lstrip("/"))
         socket_dir = self._socket_dir(run)
         # an exec finds the server's socket where the official image puts it, and local connections are trusted
-        mounts, workdir, read_only_dirs, path_prefix, exec_env = run.sandbox_args
-        run.sandbox_args = ([*mounts, (socket_dir, PG_SOCKET_DIR, False)], workdir, read_only_dirs, path_prefix,
-                            {**exec_env, "PGHOST": PG_SOCKET_DIR})
+        view = run.sandbox_view
+        run.sandbox_view = dataclasses.replace(view, mounts=[*view.mounts, (socket_dir, PG_SOCKET_DIR, False)],
+                                               exec_env={**view.exec_env, "PGHOST": PG_SOCKET_DIR})
         user = self.runtime.postgres_user(host_pgdata)
         argv = [sys.executable, os.path.join(HERE, "postgres_entrypoint.py"), "--bin", PG_BIN,
                 "--pgdata", os.path.normpath(host_pgdata), "--listen", placeholders["pod_ip"],

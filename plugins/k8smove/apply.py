@@ -22,10 +22,15 @@ def _identity(manifest: dict) -> dict:
             "metadata": {"name": meta["name"], **({"namespace": meta["namespace"]} if "namespace" in meta else {})}}
 
 
+def _own(mapping: dict | None) -> dict:
+    """Labels or annotations without the ones Kubernetes' controllers keep (deployment.kubernetes.io/revision …)."""
+    return {k: v for k, v in (mapping or {}).items() if "kubernetes.io/" not in k}
+
+
 def _restorable(live: dict) -> dict:
     """The live object as k8smove would apply it back; annotations controllers keep are left to them."""
     obj = kube.strip_server_fields(live)
-    annotations = {k: v for k, v in obj["metadata"].get("annotations", {}).items() if "kubernetes.io/" not in k}
+    annotations = _own(obj["metadata"].get("annotations"))
     obj["metadata"] = {k: v for k, v in obj["metadata"].items() if k != "annotations"}
     if annotations:
         obj["metadata"]["annotations"] = annotations
@@ -128,11 +133,8 @@ def _changed(live: dict, applied: dict) -> bool:
     before, after = live["metadata"], applied["metadata"]
     if "generation" not in before:
         return after.get("resourceVersion") != before.get("resourceVersion")
-
-    def own(meta: dict, field: str) -> dict:   # not what controllers keep (deployment.kubernetes.io/revision …)
-        return {k: v for k, v in (meta.get(field) or {}).items() if "kubernetes.io/" not in k}
     return after.get("generation") != before["generation"] or any(
-        own(after, field) != own(before, field) for field in ("labels", "annotations"))
+        _own(after.get(field)) != _own(before.get(field)) for field in ("labels", "annotations"))
 
 
 def restore_prior_state(api: ApiClient, prior: list[dict]) -> list[dict]:
