@@ -49,5 +49,6 @@ with DAG(
         release="{{ params.release }}",
         node_label="{{ params.node_label }}",
         components="{{ params.components }}",
+        db_strategy="{{ params.db_strategy }}",
     )
     release_move_tasks(preflight)

@@ -67,7 +67,7 @@ with DAG(
 ):
     selection = {key: f"{{{{ params.{key} }}}}" for key in
                  ("maintenance_label", "target_selector", "extra_selector", "ready_label", "allow_local_storage",
-                  "release_targets")}
+                  "release_targets", "db_strategy")}
     within_window = SkipIfWindowMissed(task_id="within_window", window_minutes=WINDOW_MINUTES, retries=0)
     plan = PlanMaintenance(task_id="plan", selection=selection, retries=0)
     stop_if_dry_run = StopIfDryRun(task_id="stop_if_dry_run", dry_run="{{ params.dry_run }}", retries=0)

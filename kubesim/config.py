@@ -21,6 +21,9 @@ class ClusterConfig:
     node_monitor_grace_seconds: float = 40.0
     default_toleration_seconds: int = 300   # NoExecute not-ready/unreachable eviction delay (DefaultTolerationSeconds)
     image_pull_backoff_seconds: float = 10.0  # first ImagePullBackOff delay; doubles up to 300 s like the kubelet
+    # How long a network-attached volume takes to attach to a node it is not attached to (a CSI attach, tens of
+    # seconds on clouds); 0: at once. Node-local volumes never attach.
+    volume_attach_seconds: float = 0.0
     probe_poll_seconds: float = 0.15    # how often the kubelet reads container states and probe verdicts
     kubernetes_version: str = "v1.32.4"
     run_processes: bool = True          # data plane: real processes for known images
@@ -34,6 +37,8 @@ class ClusterConfig:
     control_plane: str = "kubesim"
 
     def __post_init__(self) -> None:
+        # the simulated storage backend, shared by the cluster's nodes: the node each network volume is attached to
+        self.attachments: dict[str, str] = {}
         if self.control_plane not in ("kubesim", "real"):
             raise ValueError(f'control_plane must be "kubesim" or "real", not {self.control_plane!r}')
         if not self.network_id:

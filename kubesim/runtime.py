@@ -29,6 +29,17 @@ class PodSandbox:
     uid: str
     ip: str
     containers: dict[str, ContainerStatus] = field(default_factory=dict)
+    init_containers: dict[str, ContainerStatus] = field(default_factory=dict)
+    initialized: bool = True           # every init container has completed (a sidecar: started)
+
+
+def restart_after_exit(spec: dict, pod_policy: str, exit_code: int, init: bool) -> bool:
+    """Whether the kubelet starts a container again after it exited: a sidecar (an init container with
+    restartPolicy Always) always; another init container only after a failure and unless the pod says Never; the
+    pod's containers as its restartPolicy says."""
+    if init:
+        return spec.get("restartPolicy") == "Always" or (exit_code != 0 and pod_policy != "Never")
+    return pod_policy == "Always" or pod_policy == "OnFailure" and exit_code != 0
 
 
 class ContainerRuntime(Protocol):
@@ -65,8 +76,13 @@ class SimulatedRuntime:
         return None
 
     def start_pod(self, pod: dict, node: str, pod_ip: str) -> PodSandbox:
+        # init containers complete at once: nothing runs here
         sandbox = PodSandbox(pod["metadata"]["uid"], pod_ip, {
-            c["name"]: ContainerStatus(c["name"]) for c in pod["spec"].get("containers", [])})
+            c["name"]: ContainerStatus(c["name"]) for c in pod["spec"].get("containers", [])}, {
+            c["name"]: ContainerStatus(c["name"], running=c.get("restartPolicy") == "Always",
+                                       exit_code=None if c.get("restartPolicy") == "Always" else 0,
+                                       reason=None if c.get("restartPolicy") == "Always" else "Completed")
+            for c in pod["spec"].get("initContainers", [])})
         self._pods[sandbox.uid] = sandbox
         return sandbox
 

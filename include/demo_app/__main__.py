@@ -26,6 +26,7 @@ import psycopg2
 
 DB_WAIT_SECONDS = float(os.environ.get("DB_WAIT_SECONDS", "20"))
 RETRY_DELAY_SECONDS = 0.2
+SCHEMA_LOCK_KEY = 7_400_112   # any constant: the advisory lock the schema's creation holds
 # After SIGTERM the app keeps accepting this long: proxies that had not yet seen the pod leave its endpoints
 # may still send a connection or two (the "lame duck" period a preStop sleep gives on real clusters); 0.5 s was
 # too short while ten releases rolled out at once (connections reset by an old pod that had stopped).
@@ -56,6 +57,9 @@ class Database:
                                 password=os.environ.get("DB_PASSWORD", ""), connect_timeout=3)
         if not self._schema_ready:
             with conn.cursor() as cur:
+                # IF NOT EXISTS is not safe against a concurrent CREATE (a unique violation in the catalog): the
+                # first connections of every thread and pod take turns
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
                 cur.execute("CREATE TABLE IF NOT EXISTS rows (id SERIAL PRIMARY KEY, value TEXT, "
                             "created TIMESTAMPTZ DEFAULT now())")
             conn.commit()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .. import errors
 from ..addresses import pod_cidr
 from ..resources import LEASES, NODES, PODS, PVCS, PVS
-from ..runtime import PodSandbox
+from ..runtime import PodSandbox, restart_after_exit
 from ..store import Event, now_rfc3339
 from .base import Context, Controller, log
 from .pods import is_finished, set_condition
@@ -56,6 +56,7 @@ class PodRecord:
     pull_failures: int = 0
     pull_message: str = ""
     signature: tuple = ()
+    attached_at: float | None = None      # monotonic time its network volumes are attached here
     reported: dict[str, tuple] = field(default_factory=dict)   # container -> last state seen, for events
 
 
@@ -258,7 +259,43 @@ class Kubelet(Controller):
             self.events.warning(pod, "FailedAttachVolume", conflict, ATTACH_COMPONENT)
             self.requeue_after(("pod", *record.key), ATTACH_RETRY_SECONDS)
             return
+        if (attaching := self._attach_wait(pod, record)) > 0:
+            self.requeue_after(("pod", *record.key), attaching)
+            return
         self._pull_and_start(pod, record)
+
+    def _network_volumes(self, pod: dict) -> list[str]:
+        """The PersistentVolumes of the pod's claims that are not node-local (they attach to a node)."""
+        names = []
+        for volume in pod["spec"].get("volumes") or ():
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            pvc = self.cache.get(PVCS, pod["metadata"]["namespace"], claim) if claim else None
+            pv = self.cache.get(PVS, None, pvc["spec"].get("volumeName") or "") if pvc else None
+            if pv is not None and not pv["spec"].get("nodeAffinity"):
+                names.append(pv["metadata"]["name"])
+        return names
+
+    def _attach_wait(self, pod: dict, record: PodRecord) -> float:
+        """Seconds until the pod's network volumes are attached to this node: volume_attach_seconds once for volumes
+        attached elsewhere or nowhere (ClusterConfig), nothing for ones attached here already."""
+        seconds = self.config.volume_attach_seconds
+        attachments = self.config.attachments
+        if not seconds:
+            return 0.0
+        volumes = self._network_volumes(pod)
+        now = time.monotonic()
+        if record.attached_at is None:
+            if all(attachments.get(v) == self.node for v in volumes):
+                return 0.0
+            record.attached_at = now + seconds
+        if record.attached_at > now:
+            return record.attached_at - now
+        for volume in volumes:
+            if attachments.get(volume) != self.node:
+                attachments[volume] = self.node
+                self.events.record(pod, "Normal", "SuccessfulAttachVolume",
+                                   f'AttachVolume.Attach succeeded for volume "{volume}"', ATTACH_COMPONENT)
+        return 0.0
 
     def _multi_attach_conflict(self, pod: dict) -> str | None:
         """A ReadWriteOnce network volume attaches to one node at a time: wait while a pod elsewhere uses it."""
@@ -306,7 +343,9 @@ class Kubelet(Controller):
         self._ensure_ip(record)
         record.sandbox = self.runtime.start_pod(pod, self.node, record.ip)
         stamp, mono = now_rfc3339(), time.monotonic()
-        for c in containers:
+        # with init containers, the others start once those have completed (_container_events sees it)
+        first = (pod["spec"].get("initContainers") or [])[:1] or containers
+        for c in first:
             self._event(pod, "Normal", "Created", f"Created container {c['name']}", c)
             self._event(pod, "Normal", "Started", f"Started container {c['name']}", c)
             record.started[c["name"]] = (stamp, mono)
@@ -340,14 +379,20 @@ class Kubelet(Controller):
 
     def _container_events(self, pod: dict, record: PodRecord, sandbox: PodSandbox) -> None:
         """Unhealthy/BackOff events when the runtime reports a new probe failure or crash."""
-        specs = {c["name"]: c for c in pod["spec"].get("containers") or ()}
-        for name, cs in sandbox.containers.items():
+        specs = {c["name"]: c for c in [*(pod["spec"].get("initContainers") or ()),
+                                         *(pod["spec"].get("containers") or ())]}
+        for name, cs in [*sandbox.init_containers.items(), *sandbox.containers.items()]:
             seen = (cs.running, cs.ready, cs.restart_count, cs.reason)
             if record.reported.get(name) == seen:
                 continue
             before = record.reported.get(name)
             record.reported[name] = seen
             spec = specs.get(name)
+            if cs.running and name not in record.started:   # started after the init containers
+                self._event(pod, "Normal", "Created", f"Created container {name}", spec)
+                self._event(pod, "Normal", "Started", f"Started container {name}", spec)
+                record.started[name] = (now_rfc3339(), time.monotonic())
+                continue
             if cs.running and not cs.ready and spec and spec.get("readinessProbe") and before is not None:
                 self._event(pod, "Warning", "Unhealthy", f"Readiness probe failed: {cs.message or ''}".rstrip(), spec)
             if not cs.running and cs.reason == "CrashLoopBackOff":
@@ -457,12 +502,20 @@ class Kubelet(Controller):
         status["conditions"] = [dict(c) for c in status.get("conditions") or ()]
         phase, sandbox_ready, waiting_reason = STAGES[record.stage]
         stamp = now_rfc3339()
-        containers = self._container_statuses(pod, record, waiting_reason)
+        init_specs = pod["spec"].get("initContainers") or []
+        initialized = not init_specs or bool(record.sandbox and record.sandbox.initialized)
+        containers = self._container_statuses(pod, record, waiting_reason if initialized or waiting_reason
+                                              else "PodInitializing")
+        inits = self._container_statuses(pod, record, waiting_reason, init=True) if init_specs else []
         if record.stage == TERMINATING:
-            for cs in containers:
+            for cs in containers + inits:
                 cs["ready"] = False
+        elif phase != "Running":
+            status["phase"] = phase
+        elif not initialized:
+            status["phase"] = "Failed" if _init_failed_for_good(pod, inits) else "Pending"
         else:
-            status["phase"] = self._phase(pod, containers) if phase == "Running" else phase
+            status["phase"] = self._phase(pod, containers)
         unready = [cs["name"] for cs in containers if not cs["ready"]]
         all_ready = not unready and bool(containers)
         status["hostIP"] = self.internal_ip
@@ -474,7 +527,12 @@ class Kubelet(Controller):
         status["qosClass"] = _qos_class(pod)
         set_condition(status, "PodReadyToStartContainers", "True" if sandbox_ready else "False", stamp=stamp,
                       probe_time=True)
-        set_condition(status, "Initialized", "True", stamp=stamp, probe_time=True)
+        incomplete = [cs["name"] for cs in inits
+                      if not (cs["state"].get("terminated", {}).get("exitCode") == 0 or cs.get("started")
+                              and cs["name"] in _sidecar_names(pod))]
+        set_condition(status, "Initialized", *(("False", "ContainersNotInitialized",
+                                                f"containers with incomplete status: [{' '.join(incomplete)}]")
+                                               if incomplete else ("True", None, None)), stamp=stamp, probe_time=True)
         not_ready = ("ContainersNotReady", f"containers with unready status: [{' '.join(unready)}]")
         if record.stage == TERMINATING:
             not_ready = ("ContainersNotReady", f"containers with unready status: [{' '.join(cs['name'] for cs in containers)}]")
@@ -487,6 +545,8 @@ class Kubelet(Controller):
         order = {"PodReadyToStartContainers": 0, "Initialized": 1, "Ready": 2, "ContainersReady": 3, "PodScheduled": 4}
         status["conditions"].sort(key=lambda c: order.get(c["type"], 9))
         status["containerStatuses"] = containers
+        if inits:
+            status["initContainerStatuses"] = inits
         return status
 
     @staticmethod
@@ -500,16 +560,19 @@ class Kubelet(Controller):
             return "Running"
         return "Succeeded" if all(t.get("exitCode") == 0 for t in terminated) else "Failed"
 
-    def _container_statuses(self, pod: dict, record: PodRecord, waiting_reason: str | None) -> list[dict]:
-        previous = {cs["name"]: cs for cs in (pod.get("status") or {}).get("containerStatuses") or ()}
+    def _container_statuses(self, pod: dict, record: PodRecord, waiting_reason: str | None,
+                            init: bool = False) -> list[dict]:
+        key = "initContainerStatuses" if init else "containerStatuses"
+        previous = {cs["name"]: cs for cs in (pod.get("status") or {}).get(key) or ()}
         restart_policy = pod["spec"].get("restartPolicy", "Always")
         now = time.monotonic()
         out = []
-        for c in pod["spec"].get("containers") or ():
+        for c in pod["spec"].get("initContainers" if init else "containers") or ():
             name = c["name"]
             cs = {"name": name, "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
                   "started": False, "state": {}}
-            runtime_cs = record.sandbox.containers.get(name) if record.sandbox else None
+            found = (record.sandbox.init_containers if init else record.sandbox.containers) if record.sandbox else {}
+            runtime_cs = found.get(name)
             if waiting_reason is not None or runtime_cs is None:
                 waiting = {"reason": waiting_reason or "ContainerCreating"}
                 if waiting_reason in (PULL_FAILED, PULL_BACKOFF):
@@ -539,7 +602,8 @@ class Kubelet(Controller):
                               "containerID": cs["containerID"]}
                 if runtime_cs.message:
                     terminated["message"] = runtime_cs.message
-                restarts = restart_policy == "Always" or (restart_policy == "OnFailure" and runtime_cs.exit_code != 0)
+                restarts = restart_after_exit(c, restart_policy, runtime_cs.exit_code, init) \
+                    if runtime_cs.exit_code is not None else False
                 if runtime_cs.reason == "CrashLoopBackOff" or (restarts and runtime_cs.exit_code is not None):
                     cs["lastState"] = {"terminated": terminated}
                     cs["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": runtime_cs.message or
@@ -586,6 +650,16 @@ def _status_only(event: Event) -> bool:
             and before.get("deletionGracePeriodSeconds") == after.get("deletionGracePeriodSeconds"))
 
 
+def _sidecar_names(pod: dict) -> set[str]:
+    return {c["name"] for c in pod["spec"].get("initContainers") or () if c.get("restartPolicy") == "Always"}
+
+
+def _init_failed_for_good(pod: dict, inits: list[dict]) -> bool:
+    """An init container failed and the pod's restartPolicy is Never: the pod fails without its containers."""
+    return pod["spec"].get("restartPolicy", "Always") == "Never" and any(
+        cs["state"].get("terminated", {}).get("exitCode", 0) != 0 for cs in inits)
+
+
 def _condition_reasons(node: dict) -> set[str]:
     return {c.get("reason") for c in (node.get("status") or {}).get("conditions") or ()}
 
@@ -594,7 +668,7 @@ def _signature(sandbox: PodSandbox | None) -> tuple:
     if sandbox is None:
         return ()
     return tuple((c.name, c.running, c.ready, c.exit_code, c.reason, c.restart_count)
-                 for c in sandbox.containers.values())
+                 for c in [*sandbox.init_containers.values(), *sandbox.containers.values()])
 
 
 def _qos_class(pod: dict) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import resources
 from ..config import ClusterConfig
-from ..runtime import ContainerStatus, PodSandbox
+from ..runtime import ContainerStatus, PodSandbox, restart_after_exit
 from ..store import Store
 from . import env as container_env
 from . import processes, sandbox, volumes as pod_volumes
@@ -88,6 +88,13 @@ class ContainerRun:
     env: dict | None = None             # the container's own env (from its spec) as last launched
     sandbox_view: SandboxView | None = None
     sandboxed: bool = False             # its process is a sandbox an exec enters
+    init: bool = False                  # an init container (runs to completion before the others)
+    done: bool = False                  # an init container that completed (a sidecar: that started)
+
+    @property
+    def sidecar(self) -> bool:
+        """An init container with restartPolicy Always: started in order, then runs beside the others."""
+        return self.init and self.spec.get("restartPolicy") == "Always"
 
 
 class ProcessRuntime:
@@ -107,7 +114,7 @@ class ProcessRuntime:
 
     # ---- ContainerRuntime ----------------------------------------------------------------------
     def pull(self, pod: dict, node: str) -> str | None:
-        for container in _containers(pod):
+        for container in _containers(pod, init=True):
             message = self.faults.image_pull_error(container["image"], node) if self.faults else None
             if message:
                 return message
@@ -203,14 +210,24 @@ class PodSupervisor(threading.Thread):
         self._stopping = threading.Event()
         self._grace = 0.0
         self._volume_paths: dict[str, str] | None = None
-        self._containers = [ContainerRun(c, runtime.images.lookup(c["image"]), ContainerStatus(
-            c["name"], running=False, ready=False, reason="ContainerCreating", image_id=_image_id(c["image"])))
-            for c in _containers(pod)]
+        inits = pod["spec"].get("initContainers") or []
+        self._init = [self._container_run(c, "ContainerCreating", init=True) for c in inits]
+        self._containers = [self._container_run(c, "PodInitializing" if inits else "ContainerCreating")
+                            for c in _containers(pod)]
+
+    def _container_run(self, spec: dict, reason: str, init: bool = False) -> ContainerRun:
+        return ContainerRun(spec, self.runtime.images.lookup(spec["image"]), ContainerStatus(
+            spec["name"], running=False, ready=False, reason=reason, image_id=_image_id(spec["image"])), init=init)
+
+    @property
+    def initialized(self) -> bool:
+        return all(run.done for run in self._init)
 
     def sandbox(self) -> PodSandbox:
         with self._lock:
             return PodSandbox(self.uid, self.pod_ip,
-                              {c.spec["name"]: dataclasses.replace(c.status) for c in self._containers})
+                              {c.spec["name"]: dataclasses.replace(c.status) for c in self._containers},
+                              {c.spec["name"]: dataclasses.replace(c.status) for c in self._init}, self.initialized)
 
     def stop(self, grace_seconds: float) -> None:
         self._grace = grace_seconds
@@ -227,7 +244,7 @@ class PodSupervisor(threading.Thread):
                     self._stopping.wait(RETRY_SECONDS)
                     continue
                 now = time.monotonic()
-                for run in self._containers:
+                for run in self._supervised():
                     self._supervise(run, now)
                 self._stopping.wait(max(0.0, self._next_wake(now) - time.monotonic()))
         except Exception:
@@ -237,10 +254,20 @@ class PodSupervisor(threading.Thread):
             self.runtime.volumes.teardown(self.uid)
             self.runtime.network.release(self.pod_ip)
 
+    def _supervised(self) -> list[ContainerRun]:
+        """The containers that run now: init containers one at a time, in order (a started sidecar stays), then
+        the pod's containers beside the sidecars. An init container that failed for good stops the pod here."""
+        sidecars = [run for run in self._init if run.sidecar and run.done]
+        pending = next((run for run in self._init if not run.done), None)
+        if pending is None:
+            return sidecars + self._containers
+        return sidecars + [pending]
+
     def _next_wake(self, now: float) -> float:
         """The next probe or (re)start due, or the next look for exits."""
-        return min([now + TICK_SECONDS, *(run.start_at for run in self._containers if run.proc is None),
-                    *(run.probes[k].next_due for run in self._containers if run.proc is not None
+        runs = self._supervised()
+        return min([now + TICK_SECONDS, *(run.start_at for run in runs if run.proc is None),
+                    *(run.probes[k].next_due for run in runs if run.proc is not None
                       for k in _active_probes(run))])
 
     def _setup_volumes(self) -> bool:
@@ -248,7 +275,7 @@ class PodSupervisor(threading.Thread):
             self._volume_paths = self.runtime.volumes.setup(self.pod, self.node)
             return True
         except pod_volumes.VolumeProblem as problem:
-            for run in self._containers:
+            for run in self._init + self._containers:
                 self._update(run, reason="ContainerCreating", message=problem.message)
             return False
 
@@ -298,14 +325,17 @@ class PodSupervisor(threading.Thread):
                       if run.spec.get(f"{kind}Probe")}
         log.info("pod %s/%s container %s: started %s (pid %d)", self.pod["metadata"]["namespace"],
                  self.pod["metadata"]["name"], run.spec["name"], run.entry.run, run.proc.pid)
+        if run.sidecar:
+            run.done = True
         self._update(run, running=True, ready=self._ready(run), exit_code=None, reason=None, message=None)
 
     def _exited(self, run: ContainerRun, exit_code: int, now: float) -> None:
         self._cleanup(run)
         run.proc = None
-        policy = self.pod["spec"].get("restartPolicy", "Always")
-        restart = policy == "Always" or policy == "OnFailure" and exit_code != 0
+        restart = _restarts(run, self.pod["spec"].get("restartPolicy", "Always"), exit_code)
         reason = "Completed" if exit_code == 0 else "Error"
+        if run.init and not run.sidecar and exit_code == 0:
+            run.done = True
         if not restart:
             self._update(run, running=False, ready=False, exit_code=exit_code, reason=reason, message=None)
             run.start_at = float("inf")
@@ -332,7 +362,7 @@ class PodSupervisor(threading.Thread):
         self._update(run, message=f"Container {run.spec['name']} failed {kind} probe, will be restarted")
 
     def _stop_containers(self, grace: float) -> None:
-        running = [run for run in self._containers if run.proc is not None]
+        running = [run for run in self._init + self._containers if run.proc is not None]
         # preStop hooks run within the grace period, before the stop signal (here: their sleeping)
         pre_stop = min(grace, max((_pre_stop_seconds(run.spec) for run in running), default=0.0))
         if pre_stop:
@@ -418,7 +448,7 @@ class PodSupervisor(threading.Thread):
         return Launch(argv, {"KUBESIM_POD_UID": self.uid, "PATH": os.environ.get("PATH", sandbox.DEFAULT_PATH)})
 
     def _run_of(self, container: str) -> ContainerRun | None:
-        return next((c for c in self._containers if c.spec["name"] == container), None)
+        return next((c for c in self._init + self._containers if c.spec["name"] == container), None)
 
     def exec_launch(self, container: str, command: list[str]) -> Launch:
         """How `kubectl exec` runs ``command`` in ``container``: in a sandbox with the container's env, volumes
@@ -438,7 +468,7 @@ class PodSupervisor(threading.Thread):
         return self._sandboxed(run, command, run.env or {}, run.sandbox_view.exec_env)
 
     def container_names(self) -> list[str]:
-        return [c.spec["name"] for c in self._containers]
+        return [c.spec["name"] for c in self._init + self._containers]
 
     def running(self, container: str) -> bool:
         run = self._run_of(container)
@@ -503,8 +533,12 @@ def _pre_stop_seconds(spec: dict) -> float:
         return 0.0
 
 
-def _containers(pod: dict) -> list[dict]:
-    return list(pod["spec"].get("containers") or [])
+def _containers(pod: dict, init: bool = False) -> list[dict]:
+    return list(pod["spec"].get("initContainers") or [] if init else []) + list(pod["spec"].get("containers") or [])
+
+
+def _restarts(run: ContainerRun, pod_policy: str, exit_code: int) -> bool:
+    return restart_after_exit(run.spec, pod_policy, exit_code, run.init)
 
 
 def _server_options(spec: dict) -> list[str]:

@@ -18,6 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 REQUEST_TIMEOUT_SECONDS = 2.0
+# A write is answered once committed, and the demo App retries a lost DB for up to 20 s: waiting longer than that
+# measures how long writes stall instead of counting them failed at 2 s.
+WRITE_TIMEOUT_SECONDS = 25.0
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float | None:
@@ -39,18 +42,23 @@ class ProbeRecord:
     placements: list[dict] = field(default_factory=list)               # each change of answering pod
     writes_sent: int = 0
     writes_failed: int = 0
+    write_errors: dict[str, int] = field(default_factory=dict)
     acknowledged: list[int] = field(default_factory=list)
+    write_acks: list[tuple[float, float]] = field(default_factory=list)  # (sent at, acknowledged at)
+    write_rate_used: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def max_gap_ms(self, until: float) -> float:
-        """Longest time with no successful answer: from start, between answers, and up to ``until``."""
-        answered = sorted(done for _, done in self.successes)
+    def max_gap_ms(self, until: float, answers=None) -> float:
+        """Longest time with no successful answer (``answers``: (sent, done) pairs; the reads' by default): from
+        start, between answers, and up to ``until``."""
+        answered = sorted(done for _, done in (self.successes if answers is None else answers))
         edges = [self.started, *answered, until]
         return round(max(b - a for a, b in zip(edges, edges[1:])) * 1000, 1)
 
     def summary(self, until: float) -> dict:
         with self.lock:
             lat = sorted(self.latencies_ms)
+            write_lat = sorted(round((done - sent) * 1000, 2) for sent, done in self.write_acks)
             return {
                 "sent": self.sent, "failed": self.failed, "succeeded": self.sent - self.failed,
                 "max_gap_ms": self.max_gap_ms(until),
@@ -58,15 +66,20 @@ class ProbeRecord:
                                "p99": _percentile(lat, 0.99), "max": lat[-1] if lat else None},
                 "errors": dict(self.errors), "placements": list(self.placements),
                 "duration_s": round(until - self.started, 3),
-                "writes": {"sent": self.writes_sent, "failed": self.writes_failed,
-                           "acknowledged": sorted(self.acknowledged)},
+                "writes": {"sent": self.writes_sent, "failed": self.writes_failed, "errors": dict(self.write_errors),
+                           "acknowledged": sorted(self.acknowledged),
+                           # the longest time no write was acknowledged: a DB outage the App's retries hide
+                           "max_stall_ms": self.max_gap_ms(until, self.write_acks) if self.write_rate_used else None,
+                           "latency_ms": {"p50": _percentile(write_lat, 0.50), "p95": _percentile(write_lat, 0.95),
+                                          "p99": _percentile(write_lat, 0.99),
+                                          "max": write_lat[-1] if write_lat else None}},
             }
 
 
-def _request(url: str, data: bytes | None = None) -> tuple[int, bytes]:
+def _request(url: str, data: bytes | None = None, timeout: float = REQUEST_TIMEOUT_SECONDS) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
                                  headers={"Content-Type": "application/json"} if data is not None else {})
-    with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_SECONDS) as resp:
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.status, resp.read()
 
 
@@ -104,17 +117,22 @@ def _read_once(url: str, record: ProbeRecord) -> None:
 
 
 def _write_once(url: str, seq: int, record: ProbeRecord) -> None:
+    sent_at, error = time.monotonic(), None
     try:
-        status, body = _request(url, json.dumps({"value": f"probe-{seq}"}).encode())
+        status, body = _request(url, json.dumps({"value": f"probe-{seq}"}).encode(), WRITE_TIMEOUT_SECONDS)
         row_id = json.loads(body).get("id") if 200 <= status < 300 else None
-    except Exception:  # an unacknowledged write is simply not counted as acknowledged
-        row_id = None
+        error = None if row_id is not None else f"HTTP {status}"
+    except Exception as exc:  # an unacknowledged write is simply not counted as acknowledged
+        row_id, error = None, _error_name(exc)
+    done = time.monotonic()
     with record.lock:
         record.writes_sent += 1
         if row_id is None:
             record.writes_failed += 1
+            record.write_errors[error] = record.write_errors.get(error, 0) + 1
         else:
             record.acknowledged.append(int(row_id))
+            record.write_acks.append((sent_at, done))
 
 
 def _at_fixed_rate(rate: float, stop: threading.Event, pool: ThreadPoolExecutor, call) -> None:
@@ -130,8 +148,10 @@ def run(base_url: str, rate: float, write_rate: float, stop: threading.Event,
         record: ProbeRecord | None = None) -> ProbeRecord:
     """Probe ``base_url`` (GET /) at ``rate``/s and write rows (POST /rows) at ``write_rate``/s until stop."""
     record = record or ProbeRecord()
+    record.write_rate_used = write_rate > 0
     base_url = base_url.rstrip("/")
-    with ThreadPoolExecutor(max_workers=int(rate * REQUEST_TIMEOUT_SECONDS) + 8) as pool:
+    with ThreadPoolExecutor(max_workers=int(rate * REQUEST_TIMEOUT_SECONDS + write_rate * WRITE_TIMEOUT_SECONDS)
+                            + 8) as pool:
         calls = [(rate, lambda seq: _read_once(base_url + "/", record))]
         if write_rate > 0:
             calls.append((write_rate, lambda seq: _write_once(base_url + "/rows", seq, record)))

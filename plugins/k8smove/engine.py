@@ -19,7 +19,7 @@ import time
 
 from kubernetes.client import ApiClient
 
-from k8smove import COMPONENTS, LABEL_COMPONENT, K8sMoveError, kube, lock, release_selector
+from k8smove import COMPONENTS, LABEL_COMPONENT, K8sMoveError, kube, lock, release_selector, switchover
 from k8smove.apply import apply_manifests, record_prior_state, refusals_on_server, restore_prior_state
 from k8smove.labels import selector_string
 from k8smove.preflight import check_external_ip, check_placement, recorded_release
@@ -54,13 +54,17 @@ def _redeploy_problems(recorded: dict, settings: dict) -> list[str]:
 
 def plan_release(api: ApiClient, namespace: str, release: str, target: dict, components=COMPONENTS,
                  settings: dict | None = None, label_nodes: dict | None = None, avoid_nodes=(),
-                 snapshot: tuple[list, list] | None = None) -> dict:
+                 snapshot: tuple[list, list] | None = None, db_strategy: str = "switchover") -> dict:
     """What a move of one release does, checked against the cluster; raises K8sMoveError naming the problem.
 
     ``settings`` (deploy_app): the values besides placement; the release may not exist yet. Without them
     (migrate_app, maintenance) the release's recorded values are used. ``avoid_nodes``: nodes no pod may go to.
-    ``snapshot``: (nodes, pods) the caller listed already (see ``check_placement``).
+    ``snapshot``: (nodes, pods) the caller listed already (see ``check_placement``). ``db_strategy``: how a DB
+    that changes nodes moves: ``switchover`` (a streaming standby on the target, then promoted; k8smove.switchover)
+    or ``recreate`` (stopped, then started on the target with its volume).
     """
+    if db_strategy not in switchover.STRATEGIES:
+        raise K8sMoveError(f"db_strategy: {json.dumps(db_strategy)} is not one of {', '.join(switchover.STRATEGIES)}")
     components = list(components)
     if settings is not None and "external_ip" in settings:
         check_external_ip(settings["external_ip"])
@@ -71,21 +75,49 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
             raise K8sMoveError(f"release {release_ref(namespace, release)} exists: " + "; ".join(problems))
     values = {**(recorded or {}), **(settings or {}), "namespace": namespace, "release": release,
               "node_label": target}
+    serving = int(values.get("db_instance", 0))
+    switching = db_strategy == "switchover" and "db" in components and sources.get("db") not in (None, target)
+    if switching:   # a new instance on the target, the Service still on the serving one until the switch
+        values.update(db_instance=serving + 1, db_serving_instance=serving)
     manifests = render_manifests(values, components)
     target_nodes = check_placement(api, manifests, values, sources, label_nodes or {}, avoid_nodes, snapshot)
     # the API server's own verdict (validation, admission, a missing namespace) before anything is written
     if refused := refusals_on_server(api, manifests):
         raise K8sMoveError("the API server refuses the release's manifests: " + "; ".join(refused))
+    db_switch = None
+    if switching:
+        switchover.check_primary(api, namespace, release, serving)
+        service = next(m for m in manifests if _is_db_service(m, release))
+        selector = {**service["spec"]["selector"], switchover.LABEL_DB_INSTANCE: str(serving + 1)}
+        db_switch = {"from": serving, "to": serving + 1,
+                     "service": {**service, "spec": {**service["spec"], "selector": selector}}}
     return {"namespace": namespace, "release": release, "target": target, "components": components,
             "values": values, "sources": sources, "existing": recorded is not None, "target_nodes": target_nodes,
-            "avoid_nodes": sorted(avoid_nodes), "manifests": manifests,
+            "avoid_nodes": sorted(avoid_nodes), "manifests": manifests, "db_switch": db_switch,
+            "db_strategy": db_strategy if "db" in components and sources.get("db") not in (None, target) else None,
             "service_url": f"http://{values['external_ip']}:{values['port']}/"}
+
+
+def _is_db_service(manifest: dict, release: str) -> bool:
+    return manifest["kind"] == "Service" and manifest["metadata"]["name"] == f"{release}-db"
+
+
+def _is_db_object(entry: dict, release: str) -> bool:
+    name = entry["metadata"]["name"]
+    return name == f"{release}-db" or name.startswith(f"{release}-db-")
 
 
 def describe(plan: dict) -> str:
     where = ", ".join(f"{c} on {selector_string(s)}" for c, s in sorted(plan["sources"].items())) or "not deployed"
+    how = ""
+    if switch := plan.get("db_switch"):
+        how = (f"; the DB by switchover to a streaming standby "
+               f"({switchover.instance_name(plan['release'], switch['from'])} -> "
+               f"{switchover.instance_name(plan['release'], switch['to'])})")
+    elif plan.get("db_strategy") == "recreate":
+        how = "; the DB stopped, then started on the target (db_strategy recreate)"
     return (f"release {release_ref(plan['namespace'], plan['release'])}: {where} -> "
-            f"{selector_string(plan['target'])} ({', '.join(plan['target_nodes'])})")
+            f"{selector_string(plan['target'])} ({', '.join(plan['target_nodes'])}){how}")
 
 
 def wait_group(plan: dict, workloads: list[dict] | None = None) -> dict:
@@ -97,15 +129,27 @@ def wait_group(plan: dict, workloads: list[dict] | None = None) -> dict:
 
 def _current_sources(api: ApiClient, plan: dict) -> dict:
     workloads = kube.list_objects(api, "apps/v1", "Deployment", plan["namespace"], release_selector(plan["release"]))
+    switch = plan.get("db_switch") or {}
+    # the DB instance that serves: the plan's, or after a switchover this plan made, the new one
+    instances = [switch["from"], switch["to"]] if switch else [plan["values"].get("db_instance", 0)]
+    serving = next((i for i in instances if any(switchover.is_serving_db(w, i) and w["metadata"]["labels"].get(
+        LABEL_COMPONENT) == "db" for w in workloads)), instances[0])
     return {w["metadata"]["labels"].get(LABEL_COMPONENT): w["spec"]["template"]["spec"].get("nodeSelector") or {}
-            for w in workloads if w["metadata"]["labels"].get(LABEL_COMPONENT) in plan["components"]}
+            for w in workloads if w["metadata"]["labels"].get(LABEL_COMPONENT) in plan["components"]
+            and switchover.is_serving_db(w, serving)}
+
+
+def _switched_already(api: ApiClient, plan: dict) -> bool:
+    """A re-run of a move whose switchover was committed: the release record names the new instance."""
+    record = kube.get(api, next(m for m in plan["manifests"] if is_release_record(m)))
+    values = json.loads(record["data"]["values.json"]) if record else {}
+    return int(values.get("db_instance", 0)) == plan["db_switch"]["to"]
 
 
 def _check_unchanged_since_plan(api: ApiClient, plan: dict) -> None:
-    """The release must still be where the plan found it (or already where it goes: a retried move)."""
+    """Each component must still be where the plan found it (or already where it goes: a retried move)."""
     now = _current_sources(api, plan)
-    moved_already = {c: plan["target"] for c in now}
-    if now != plan["sources"] and now != moved_already:
+    if set(now) != set(plan["sources"]) or any(now[c] not in (plan["sources"][c], plan["target"]) for c in now):
         raise K8sMoveError(f"release {release_ref(plan['namespace'], plan['release'])} changed since it was "
                            f"planned (placement then {plan['sources'] or 'none'}, now {now or 'none'}); run again")
 
@@ -117,7 +161,9 @@ def lease_seconds(timeout_seconds: int) -> int:
 def begin(api: ApiClient, plan: dict, holder: str, timeout_seconds: int, on_secret=lambda value: None) -> dict:
     """Lock the release, record its prior state on the lock, apply the manifests (not the recorded values).
 
-    Safe to run again for the same holder: the prior state recorded first is kept, the apply changes nothing.
+    A DB switchover (``plan["db_switch"]``) applies the Secrets, prepares the primary for a standby, then the rest
+    but the DB Service, which ``commit`` switches. Safe to run again for the same holder: the prior state recorded
+    first is kept, the apply changes nothing, a switchover's phase is kept.
     Returns {"applied": [{object, result}], "recovered": [...]} (recovered: an expired holder's move undone).
     """
     namespace, release = plan["namespace"], plan["release"]
@@ -127,26 +173,61 @@ def begin(api: ApiClient, plan: dict, holder: str, timeout_seconds: int, on_secr
     if orphan:
         log.warning("release %s: %s left a move unfinished; restoring the state before it",
                     release_ref(namespace, release), orphan.get("holder"))
-        recovered = restore_prior_state(api, orphan["prior_state"])
+        recovered = undo(api, namespace, release, orphan)["restored"]
     record = lock.record_of(lease)
+    switch = plan.get("db_switch")
     if record.get("holder") != holder or "prior_state" not in record:
         _check_unchanged_since_plan(api, plan)
+        fenced = [switchover.old_instance_identity(namespace, release, switch)] if switch else []
         record = {"holder": holder, "phase": "applying", "target": plan["target"], "started": time.time(),
-                  "prior_state": record_prior_state(api, plan["manifests"])}
+                  "prior_state": record_prior_state(api, plan["manifests"] + fenced), "db_switch": switch}
         lease = lock.renew(api, lease, duration, record)
-    applied = apply_manifests(api, [m for m in plan["manifests"] if not is_release_record(m)], on_secret=on_secret)
-    lock.renew(api, lease, duration, {**record, "phase": "applied"})
+    manifests = [m for m in plan["manifests"] if not is_release_record(m)]
+    applied = []
+    if switch:
+        manifests = [m for m in manifests if not _is_db_service(m, release)]
+        if record.get("phase") not in switchover.PHASES[1:] and not _switched_already(api, plan):
+            # the primary still serves: ready it for a standby
+            applied = apply_manifests(api, [m for m in manifests if m["kind"] == "Secret"], on_secret=on_secret)
+            on_secret(switchover.replication_password(api, namespace, release))
+            switchover.prepare_primary(api, namespace, release, switch["from"])
+        manifests = [m for m in manifests if m["kind"] != "Secret" or not applied]
+    applied += apply_manifests(api, manifests, on_secret=on_secret)
+    if record.get("phase") not in switchover.PHASES[1:]:
+        lock.renew(api, lease, duration, {**record, "phase": "applied"})
     return {"applied": applied, "recovered": recovered}
 
 
+def _switch_db(api: ApiClient, plan: dict, holder: str) -> dict:
+    """The switchover's fence, promotion and switch, each phase recorded on the lock before it acts."""
+    namespace, release = plan["namespace"], plan["release"]
+    lease = lock.current(api, namespace, release)
+    record = lock.record_of(lease)
+    if lease is None or lease["spec"].get("holderIdentity") != holder:
+        raise K8sMoveError(f"release {release_ref(namespace, release)}: the lock was lost before the DB switchover")
+
+    def advance(phase: str, facts: dict) -> None:
+        nonlocal lease, record
+        record = {**record, **facts, "phase": phase}
+        lease = lock.renew(api, lease, lease["spec"]["leaseDurationSeconds"], record)
+    phase = record.get("phase") if record.get("phase") in switchover.PHASES else "applied"
+    switch = {**plan["db_switch"], **({"fence_lsn": record["fence_lsn"]} if "fence_lsn" in record else {})}
+    return switchover.switch_over(api, namespace, release, switch, phase, advance)
+
+
 def commit(api: ApiClient, plan: dict, holder: str) -> dict:
-    """After the rollout: prove the move, then record the values and let the release go."""
+    """After the rollout: switch the DB over (when it moves so), prove the move, then record the values and let
+    the release go."""
+    switch = plan.get("db_switch") if plan.get("db_switch") and not _switched_already(api, plan) else None
+    figures = _switch_db(api, plan, holder) if switch else None
     if plan["sources"]:
         verify_source_empty(api, plan["namespace"], plan["release"], plan["sources"], plan["target"])
     answer = verify_endpoint(plan["service_url"], deadline_seconds=ENDPOINT_DEADLINE_SECONDS)
+    if switch:
+        switchover.retire(api, plan["namespace"], plan["release"], switch["from"])
     recorded = apply_manifests(api, [m for m in plan["manifests"] if is_release_record(m)])
     lock.release_lock(api, plan["namespace"], plan["release"], holder)
-    return {"endpoint": answer, "recorded": recorded}
+    return {"endpoint": answer, "recorded": recorded, "db_switchover": figures}
 
 
 def roll_back(api: ApiClient, namespace: str, release: str, holder: str) -> dict | None:
@@ -161,10 +242,38 @@ def roll_back(api: ApiClient, namespace: str, release: str, holder: str) -> dict
     if "prior_state" not in record:
         lock.release_lock(api, namespace, release, holder)   # locked, nothing written yet
         return {"restored": [], "workloads": []}
-    restored = restore_prior_state(api, record["prior_state"])
+    undone = undo(api, namespace, release, record)
     lock.renew(api, lease, lease["spec"]["leaseDurationSeconds"], {**record, "phase": "rolling_back"})
-    return {"restored": restored,
-            "workloads": workloads_in([e["object"] for e in record["prior_state"] if "object" in e])}
+    return undone
+
+
+def undo(api: ApiClient, namespace: str, release: str, record: dict) -> dict:
+    """Restore the prior state a lock's record keeps: {"restored", "note", "workloads" to wait for}. Once the DB
+    Service selects a switchover's new instance, writes may have reached it: the DB stays, the rest goes back."""
+    prior, note = record["prior_state"], None
+    if (switch := record.get("db_switch")) and switchover.after_fence(api, namespace, release, switch):
+        prior = [e for e in prior if not _is_db_object(e, release) and not _is_release_record_entry(e, release)]
+        _record_serving_instance(api, record["prior_state"], release, switch["to"])
+        note = (f"the DB had already switched over to {switchover.instance_name(release, switch['to'])} on the "
+                f"target and stays there (writes may have reached it)")
+    return {"restored": restore_prior_state(api, prior), "note": note,
+            "workloads": workloads_in([e["object"] for e in prior if "object" in e])}
+
+
+def _is_release_record_entry(entry: dict, release: str) -> bool:
+    return entry["kind"] == "ConfigMap" and entry["metadata"]["name"] == f"{release}-k8smove"
+
+
+def _record_serving_instance(api: ApiClient, prior: list[dict], release: str, instance: int) -> None:
+    """The release record as it was, but naming the DB instance that now serves."""
+    entry = next((e for e in prior if _is_release_record_entry(e, release) and "object" in e), None)
+    if entry is None:
+        return
+    values = json.loads(entry["object"]["data"]["values.json"])
+    configmap = {**entry["object"], "data": {**entry["object"]["data"],
+                                             "values.json": json.dumps({**values, "db_instance": instance},
+                                                                       sort_keys=True)}}
+    kube.server_side_apply(api, configmap)
 
 
 def finish_rollback(api: ApiClient, namespace: str, release: str, holder: str) -> None:

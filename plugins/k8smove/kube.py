@@ -6,6 +6,7 @@ go through ``call_api`` with paths from this small table of the kinds our templa
 from __future__ import annotations
 
 import json
+import time
 
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
@@ -106,3 +107,48 @@ def strip_server_fields(obj: dict) -> dict:
     """The object as a client would write it: no status, no server-maintained metadata."""
     meta = {k: v for k, v in obj["metadata"].items() if k not in SERVER_FIELDS}
     return {k: v for k, v in obj.items() if k != "status"} | {"metadata": meta}
+
+
+class ExecFailed(Exception):
+    """A command run in a container (exec) exited non-zero or could not run; ``str()`` has its stderr."""
+
+
+def exec_in_container(api: ApiClient, namespace: str, pod: str, container: str, command: list[str],
+                      stdin: str = "", timeout_seconds: float = 60) -> str:
+    """Run ``command`` in the container through the API server (pods/exec, as kubectl exec does) with ``stdin``
+    written first; returns stdout. Raises ExecFailed with the exit code and stderr."""
+    from kubernetes.client import CoreV1Api
+    from kubernetes.stream import stream
+
+    # stream() swaps its client's request method while it runs: a client of its own keeps other threads' calls off it
+    client = ApiClient(configuration=api.configuration)
+    try:
+        resp = stream(CoreV1Api(client).connect_get_namespaced_pod_exec, pod, namespace, container=container,
+                      command=command, stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+        try:
+            if stdin:
+                resp.write_stdin(stdin)
+            resp.close_channel(0)    # stdin's end (v5.channel.k8s.io; on v4 the command reads one line)
+            out, err = [], []
+            deadline = time.monotonic() + timeout_seconds
+            while resp.is_open():
+                if time.monotonic() > deadline:
+                    raise ExecFailed(f"{command[0]} in {namespace}/{pod}: no answer within {timeout_seconds:g} s")
+                resp.update(timeout=1)
+                out.append(resp.read_channel(1))
+                err.append(resp.read_channel(2))
+            out.append(resp.read_channel(1))
+            err.append(resp.read_channel(2))
+            try:
+                code = resp.returncode
+            except (KeyError, IndexError, TypeError, ValueError):   # a Failure Status without an exit code
+                code = "without an exit code"
+        finally:
+            resp.close()
+    except ApiException as error:
+        raise ExecFailed(f"exec in {namespace}/{pod}: {status_message(error)}") from error
+    finally:
+        client.close()
+    if code != 0:
+        raise ExecFailed(f"exec in {namespace}/{pod} exited {code}: {''.join(err).strip()}")
+    return "".join(out)

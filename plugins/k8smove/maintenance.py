@@ -228,7 +228,8 @@ def _release_refusal(ref: str, pods: list[str], current: dict, reason: str) -> d
 
 
 def plan_releases(api: ApiClient, marked: list[str], target_selector: dict | None,
-                  release_targets: dict | None, nodes: list[dict], all_pods: list[dict]) -> dict:
+                  release_targets: dict | None, nodes: list[dict], all_pods: list[dict],
+                  db_strategy: str = "switchover") -> dict:
     """Plan, with the move engine, every k8smove release that has pods on the ``marked`` nodes; every release is
     checked against the one listing of ``nodes`` and ``all_pods`` the maintenance plan made.
 
@@ -257,7 +258,7 @@ def plan_releases(api: ApiClient, marked: list[str], target_selector: dict | Non
             continue
         try:
             plans.append({**plan_release(api, namespace, release, target, avoid_nodes=marked,
-                                         snapshot=(nodes, all_pods)), "pods": its_pods})
+                                         snapshot=(nodes, all_pods), db_strategy=db_strategy), "pods": its_pods})
         except K8sMoveError as err:
             refused.append(_release_refusal(ref, its_pods, current, f"cannot move to {selector_string(target)}: {err}"))
     return {"release_plans": plans, "refused": refused, "workloads": workloads}
@@ -276,11 +277,12 @@ def _workloads(api: ApiClient, extra_selector: dict | None) -> list[dict]:
 
 def plan_maintenance(api: ApiClient, maintenance_label: dict, target_selector: dict | None,
                      extra_selector: dict | None, ready_label: dict, allow_local_storage: bool,
-                     release_targets: dict | None = None) -> dict:
+                     release_targets: dict | None = None, db_strategy: str = "switchover") -> dict:
     """``make_plan`` over the cluster as it is now, k8smove's releases planned by the move engine (reads only)."""
     nodes, pods = kube.list_objects(api, "v1", "Node"), kube.list_objects(api, "v1", "Pod")
     marked, _ = select_nodes(nodes, maintenance_label, target_selector)
-    releases = plan_releases(api, marked, target_selector, release_targets, nodes, pods) if marked else None
+    releases = plan_releases(api, marked, target_selector, release_targets, nodes, pods,
+                             db_strategy) if marked else None
     return make_plan(
         nodes, pods, _workloads(api, extra_selector), kube.list_objects(api, "v1", "PersistentVolumeClaim"),
         kube.list_objects(api, "v1", "PersistentVolume"), maintenance_label, target_selector, ready_label,

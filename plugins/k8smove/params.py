@@ -126,6 +126,17 @@ DEPLOY_PARAMS = {
     },
 }
 
+DB_STRATEGY = {
+    "default": "switchover",
+    "title": "How the DB moves",
+    "description": "switchover: a streaming standby on the target, caught up, then promoted and switched to; "
+                   "writes wait only for the switch and the data is copied, so any storage class (node-local too) "
+                   "works. recreate: the DB is stopped, then started on the target with its volume "
+                   "(network-attached storage only; writes wait for the stop, the attach and the start).",
+    "type": "string",
+    "enum": ["switchover", "recreate"],
+}
+
 MIGRATE_PARAMS = {
     "namespace": NAMESPACE,
     "release": RELEASE,
@@ -145,6 +156,7 @@ MIGRATE_PARAMS = {
         "minItems": 1,
         "uniqueItems": True,
     },
+    "db_strategy": DB_STRATEGY,
     "dry_run": {
         **DRY_RUN,
         "description": "Check the move (preflight) and show what it would change (a server-side dry-run apply "
@@ -192,6 +204,7 @@ NODE_MAINTENANCE_PARAMS = {
         "title": "Label set when empty",
         "description": "Labels set on the nodes once nothing but DaemonSet and mirror pods runs on them.",
     },
+    "db_strategy": DB_STRATEGY,
     "allow_local_storage": {
         "default": False,
         "title": "Evict pods with emptyDir volumes",

@@ -12,6 +12,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from k8smove import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, K8sMoveError, kube, release_selector
 from k8smove.labels import check_selector, matches, node_selector_matches, selector_string, split_label_changes
+from k8smove.switchover import is_serving_db
 
 BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
 
@@ -185,9 +186,11 @@ def recorded_release(api: ApiClient, namespace: str, release: str, components,
     values = json.loads(configmap["data"]["values.json"])
     workloads = kube.list_objects(api, "apps/v1", "Deployment", namespace, release_selector(release))
     sources = {}
+    serving = int(values.get("db_instance", 0))
     for workload in workloads:
         component = workload["metadata"]["labels"].get(LABEL_COMPONENT)
-        if component in components:
+        # not a DB instance other than the serving one (a standby of a move under way)
+        if component in components and is_serving_db(workload, serving):
             sources[component] = workload["spec"]["template"]["spec"].get("nodeSelector") or {}
     if missing := sorted(set(components) - set(sources)):
         raise K8sMoveError(f"release {release!r}: component(s) {', '.join(missing)} not found")

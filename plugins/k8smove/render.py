@@ -50,9 +50,14 @@ def _environment(template_dir: Path) -> SandboxedEnvironment:
     )
 
 
+# Render values a move passes that the release does not keep: placement (the workloads' nodeSelector holds it)
+# and the DB instance the Service selects while a switchover is under way.
+TRANSIENT_VALUES = ("node_label", "db_serving_instance")
+
+
 def recorded_values(values: dict) -> dict:
-    """What the release ConfigMap keeps: everything but placement, which the workloads' nodeSelector holds."""
-    return {key: value for key, value in values.items() if key != "node_label"}
+    """What the release ConfigMap keeps; ``db_instance``: the DB instance that serves (0 when never moved)."""
+    return {key: value for key, value in values.items() if key not in TRANSIENT_VALUES}
 
 
 def _context(values: dict) -> dict:
@@ -62,8 +67,11 @@ def _context(values: dict) -> dict:
         common = {LABEL_NAME: "k8smove-demo", LABEL_INSTANCE: release, LABEL_MANAGED_BY: MANAGED_BY}
         return {**common, LABEL_COMPONENT: component} if component else common
 
+    instance = values.get("db_instance", 0)
     return {
         **values,
+        "db_instance": instance,
+        "db_serving_instance": values.get("db_serving_instance", instance),
         "labels": {"release": labels(None), "app": labels("app"), "db": labels("db")},
         "selectors": {c: {LABEL_INSTANCE: release, LABEL_COMPONENT: c} for c in ("app", "db")},
         "recorded_values": json.dumps(recorded_values(values), sort_keys=True),

@@ -24,15 +24,17 @@ class PlanRelease(KubernetesOperator):
 
     :param node_label: target node selector
     :param components: components to place (default both)
+    :param db_strategy: how a DB that changes nodes moves (k8smove.engine.plan_release)
     """
 
-    template_fields = ("namespace", "release", "node_label", "components", "settings", "label_nodes")
+    template_fields = ("namespace", "release", "node_label", "components", "settings", "label_nodes", "db_strategy")
     ui_color = "#fdebd0"
 
     def __init__(self, *, namespace: str, release: str, node_label: dict | str,
                  components: list[str] | str = ("app", "db"), settings: dict | str | None = None,
-                 label_nodes: dict | str | None = None, **kwargs) -> None:
+                 label_nodes: dict | str | None = None, db_strategy: str = "switchover", **kwargs) -> None:
         super().__init__(**kwargs)
+        self.db_strategy = db_strategy
         self.namespace = namespace
         self.release = release
         self.node_label = node_label
@@ -47,7 +49,7 @@ class PlanRelease(KubernetesOperator):
         # The DAG's declared params: context["params"] also holds whatever keys the conf added.
         check_conf_keys(context["dag_run"].conf or {}, self.dag.params.keys())
         plan = plan_release(self.api, self.namespace, self.release, self.node_label, self.components,
-                            settings=self.settings, label_nodes=self.label_nodes)
+                            settings=self.settings, label_nodes=self.label_nodes, db_strategy=self.db_strategy)
         self.log.info("Plan: %s", describe(plan))
         ti = context["ti"]
         ti.xcom_push(key="service_url", value=plan["service_url"])
@@ -142,7 +144,7 @@ class MoveReleases(RolloutWaitOperator):
             except K8sMoveError as err:
                 return {"outcome": "failed", "reason": str(err)}
             self.log.info("%s: moved; %s answered %s", ref, plans[ref]["service_url"], done["endpoint"]["body"])
-            return {"outcome": "moved", "answered": done["endpoint"]["body"]}
+            return {"outcome": "moved", "answered": done["endpoint"]["body"], "db_switchover": done["db_switchover"]}
         for group, outcome in zip(event["groups"], in_parallel(finish, event["groups"])):
             outcomes[release_ref(group["namespace"], group["release"])] = outcome
         context["ti"].xcom_push(key="releases", value=outcomes)

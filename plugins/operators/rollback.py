@@ -34,7 +34,8 @@ class RollbackReleases(RolloutWaitOperator):
             if undone is None:
                 continue
             self.log.info("%s: restored %s", ref, undone["restored"])
-            outcomes[ref] = {"outcome": "rolled_back", "restored": undone["restored"]}
+            outcomes[ref] = {"outcome": "rolled_back", "restored": undone["restored"],
+                             **({"note": undone["note"]} if undone.get("note") else {})}
             if undone["workloads"]:
                 groups.append({"namespace": plan["namespace"], "release": plan["release"],
                                "workloads": undone["workloads"]})

@@ -103,3 +103,49 @@ def test_exec_into_postgres_reaches_the_server_over_its_local_socket(cluster):
     kubectl(cluster, "wait", "--for=condition=Ready", "pod/db", "--timeout=90s", timeout=100)
     answer = kubectl(cluster, "exec", "db", "--", "psql", "-U", "postgres", "-tAc", "select 41 + 1")
     assert answer.stdout == "42\n"
+
+
+def test_init_containers_run_in_order_to_completion_before_the_pods_containers(cluster):
+    """The second init container sees what the first wrote; the main container starts only after both; the statuses
+    say so (initContainerStatuses, Initialized), as kubectl's Init:N/M column reads them."""
+    scratch = {"volumeMounts": [{"name": "work", "mountPath": "/work"}]}
+    spec = pod("ordered", "cat /work/steps; echo main >> /work/steps", volumes=[{"name": "work", "emptyDir": {}}],
+               container=scratch)
+    spec["spec"]["initContainers"] = [
+        {"name": "first", "image": "busybox:1.36", "command": ["sh", "-c", "sleep 1; echo first > /work/steps"],
+         **scratch},
+        {"name": "second", "image": "busybox:1.36", "command": ["sh", "-c", "cat /work/steps >/dev/null && "
+                                                                            "echo second >> /work/steps"], **scratch}]
+    kubectl(cluster, "apply", "-f", "-", input=dump(spec))
+
+    def initialising():
+        obj = json.loads(kubectl(cluster, "get", "pod", "ordered", "-o", "json").stdout)
+        inits = obj["status"].get("initContainerStatuses") or []
+        return obj if inits and "running" in inits[0]["state"] else None
+    early = wait_for(initialising, timeout=30, what="first init container running")
+    assert early["status"]["phase"] == "Pending"
+    initialized = next(c for c in early["status"]["conditions"] if c["type"] == "Initialized")
+    assert (initialized["status"], initialized["reason"]) == ("False", "ContainersNotInitialized")
+    assert early["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing"
+    assert "Init:0/2" in kubectl(cluster, "get", "pod", "ordered").stdout
+
+    done = finished(cluster, "ordered")
+    assert done["status"]["phase"] == "Succeeded"
+    assert logs(cluster, "ordered").splitlines() == ["first", "second"]
+    assert [(c["name"], c["state"]["terminated"]["reason"]) for c in done["status"]["initContainerStatuses"]] == \
+        [("first", "Completed"), ("second", "Completed")]
+    assert next(c for c in done["status"]["conditions"] if c["type"] == "Initialized")["status"] == "True"
+    assert kubectl(cluster, "logs", "ordered", "-c", "first").stdout == ""
+
+
+def test_a_failing_init_container_fails_the_pod_without_starting_its_containers(cluster):
+    spec = pod("blocked", "echo main-ran")
+    spec["spec"]["initContainers"] = [{"name": "check", "image": "busybox:1.36",
+                                       "command": ["sh", "-c", "echo no-primary >&2; exit 2"]}]
+    kubectl(cluster, "apply", "-f", "-", input=dump(spec))
+    done = finished(cluster, "blocked")
+    assert done["status"]["phase"] == "Failed"
+    terminated = done["status"]["initContainerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (2, "Error")
+    assert done["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing"
+    assert "no-primary" in kubectl(cluster, "logs", "blocked", "-c", "check").stdout

@@ -49,3 +49,19 @@ def pods_by_component(kube_client, release: str = "demo", namespace: str = "defa
         if pod.metadata.deletion_timestamp is None:
             placement.setdefault(pod.metadata.labels["app.kubernetes.io/component"], []).append(pod.spec.node_name)
     return {component: sorted(nodes) for component, nodes in placement.items()}
+
+
+def deployed(cluster, kube_client, **overrides) -> dict:
+    """A release on node1, put there by the move engine itself; returns its deploy values."""
+    from k8smove.engine import begin, commit, plan_release
+    from k8smove.nodes import label_nodes
+    from k8smove.rollout import workloads_in
+
+    label_nodes(kube_client, LABEL_NODES)
+    values = deploy_values(**overrides)
+    settings = {k: v for k, v in values.items() if k not in ("namespace", "release", "node_label")}
+    plan = plan_release(kube_client, "default", "demo", values["node_label"], settings=settings)
+    begin(kube_client, plan, "deploy_app/first", 60)
+    assert wait(cluster.kubeconfig_path, "default", "demo", workloads_in(plan["manifests"]), 60)["status"] == "success"
+    commit(kube_client, plan, "deploy_app/first")
+    return values

@@ -8,21 +8,8 @@ from kubernetes.client import AppsV1Api, CoreV1Api
 
 from k8smove import K8sMoveError, lock
 from k8smove.engine import begin, commit, plan_release, roll_back
-from k8smove.nodes import label_nodes
 from k8smove.rollout import workloads_in
-from kubesim_release import LABEL_NODES, deploy_values, pods_by_component, wait
-
-
-def deployed(cluster, kube_client) -> dict:
-    """A release on node1, moved there by the engine itself; returns its deploy values."""
-    label_nodes(kube_client, LABEL_NODES)
-    values = deploy_values()
-    settings = {k: v for k, v in values.items() if k not in ("namespace", "release", "node_label")}
-    plan = plan_release(kube_client, "default", "demo", values["node_label"], settings=settings)
-    begin(kube_client, plan, "deploy_app/first", 60)
-    assert wait(cluster.kubeconfig_path, "default", "demo", workloads_in(plan["manifests"]), 60)["status"] == "success"
-    commit(kube_client, plan, "deploy_app/first")
-    return values
+from kubesim_release import deployed, pods_by_component, wait
 
 
 def recorded_values(kube_client) -> str:

@@ -163,14 +163,16 @@ def test_secret_is_generated_once_and_never_rotated(cluster, kube_client):
     manifests = render_manifests(deploy_values(), ["db"])
     masked = []
     results = apply_manifests(kube_client, manifests, on_secret=masked.append)
-    secret = CoreV1Api(kube_client).read_namespaced_secret("demo-db", "default")
-    password = base64.b64decode(secret.data["password"]).decode()
-    assert masked == [password] and len(password) >= 24
+    secrets = [CoreV1Api(kube_client).read_namespaced_secret(name, "default")
+               for name in ("demo-db", "demo-db-replication")]
+    passwords = [base64.b64decode(secret.data["password"]).decode() for secret in secrets]
+    assert masked == passwords and all(len(p) >= 24 for p in passwords) and passwords[0] != passwords[1]
     prior = record_prior_state(kube_client, manifests)
     apply_manifests(kube_client, manifests, on_secret=masked.append)
-    assert CoreV1Api(kube_client).read_namespaced_secret("demo-db", "default").data == secret.data
-    assert masked == [password]
-    assert password not in json.dumps(results) + json.dumps(prior)
+    assert [CoreV1Api(kube_client).read_namespaced_secret(s.metadata.name, "default").data for s in secrets] == \
+        [s.data for s in secrets]
+    assert masked == passwords
+    assert not any(p in json.dumps(results) + json.dumps(prior) for p in passwords)
 
 
 def test_dry_run_applies_nothing_and_logs_the_diff(cluster, kube_client, caplog):

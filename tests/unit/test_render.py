@@ -1,6 +1,8 @@
 """Rendering: sandboxed, strict, every value a quoted scalar, output valid against the Kubernetes schemas."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from k8smove import K8sMoveError
@@ -22,8 +24,9 @@ def by_kind(manifests):
 def test_renders_release_db_then_app(values):
     manifests = render_manifests(values, ["app", "db"])
     assert [(m["kind"], m["metadata"]["name"]) for m in manifests] == [
-        ("ConfigMap", "demo-k8smove"), ("Secret", "demo-db"), ("PersistentVolumeClaim", "demo-db"),
-        ("Deployment", "demo-db"), ("Service", "demo-db"), ("Deployment", "demo-app"), ("Service", "demo")]
+        ("ConfigMap", "demo-k8smove"), ("Secret", "demo-db"), ("Secret", "demo-db-replication"),
+        ("PersistentVolumeClaim", "demo-db"), ("Deployment", "demo-db"), ("Service", "demo-db"),
+        ("Deployment", "demo-app"), ("Service", "demo")]
 
 
 def test_app_rollout_placement_and_labels(values):
@@ -54,9 +57,33 @@ def test_components_subset(values):
 
 
 def test_secret_has_no_value_in_templates(values):
-    secret = next(m for m in render_manifests(values, ["db"]) if m["kind"] == "Secret")
-    assert "data" not in secret and "stringData" not in secret
-    assert secret["metadata"]["annotations"]["k8smove.io/generate-keys"] == "password"
+    secrets = [m for m in render_manifests(values, ["db"]) if m["kind"] == "Secret"]
+    assert [s["metadata"]["name"] for s in secrets] == ["demo-db", "demo-db-replication"]
+    for secret in secrets:
+        assert "data" not in secret and "stringData" not in secret
+        assert secret["metadata"]["annotations"]["k8smove.io/generate-keys"] == "password"
+
+
+def test_a_db_instance_and_a_standby_of_the_serving_one(values):
+    """Instance 0 keeps the plain names; a move's instance n+1 is a standby seeded from the Service, which keeps
+    selecting the serving instance until the switch."""
+    plain = {(m["kind"], m["metadata"]["name"]): m for m in render_manifests(values, ["db"])}
+    assert "initContainers" not in plain[("Deployment", "demo-db")]["spec"]["template"]["spec"]
+    assert plain[("Service", "demo-db")]["spec"]["selector"]["k8smove.io/db-instance"] == "0"
+    moved = {(m["kind"], m["metadata"]["name"]): m
+             for m in render_manifests({**values, "db_instance": 2, "db_serving_instance": 1}, ["db"])}
+    deployment = moved[("Deployment", "demo-db-2")]
+    assert deployment["spec"]["selector"]["matchLabels"]["k8smove.io/db-instance"] == "2"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "demo-db-2"
+    assert ("PersistentVolumeClaim", "demo-db-2") in moved
+    init = pod["initContainers"][0]
+    assert "pg_basebackup" in init["command"][2] and "-R -X stream" in init["command"][2]
+    assert {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "demo-db-replication", "key": "password"}}} \
+        in init["env"]
+    assert moved[("Service", "demo-db")]["spec"]["selector"]["k8smove.io/db-instance"] == "1"
+    record = json.loads(moved[("ConfigMap", "demo-k8smove")]["data"]["values.json"])
+    assert record["db_instance"] == 2 and "db_serving_instance" not in record
 
 
 def test_rendering_is_deterministic(values):
@@ -79,7 +106,7 @@ def test_injected_values_stay_inert(values, value):
         pod = workload["spec"]["template"]["spec"]
         assert pod["nodeSelector"] == {"demo": value}
         assert "hostNetwork" not in pod
-    assert len(manifests) == 7
+    assert len(manifests) == 8
 
 
 def test_injected_key_stays_inert(values):
