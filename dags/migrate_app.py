@@ -10,13 +10,16 @@ k8smove's move engine (the one `deploy_app` and `node_maintenance` use too):
    nothing and succeeds.
 2. **move** — takes the release's lock (Lease `<release>-k8smove-lock`: a second run moving the same release
    is refused with this run's name), records the prior state on it, server-side applies the manifests (the App
-   rolls out surge-first, the DB is recreated on the target with its network-attached volume), waits in the
-   triggerer until every pod is Ready on the target, checks nothing is left on the source and the Service
-   answers, then records the new values and releases the lock.
+   rolls out surge-first; the DB gets a streaming standby on the target, or with `db_strategy` "recreate" is
+   stopped and started there with its volume), waits in the triggerer until every pod is Ready on the target,
+   switches the DB over (fence the old primary, promote the standby, point the DB Service at it: writes wait
+   only for this), checks nothing is left on the source and the Service answers, then records the new values
+   and releases the lock. The old DB volume is removed by **report** once the rows are proven.
 3. **rollback** — if the move failed: restores the recorded prior state and waits until it is Ready where it was.
 
 While it runs, **start_probe** (setup) and **stop_probe** (teardown) measure it from outside: 20 GET/s to the
-service and 5 row writes/s through the app; afterwards every acknowledged row must read back. **report**, the
+service and 5 row writes/s through the app; afterwards every acknowledged row must read back, and the report
+says how long writes went unacknowledged (`probe.writes.max_stall_ms`). **report**, the
 only leaf, writes the migration report (XCom, task log and, when `K8SMOVE_REPORT_DIR` is set, a JSON file) and
 fails the run with the first failure's reason unless the release moved (or already was where asked).
 

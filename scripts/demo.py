@@ -54,6 +54,7 @@ def newest_report(report_dir: Path, dag_id: str) -> dict:
 def human_summary(report: dict, report_path: Path) -> str:
     m = report["migrate"]
     probe, db = m.get("probe", {}), m.get("db", {})
+    writes, switch = (probe or {}).get("writes") or {}, m.get("db_switchover") or {}
     lines = [
         "",
         "k8smove demo report",
@@ -65,6 +66,9 @@ def human_summary(report: dict, report_path: Path) -> str:
         f"pods after   {json.dumps(m.get('pods_after', {}))}",
         f"probe        {probe.get('sent')} requests, {probe.get('failed')} failed, longest gap "
         f"{probe.get('max_gap_ms')} ms, p50 {probe.get('latency_ms', {}).get('p50')} ms",
+        f"writes       {writes.get('sent')} sent, {writes.get('failed')} not acknowledged, longest with none "
+        f"acknowledged {writes.get('max_stall_ms')} ms, p99 {(writes.get('latency_ms') or {}).get('p99')} ms",
+        f"DB move      switchover: writes paused {switch.get('write_pause_ms')} ms (fence to switch)",
         f"database     {db.get('rows_acknowledged')} rows acknowledged, {db.get('rows_present')} present, "
         f"{db.get('rows_lost')} lost",
         f"JSON report  {report_path}",

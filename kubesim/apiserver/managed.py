@@ -19,6 +19,24 @@ KEY_DEFAULTS = {"protocol": "TCP"}
 Path = tuple
 
 
+def _item_path(path: Path) -> Path | None:
+    """The path of the keyed list item ``path`` marks (``k:{…}`` or its ``.``), else None."""
+    if path and path[-1] == ".":
+        path = path[:-1]
+    return path if path and path[-1].startswith("k:") else None
+
+
+def _remove_item(obj: dict, path: Path, item) -> None:
+    """Drop ``item`` (by identity) from the list at ``path[:-1]``; a list left empty goes too (omitempty)."""
+    parent = FieldSets.value_at(obj, path[:-1])
+    if item is MISSING or not isinstance(parent, list):
+        return
+    parent[:] = [i for i in parent if i is not item]
+    holder = FieldSets.value_at(obj, path[:-2]) if len(path) > 2 else obj
+    if not parent and isinstance(holder, dict) and path[-2].startswith("f:"):
+        holder.pop(path[-2][2:], None)
+
+
 def _key_of(item: dict, keys: list[str]) -> str:
     return "k:" + json.dumps({k: item.get(k, KEY_DEFAULTS.get(k)) for k in keys if k in item or k in KEY_DEFAULTS},
                              separators=(",", ":"))
@@ -213,8 +231,13 @@ class ManagedFields:
         previous = next((self.sets.from_v1(e.get("fieldsV1")) for e in entries if self._same(e, *mine)), set())
         owned_by_others = set().union(*(self.sets.from_v1(e.get("fieldsV1")) for e in entries
                                         if not self._same(e, *mine)))
-        for path in sorted(previous - config_paths - owned_by_others, key=len, reverse=True):
+        doomed = sorted(previous - config_paths - owned_by_others, key=len, reverse=True)
+        # keyed list items are found by their key fields: resolve them before those fields are removed
+        items = [(path, self.sets.value_at(merged, path)) for path in (_item_path(p) for p in doomed) if path]
+        for path in doomed:
             self.sets.remove(merged, path)
+        for path, item in items:
+            _remove_item(merged, path, item)
         lost = {path for _, path in conflicts}
         merged.setdefault("metadata", {})["managedFields"] = self._rebuild(rt, entries, mine, config_paths, lost)
         return merged

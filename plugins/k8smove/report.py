@@ -100,6 +100,11 @@ def summary_lines(report: dict) -> list[str]:
         f"pods after:  {json.dumps(report['pods_after'])}",
         f"probe: {probe.get('sent')} sent, {probe.get('failed')} failed, longest gap {probe.get('max_gap_ms')} ms, "
         f"latency p50 {(probe.get('latency_ms') or {}).get('p50')} ms",
+        *([f"writes: {writes.get('sent')} sent, {writes.get('failed')} failed, longest with none acknowledged "
+           f"{writes.get('max_stall_ms')} ms, latency p50 {(writes.get('latency_ms') or {}).get('p50')} ms, "
+           f"p99 {(writes.get('latency_ms') or {}).get('p99')} ms"] if (writes := probe.get("writes")) else []),
+        *([f"DB switchover: writes paused {switch['write_pause_ms']} ms (fence {switch.get('fence_ms')} ms), "
+           f"{switch['switchover_ms']} ms in all"] if (switch := report.get("db_switchover")) else []),
         f"rows: {db.get('rows_acknowledged')} acknowledged, {db.get('rows_present')} present, "
         f"{db.get('rows_lost')} lost",
         "steps: " + ", ".join(f"{task} {step['state']} {step.get('duration_s', '-')} s"
@@ -120,6 +125,10 @@ def proof_problem(probe: dict | None, db: dict | None) -> tuple[str, str] | None
     if probe and probe.get("failed"):
         return "disrupted", (f"{probe['failed']} of {probe['sent']} requests failed during the move "
                              f"({probe.get('errors')}; longest gap {probe.get('max_gap_ms')} ms)")
+    writes = (probe or {}).get("writes") or {}
+    if writes.get("failed"):
+        return "disrupted", (f"{writes['failed']} of {writes['sent']} writes were not acknowledged during the move "
+                             f"({writes.get('errors')}; longest with none acknowledged {writes.get('max_stall_ms')} ms)")
     return None
 
 
@@ -152,16 +161,30 @@ def migration_outcome(steps: dict[str, dict], pods_before: dict | None, pods_aft
 
 
 def compose(step_ids: list[str], states: dict[str, str], recorded: dict[str, dict], pods_before: dict | None,
-            pods_after: dict, observed: dict, started, planned: list | None = None, moved: dict | None = None) -> dict:
+            pods_after: dict, observed: dict, started, planned: list | None = None, moved: dict | None = None,
+            undone: dict | None = None) -> dict:
     """The migration report (see README: "The migration report"); ``planned``: a dry run's apply results;
-    ``moved``: the move task's outcome for the release ({"outcome", "reason"})."""
+    ``moved``: the move task's outcome for the release ({"outcome", "reason"}); ``undone``: the rollback's."""
     steps = {t: {**(recorded.get(t) or {}), "state": states.get(t) or "none"} for t in step_ids}
     outcome, reason = migration_outcome(steps, pods_before, pods_after, observed.get("db"), dry_run=planned is not None,
                                         moved=moved, probe=observed.get("probe"))
+    if outcome == "rolled_back" and (note := (undone or {}).get("note")):   # the DB was past its switch
+        reason = reason.replace("(rolled back: the release runs where it ran before)", f"(rolled back, but {note})")
     return {
         "outcome": outcome, "reason": reason,
         "duration_s": round(time.time() - started.timestamp(), 3) if started else None,
         "pods_before": pods_before or {}, "pods_after": pods_after,
         "probe": observed.get("probe"), "db": observed.get("db"), "steps": steps,
+        "db_switchover": (moved or {}).get("db_switchover"),
         **({"planned": planned} if planned is not None else {}),
     }
+
+
+def settle_retired_claims(api, namespace: str, release: str, outcome: str | None) -> dict:
+    """A switchover keeps the old DB instance's claim until the run has verified the data: removed once the release
+    moved and its rows are proven ({"removed": [...]}), kept otherwise ({"kept": [...]}, for a person to look at)."""
+    from k8smove import switchover
+
+    if outcome == "moved":
+        return {"removed": switchover.remove_retired_claims(api, namespace, release)}
+    return {"kept": switchover.retired_claims(api, namespace, release)}

@@ -245,10 +245,17 @@ def retire(api: ApiClient, namespace: str, release: str, instance: int) -> None:
                   content_type="application/merge-patch+json")
 
 
+def _retired(api: ApiClient, namespace: str, release: str) -> list[dict]:
+    return kube.list_objects(api, "v1", "PersistentVolumeClaim", namespace, f"{LABEL_INSTANCE}={release},{LABEL_RETIRED}")
+
+
+def retired_claims(api: ApiClient, namespace: str, release: str) -> list[str]:
+    return [c["metadata"]["name"] for c in _retired(api, namespace, release)]
+
+
 def remove_retired_claims(api: ApiClient, namespace: str, release: str) -> list[str]:
     """Delete the claims of the release's retired DB instances (call once the rows are verified); their names."""
-    claims = kube.list_objects(api, "v1", "PersistentVolumeClaim", namespace,
-                               f"{LABEL_INSTANCE}={release},{LABEL_RETIRED}")
+    claims = _retired(api, namespace, release)
     for claim in claims:
         kube.delete(api, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": claim["metadata"]})
     return [c["metadata"]["name"] for c in claims]

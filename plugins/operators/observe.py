@@ -125,7 +125,7 @@ class MigrationReport(KubernetesOperator):
 
     def execute(self, context):
         from k8smove.engine import release_ref
-        from k8smove.report import compose, pods_by_node, summary_lines, write_report
+        from k8smove.report import compose, pods_by_node, settle_retired_claims, summary_lines, write_report
 
         ti, run_id = context["ti"], context["run_id"]
         states = ti.get_task_states(dag_id=ti.dag_id, task_ids=list(self.steps), run_ids=[run_id])[run_id]
@@ -137,7 +137,9 @@ class MigrationReport(KubernetesOperator):
             self.steps, states, {task: step for task, step in recorded.items() if step},
             pods_before=observed.get("pods_before"),
             pods_after=pods_by_node(self.api, self.namespace, self.release),
-            observed=observed, started=context["dag_run"].start_date, planned=self.planned or None, moved=moved)
+            observed=observed, started=context["dag_run"].start_date, planned=self.planned or None, moved=moved,
+            undone=(ti.xcom_pull(task_ids="rollback", key="releases") or {}).get(ref))
+        report["retired_claims"] = settle_retired_claims(self.api, self.namespace, self.release, report["outcome"])
         report["report_file"] = write_report(report, ti.dag_id, run_id)
         for line in summary_lines(report):
             self.log.info(line)
@@ -162,7 +164,7 @@ class MaintenanceReport(KubernetesOperator):
         self.observed = observed
 
     def execute(self, context):
-        from k8smove.report import pods_by_node, proof_problem, write_report
+        from k8smove.report import pods_by_node, proof_problem, settle_retired_claims, write_report
 
         ti, run_id = context["ti"], context["run_id"]
         states = ti.get_task_states(dag_id=ti.dag_id, task_ids=list(self.steps), run_ids=[run_id])[run_id]
@@ -178,7 +180,9 @@ class MaintenanceReport(KubernetesOperator):
             seen = observed.get(ref, {})
             if outcome.get("outcome") == "moved" and (problem := proof_problem(seen.get("probe"), seen.get("db"))):
                 outcome["outcome"], outcome["reason"] = problem
-            releases[ref] = {**outcome, **seen, "pods_after": pods_by_node(self.api, namespace, release)}
+            releases[ref] = {**outcome, **seen, "pods_after": pods_by_node(self.api, namespace, release),
+                             "retired_claims": settle_retired_claims(self.api, namespace, release,
+                                                                     outcome.get("outcome"))}
         failed = [t for t in self.steps if states.get(t) in ("failed", "upstream_failed")]
         unproven = sorted(ref for ref, r in releases.items() if r.get("outcome") in ("disrupted", "data_lost"))
         reasons = ([f"failed: {', '.join(failed)}"] if failed else []) + [

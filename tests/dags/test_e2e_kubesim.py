@@ -50,7 +50,11 @@ def test_deploy_then_migrate(cluster, kube_client, dags_test, report_dir):
     report = newest_report(report_dir)
     assert (report["outcome"], report["reason"], report["probe"], report["db"]) == ("dry_run", None, None, None)
     planned = {p["object"]: p["result"] for p in report["planned"]}
-    assert planned["Deployment default/demo-app"] == planned["Deployment default/demo-db"] == "configured (dry run)"
+    assert planned["Deployment default/demo-app"] == "configured (dry run)"
+    # the DB moves by switchover: a new instance on the target, the Service still on the serving one
+    assert planned["Deployment default/demo-db-1"] == planned["PersistentVolumeClaim default/demo-db-1"] \
+        == "created (dry run)"
+    assert planned["Service default/demo-db"] == "unchanged (dry run)", planned
     assert planned["Service default/demo"] == "unchanged (dry run)", planned
     assert [report["steps"][t]["state"] for t in ("move", "rollback", "stop_probe")] \
         == ["success", "skipped", "success"], report["steps"]

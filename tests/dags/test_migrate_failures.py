@@ -30,9 +30,9 @@ def assert_still_on_source(kube_client, url: str) -> None:
     assert verify_endpoint(url, deadline_seconds=30)["body"]["node"] == "node1"
 
 
-def assert_refused(cluster, kube_client, dags_test, report_dir, url: str, reason: str) -> None:
+def assert_refused(cluster, kube_client, dags_test, report_dir, url: str, reason: str, **conf) -> None:
     clear_request_log(cluster, kube_client)
-    result = dags_test("migrate_app", {"node_label": {"demo": "node2"}})
+    result = dags_test("migrate_app", {"node_label": {"demo": "node2"}, **conf})
     assert result.returncode != 0
     assert reason in result.stdout, result.stdout[-5000:]
     assert cluster.writes() == []
@@ -54,15 +54,25 @@ def test_target_without_room_is_refused_before_any_write(cluster, kube_client, d
     assert_refused(cluster, kube_client, dags_test, report_dir, deployed, "node2: insufficient cpu")
 
 
-def test_db_on_node_local_storage_is_refused_before_any_write(cluster, kube_client, dags_test, report_dir):
+def test_a_db_on_node_local_storage_moves_by_switchover_and_is_refused_stop_and_start(
+        cluster, kube_client, dags_test, report_dir):
     conf = dict(deploy_conf(), storage={"class": "local-path", "size": "1Gi"})
     result = dags_test("deploy_app", conf)
     assert result.returncode == 0, result.stdout[-5000:]
     assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
-    assert_refused(cluster, kube_client, dags_test, report_dir, f"http://{conf['external_ip']}:{conf['port']}/",
-                   "PersistentVolumeClaim demo-db is bound to node-local volume")
+    url = f"http://{conf['external_ip']}:{conf['port']}/"
+    assert_refused(cluster, kube_client, dags_test, report_dir, url,
+                   "PersistentVolumeClaim demo-db is bound to node-local volume", db_strategy="recreate")
     report = newest_report(report_dir)
     assert "(on node1), which no target node (node2) can mount" in report["reason"], report["reason"]
+    # the default strategy copies the data to a claim of its own on the target
+    result = dags_test("migrate_app", {"node_label": {"demo": "node2"}})
+    assert result.returncode == 0, result.stdout[-5000:]
+    report = newest_report(report_dir)
+    assert report["outcome"] == "moved" and report["db"]["rows_lost"] == 0, report
+    assert report["probe"]["writes"]["failed"] == 0 and report["db_switchover"]["write_pause_ms"] > 0, report
+    assert report["retired_claims"] == {"removed": ["demo-db"]}
+    assert pods_by_component(kube_client) == {"app": ["node2"], "db": ["node2"]}
 
 
 def test_image_never_ready_on_target_rolls_back(cluster, kube_client, dags_test, report_dir, deployed):

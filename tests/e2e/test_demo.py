@@ -30,5 +30,11 @@ def test_demo_deploys_migrates_and_reports(tmp_path, control_plane):
     assert migrate["probe"]["sent"] >= 20 and migrate["probe"]["failed"] == 0
     assert migrate["probe"]["max_gap_ms"] < 1000
     assert migrate["db"]["rows_acknowledged"] > 0 and migrate["db"]["rows_lost"] == 0
+    # the DB moved by switchover (issue 11): no write went unacknowledged, writes paused only for the switch
+    writes = migrate["probe"]["writes"]
+    assert writes["failed"] == 0 and writes["max_stall_ms"] < 5000, writes
+    assert migrate["db_switchover"]["write_pause_ms"] < 5000, migrate["db_switchover"]
+    assert migrate["retired_claims"] == {"removed": ["demo-db"]}
+    assert "longest with none acknowledged" in result.stdout
     assert migrate["duration_s"] > 0
     assert "k8smove demo report" in result.stdout and str(tmp_path / "demo-report.json") in result.stdout

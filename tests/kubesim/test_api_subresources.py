@@ -129,6 +129,24 @@ def test_server_side_apply_with_the_client(api, client):
     assert no_manager.value.status == 400 and "fieldManager is required" in no_manager.value.body
 
 
+def test_server_side_apply_removes_list_items_the_manager_no_longer_applies(api, client):
+    """An apply without an item (or the whole keyed list) it applied before removes it, as the real API server does;
+    its key fields must not be stripped first, leaving an unnamed item behind."""
+    apps = k8s.AppsV1Api(client)
+    config = manifest("apps/deployments", "web")
+    pod_spec = config["spec"]["template"]["spec"]
+    pod_spec["initContainers"] = [{"name": "seed", "image": "busybox:1.36"}]
+    pod_spec["containers"][0]["env"] = [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+    apps.patch_namespaced_deployment("web", "default", config, field_manager="deployer",
+                                     _content_type="application/apply-patch+yaml")
+    del pod_spec["initContainers"]
+    pod_spec["containers"][0]["env"] = [{"name": "B", "value": "2"}]
+    applied = apps.patch_namespaced_deployment("web", "default", config, field_manager="deployer",
+                                               _content_type="application/apply-patch+yaml")
+    assert applied.spec.template.spec.init_containers is None
+    assert [(e.name, e.value) for e in applied.spec.template.spec.containers[0].env] == [("B", "2")]
+
+
 def test_strategic_merge_directives(api, client):
     apps = k8s.AppsV1Api(client)
     deployment = manifest("apps/deployments", "web")
