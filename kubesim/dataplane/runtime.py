@@ -441,7 +441,7 @@ class PodSupervisor(threading.Thread):
         inner = {**env, **(extra_env or {}), "KUBESIM_POD_UID": self.uid}
         return self._host_launch(sandbox.sandbox_argv(argv, inner, view.mounts, view.workdir,
                                                       self.pod["metadata"]["name"], view.read_only_dirs,
-                                                      view.path_prefix))
+                                                      view.path_prefix, sandbox.capabilities_of(run.spec)))
 
     def _host_launch(self, argv: list[str]) -> Launch:
         """bwrap or nsenter, started with only what finds it (PATH) and marks it as this pod's."""
@@ -464,7 +464,7 @@ class PodSupervisor(threading.Thread):
             if pid is None:
                 raise LookupError(f"container {container} is not running")
             env = {**(run.env or {}), **run.sandbox_view.exec_env, "KUBESIM_POD_UID": self.uid}
-            return self._host_launch(sandbox.enter_argv(pid, command, env))
+            return self._host_launch(sandbox.enter_argv(pid, command, env, sandbox.capabilities_of(run.spec)))
         return self._sandboxed(run, command, run.env or {}, run.sandbox_view.exec_env)
 
     def container_names(self) -> list[str]:

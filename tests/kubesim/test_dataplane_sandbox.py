@@ -60,22 +60,28 @@ def test_on_failure_restarts_until_the_command_succeeds(cluster):
     assert done["status"]["containerStatuses"][0]["restartCount"] == 2
 
 
-def test_the_sandbox_hides_the_host_and_drops_privileges(cluster):
+def test_the_sandbox_hides_the_host_and_keeps_a_containers_capabilities(cluster):
     script = ("echo pid=$$; test -e /work/main -o -e /root/.pyenv && echo host-visible; "
               "grep CapEff /proc/self/status; cat /etc/shadow 2>/dev/null | wc -c; "
               "(echo x > /config/new) 2>/dev/null && echo wrote-read-only; ps -e -o pid= | wc -l")
     config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ro", "namespace": "default"},
               "data": {"k": "v"}}
+    mounts = {"volumeMounts": [{"name": "c", "mountPath": "/config", "readOnly": True}]}
     kubectl(cluster, "apply", "-f", "-", input=dump(config, pod(
-        "probe", script, container={"volumeMounts": [{"name": "c", "mountPath": "/config", "readOnly": True}]},
-        volumes=[{"name": "c", "configMap": {"name": "ro"}}])))
+        "probe", script, container=mounts, volumes=[{"name": "c", "configMap": {"name": "ro"}}]), pod(
+        "dropped", "grep CapEff /proc/self/status", container={
+            "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["CHOWN"]}}})))
     assert finished(cluster, "probe")["status"]["phase"] == "Succeeded"
     out = logs(cluster, "probe").splitlines()
     assert out[0] == "pid=1"                              # its own PID namespace, the command as PID 1
     assert "host-visible" not in out and "wrote-read-only" not in out
-    assert out[1].split() == ["CapEff:", "0000000000000000"]
-    assert out[2] == "0"                                  # /etc/shadow cannot be read
+    # containerd's default set less NET_RAW: chown dac_override fowner fsetid kill setgid setuid setpcap
+    # net_bind_service sys_chroot mknod audit_write setfcap
+    assert out[1].split() == ["CapEff:", "00000000a80405fb"]
+    assert out[2] == "0"                                  # /etc/shadow is not there to read
     assert int(out[3]) <= 4                               # init, sh, ps (and wc): nothing of the host
+    assert finished(cluster, "dropped")["status"]["phase"] == "Succeeded"
+    assert logs(cluster, "dropped").split() == ["CapEff:", "0000000000000001"]   # drop ALL, add CHOWN
 
 
 def test_a_postgres_container_given_a_command_runs_the_postgres_tools(cluster):

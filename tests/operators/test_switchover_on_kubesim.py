@@ -94,6 +94,12 @@ def test_the_db_switches_over_to_a_standby_on_the_target_and_no_acknowledged_row
     move(cluster, kube_client, again)
     assert db_instances(kube_client) == {"2": ["node1"]}
     assert len(availability.rows_present(writer.url)) >= seen["db"]["rows_present"]
+    if storage_class == "standard":   # a switched instance moved stop-and-start: its data is there, no new copy
+        recreate = plan_release(kube_client, "default", "demo", {"demo": "node2"}, db_strategy="recreate")
+        assert recreate["db_switch"] is None and "stopped, then started on the target" in engine.describe(recreate)
+        move(cluster, kube_client, recreate)
+        assert db_instances(kube_client) == {"2": ["node2"]} and in_recovery(kube_client, 2) == "f"
+        assert len(availability.rows_present(writer.url)) >= seen["db"]["rows_present"]
 
 
 def test_a_standby_that_never_becomes_ready_rolls_back_with_the_primary_untouched(cluster, kube_client):
