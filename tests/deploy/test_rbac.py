@@ -59,6 +59,10 @@ def calls_of(entry: dict) -> set[Call]:
     if entry["subresource"]:
         resource += "/" + entry["subresource"]
     calls = {Call(verb, group, resource, entry["namespace"])}
+    if resource == "pods/exec":
+        # a WebSocket exec is a GET; since 1.35 kube-apiserver also asks for create (KEP-4006,
+        # AuthorizePodWebsocketUpgradeCreatePermission)
+        calls.add(Call("create", group, resource, entry["namespace"]))
     if verb == "patch" and entry["status"] == 201:
         # A server-side apply that creates the object is authorized as create too (kube-apiserver's patch
         # handler checks "create" before creating), so the first deploy needs both verbs.
@@ -160,6 +164,9 @@ def test_request_log_mapping_follows_the_apiserver():
     eviction = {"verb": "create", "resource": "pods", "subresource": "eviction", "namespace": "default",
                 "query": {}, "status": 201, "path": "/api/v1/namespaces/default/pods/p/eviction"}
     assert calls_of(eviction) == {Call("create", "", "pods/eviction", "default")}
+    exec_ = {"verb": "get", "resource": "pods", "subresource": "exec", "namespace": "default",
+             "query": {"command": ["psql"]}, "status": 101, "path": "/api/v1/namespaces/default/pods/p/exec"}
+    assert calls_of(exec_) == {Call("get", "", "pods/exec", "default"), Call("create", "", "pods/exec", "default")}
 
 
 # ---- against what a full run calls -------------------------------------------------------------------
