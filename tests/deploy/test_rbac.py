@@ -227,8 +227,9 @@ def _label_node(kubeconfig: str, node: str, labels: dict) -> None:
 def run_logs(airflow_home, tmp_path_factory) -> dict[str, list[dict]]:
     """kubesim's request logs, each DAG through ``airflow dags test`` on one cluster:
 
-    - "release": deploy_app, migrate_app node1 -> node2, and a migrate_app back to node1 that times out
-      (pods on node1 never get Ready) and rolls back;
+    - "release": deploy_app, migrate_app node1 -> node2 (the DB by switchover), back to node1 stop-and-start
+      (db_strategy recreate), to node2 again, and a migrate_app back to node1 that times out (pods on node1 never
+      get Ready) and rolls back;
     - "maintenance": with a k8smove Deployment, a k8smove StatefulSet and an unmanaged Deployment on node1
       (namespace MAINTENANCE_NAMESPACE) and node1 labelled maintenance=scheduled: node_maintenance as a dry
       run, then for real, then end_maintenance; then node_maintenance of node2 (the release with them) back to
@@ -253,8 +254,12 @@ def run_logs(airflow_home, tmp_path_factory) -> dict[str, list[dict]]:
                                             "node_label": {"demo": "node1"}, "external_ip": unique_external_ip(),
                                             "port": 8080})
         assert deployed.returncode == 0, deployed.stdout[-5000:]
-        migrated = dags_test("migrate_app", {"node_label": {"demo": "node2"}})
+        migrated = dags_test("migrate_app", {"node_label": {"demo": "node2"}})   # the DB by switchover
         assert migrated.returncode == 0, migrated.stdout[-5000:]
+        recreated = dags_test("migrate_app", {"node_label": {"demo": "node1"}, "db_strategy": "recreate"})
+        assert recreated.returncode == 0, recreated.stdout[-5000:]
+        back = dags_test("migrate_app", {"node_label": {"demo": "node2"}})
+        assert back.returncode == 0, back.stdout[-5000:]
         cluster.faults.add("slow-startup", node="node1", seconds=120)
         failed = dags_test("migrate_app", {"node_label": {"demo": "node1"}, "timeout_seconds": 10})
         assert failed.returncode != 0 and "Rolled back" in failed.stdout, failed.stdout[-8000:]
