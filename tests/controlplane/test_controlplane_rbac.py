@@ -24,7 +24,10 @@ NEEDED = [
     # release.yaml: server-side apply of the release, the rollout wait, events on timeout
     *[(verb, resource, RELEASE_NS) for resource in ("configmaps", "secrets", "services", "persistentvolumeclaims")
       for verb in ("get", "patch", "create")],
-    *[(verb, "deployments.apps", RELEASE_NS) for verb in ("get", "list", "watch", "patch", "create")],
+    *[(verb, "deployments.apps", RELEASE_NS) for verb in ("get", "list", "watch", "patch", "create", "delete")],
+    # the DB switchover: psql by exec in the DB pods; the old instance's Deployment and claim removed
+    ("get", "pods/exec", RELEASE_NS), ("create", "pods/exec", RELEASE_NS),
+    ("list", "persistentvolumeclaims", RELEASE_NS), ("delete", "persistentvolumeclaims", RELEASE_NS),
     ("list", "statefulsets.apps", RELEASE_NS), ("watch", "statefulsets.apps", RELEASE_NS),
     ("watch", "pods", RELEASE_NS), ("list", "events", RELEASE_NS),
     # node-maintenance.yaml: wherever the node's pods are
@@ -50,9 +53,10 @@ FORBIDDEN = [
     ("create", "certificatesigningrequests.certificates.k8s.io", None),
     ("update", "certificatesigningrequests.certificates.k8s.io/approval", None),
     # workloads and nodes beyond the DAGs' calls
-    ("create", "pods", RELEASE_NS), ("create", "pods/exec", RELEASE_NS), ("get", "pods/log", RELEASE_NS),
+    ("create", "pods", RELEASE_NS), ("create", "pods/exec", OTHER_NS), ("create", "pods/exec", "kube-system"),
+    ("get", "pods/log", RELEASE_NS),
     ("create", "pods/attach", RELEASE_NS), ("create", "pods/portforward", RELEASE_NS),
-    ("delete", "pods", "kube-system"), ("delete", "deployments.apps", RELEASE_NS),
+    ("delete", "pods", "kube-system"), ("delete", "deployments.apps", OTHER_NS),
     ("create", "deployments.apps", "kube-system"), ("delete", "deployments.apps", "kube-system"),
     ("patch", "daemonsets.apps", "kube-system"), ("patch", "statefulsets.apps", RELEASE_NS),
     ("update", "deployments.apps", RELEASE_NS), ("deletecollection", "deployments.apps", RELEASE_NS),
@@ -60,7 +64,7 @@ FORBIDDEN = [
     ("patch", "nodes/status", None),
     ("create", "namespaces", None), ("delete", "namespaces", None),
     ("patch", "configmaps", "kube-system"), ("patch", "services", "kube-system"),
-    ("create", "persistentvolumes", None), ("delete", "persistentvolumeclaims", RELEASE_NS),
+    ("create", "persistentvolumes", None), ("delete", "persistentvolumeclaims", OTHER_NS),
     ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None),
     ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", None),
     ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
