@@ -76,8 +76,9 @@ def test_deploy_then_migrate(cluster, kube_client, dags_test, report_dir):
     to_node2 = dags_test("migrate_app", {"node_label": {"demo": "node2"}})
     assert to_node2.returncode == 0, to_node2.stdout[-5000:]
 
-    password = base64.b64decode(CoreV1Api(kube_client).read_namespaced_secret("demo-db", "default").data["password"])
-    assert password.decode() not in deployed.stdout + migrated.stdout
+    for secret in ("demo-db", "demo-db-replication"):   # the DB's and the standbys' (the switchover's) logins
+        password = base64.b64decode(CoreV1Api(kube_client).read_namespaced_secret(secret, "default").data["password"])
+        assert password.decode() not in deployed.stdout + migrated.stdout + back.stdout + to_node2.stdout
 
     # Migrating to where the release already is succeeds and changes nothing.
     before = generations(kube_client)
