@@ -20,7 +20,7 @@ k8smove's move engine (the one `deploy_app` and `node_maintenance` use too):
 While it runs, **start_probe** (setup) and **stop_probe** (teardown) measure it from outside: 20 GET/s to the
 service and 5 row writes/s through the app; afterwards every acknowledged row must read back, and the report
 says how long writes went unacknowledged (`probe.writes.max_stall_ms`). **report**, the
-only leaf, writes the migration report (XCom, task log and, when `K8SMOVE_REPORT_DIR` is set, a JSON file) and
+only leaf, writes the migration report (XCom, task log and a JSON file under `K8SMOVE_REPORT_DIR`, any fsspec URL) and
 fails the run with the first failure's reason unless the release moved (or already was where asked).
 
 With `dry_run`, **move** only asks the API server what it would change (dryRun=All, nothing persisted, no lock),

@@ -20,6 +20,7 @@ from k8smove.kube import list_objects
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1]
 REPORT_DIR_ENV = "K8SMOVE_REPORT_DIR"
+REPORT_CONN_ENV = "K8SMOVE_REPORT_CONN_ID"
 STOP_WAIT_SECONDS = 15
 
 
@@ -77,16 +78,21 @@ def data_check(acknowledged: list[int], present: list[int]) -> dict:
             "lost_ids": lost[:100]}
 
 
-def write_report(report: dict, dag_id: str, run_id: str) -> str | None:
-    """Write the report as JSON where ``K8SMOVE_REPORT_DIR`` says; None when it is not set."""
-    directory = os.environ.get(REPORT_DIR_ENV)
-    if not directory:
-        return None
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"{dag_id}__{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-    return path
+def report_location(environ=os.environ) -> str:
+    """Where reports go: ``K8SMOVE_REPORT_DIR``, a directory or any fsspec URL (``s3://bucket/prefix``, ``gs://…``,
+    ``file://…``); by default ``$AIRFLOW_HOME/k8smove-reports``. A plain path becomes a ``file://`` URL."""
+    where = environ.get(REPORT_DIR_ENV) or os.path.join(
+        environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"), "k8smove-reports")
+    return where if "://" in where else "file://" + os.path.abspath(where)
+
+
+def write_report(report: dict, dag_id: str, run_id: str, storage) -> str:
+    """Write the report as JSON under ``storage`` (Airflow's ObjectStoragePath, or any path-like with ``/``,
+    ``mkdir`` and ``write_text``); returns where, as a URL."""
+    storage.mkdir(parents=True, exist_ok=True)
+    target = storage / f"{dag_id}__{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}.json"
+    target.write_text(json.dumps(report, indent=2))
+    return str(target)
 
 
 def summary_lines(report: dict) -> list[str]:

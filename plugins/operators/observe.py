@@ -104,6 +104,18 @@ class StopProbe(BaseOperator):
         return {"releases": releases}
 
 
+def report_storage():
+    """The reports' ObjectStoragePath (k8smove.report.report_location; ``K8SMOVE_REPORT_CONN_ID``: the connection
+    of its storage, e.g. aws_default for s3://), so any worker of a distributed executor writes to one place."""
+    import os
+
+    from airflow.sdk import ObjectStoragePath
+
+    from k8smove.report import REPORT_CONN_ENV, report_location
+
+    return ObjectStoragePath(report_location(), conn_id=os.environ.get(REPORT_CONN_ENV))
+
+
 class MigrationReport(KubernetesOperator):
     """The run's last word: pods before/after, probe figures, rows, each step; fails the run unless it moved.
 
@@ -140,7 +152,7 @@ class MigrationReport(KubernetesOperator):
             observed=observed, started=context["dag_run"].start_date, planned=self.planned or None, moved=moved,
             undone=(ti.xcom_pull(task_ids="rollback", key="releases") or {}).get(ref))
         report["retired_claims"] = settle_retired_claims(self.api, self.namespace, self.release, report["outcome"])
-        report["report_file"] = write_report(report, ti.dag_id, run_id)
+        report["report_file"] = write_report(report, ti.dag_id, run_id, report_storage())
         for line in summary_lines(report):
             self.log.info(line)
         if report["outcome"] not in ("moved", "deployed", "unchanged", "dry_run"):   # disrupted, data_lost, ...
@@ -195,7 +207,7 @@ class MaintenanceReport(KubernetesOperator):
             "workloads": ti.xcom_pull(task_ids="move"), "evicted": ti.xcom_pull(task_ids="evict"),
             "steps": {t: states.get(t) or "none" for t in self.steps},
         }
-        report["report_file"] = write_report(report, ti.dag_id, run_id)
+        report["report_file"] = write_report(report, ti.dag_id, run_id, report_storage())
         self.log.info("Maintenance %s; releases: %s", report["outcome"], json.dumps(releases, default=str)[:4000])
         if failed or unproven:
             raise AirflowFailException(f"Maintenance failed: {report['reason']}; releases: " + "; ".join(

@@ -1,6 +1,8 @@
 """The words a report ends with: each outcome from the steps' states and the move's own outcome."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from k8smove.maintenance import release_target
@@ -53,3 +55,24 @@ def test_failed_requests_are_reported_as_a_disruption_never_as_moved():
     outcome, reason = migration_outcome(steps(), PLACED, MOVED, {"rows_lost": 0}, probe=probe)
     assert outcome == "disrupted"
     assert reason == "3 of 400 requests failed during the move ({'TimeoutError': 3}; longest gap 2400.0 ms)"
+
+
+def test_reports_go_to_a_directory_or_any_object_storage_url(tmp_path):
+    """Issue 12 item 2: the report task writes through Airflow's ObjectStoragePath, so every worker of a distributed
+    executor writes to one place (s3://, gs://, ...); a plain directory and the default become file:// URLs."""
+    from airflow.sdk import ObjectStoragePath
+
+    from k8smove.report import report_location, write_report
+
+    assert report_location({"K8SMOVE_REPORT_DIR": "s3://bucket/moves"}) == "s3://bucket/moves"
+    assert report_location({"K8SMOVE_REPORT_DIR": str(tmp_path)}) == f"file://{tmp_path}"
+    assert report_location({"AIRFLOW_HOME": "/opt/airflow"}) == "file:///opt/airflow/k8smove-reports"
+    report = {"outcome": "moved", "db": {"rows_lost": 0}}
+    local = write_report(report, "migrate_app", "manual__2026-12-02T10:00:00+00:00",
+                         ObjectStoragePath(report_location({"K8SMOVE_REPORT_DIR": str(tmp_path / "r")})))
+    assert local == f"file://{tmp_path}/r/migrate_app__manual__2026-12-02T10_00_00_00_00.json"
+    assert json.loads((tmp_path / "r" / "migrate_app__manual__2026-12-02T10_00_00_00_00.json").read_text()) == report
+    # fsspec's in-memory filesystem stands in for a bucket: nothing local is involved
+    remote = write_report(report, "node_maintenance", "scheduled__x", ObjectStoragePath("memory://bucket/moves"))
+    assert remote == "memory://bucket/moves/node_maintenance__scheduled__x.json"
+    assert json.loads(ObjectStoragePath(remote).read_text()) == report
