@@ -73,7 +73,10 @@ def timed_run(stack, dag_id: str, conf: dict) -> float:
             break
         time.sleep(0.1)
     if run["state"] != "success":
-        raise RuntimeError(f"{dag_id} {run_id}: {run['state']}: {stack.task_states(dag_id, run_id)}")
+        states = stack.task_states(dag_id, run_id)
+        logs = {task: stack.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task}/logs/1").text[-3000:]
+                for task, state in states.items() if state == "failed"}
+        raise RuntimeError(f"{dag_id} {run_id}: {run['state']}: {states}; logs of the failed tasks: {logs}")
     return (parse(run["end_date"]) - parse(run["queued_at"])).total_seconds()
 
 
@@ -91,12 +94,16 @@ def cpu_seconds(pid: int) -> float:
 
 
 def kubectl_floor(c, node: str) -> float:
+    """Both workloads patched to ``node`` and rolled out (the DB stop-and-start: Kubernetes has no switchover)."""
     kubectl = Kubectl(c)
+    # the DB's Deployment is the serving instance's: <release>-db, or <release>-db-<n> after a switchover
+    names = kubectl("get", "deployments", "-l", "app.kubernetes.io/instance=r00", "-o",
+                    "jsonpath={.items[*].metadata.name}").stdout.split()
     started = time.monotonic()
-    for name in ("r00-db", "r00-app"):
+    for name in names:
         kubectl("patch", "deployment", name, "-p",
                 f'{{"spec": {{"template": {{"spec": {{"nodeSelector": {{"demo": "{node}"}}}}}}}}}}')
-    for name in ("r00-db", "r00-app"):
+    for name in names:
         kubectl("rollout", "status", f"deployment/{name}", "--timeout=120s", timeout=150)
     return time.monotonic() - started
 
@@ -159,5 +166,6 @@ def run() -> Result:
                "of a core)")
     result.raw = {**figures, "idle_cpu_s": idle_cpu, "rounds": ROUNDS}
     result.notes.append(f"{ROUNDS} rounds; each round runs migrate_app and noop_move on both Airflows, then the "
-                        "kubectl floor; the release is an App and a PostgreSQL DB (stop-and-start DB move).")
+                        "kubectl floor; the release is an App and a PostgreSQL DB (migrate_app moves the DB by "
+                        "switchover; the kubectl floor stop-and-start).")
     return result
