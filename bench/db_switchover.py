@@ -14,6 +14,7 @@ import threading
 import time
 
 from .common import Result, percentile
+from .dag_package import wait_ready
 
 ATTACH_SECONDS = (0.0, 15.0)
 ROUNDS = 3                       # moves per strategy per attach latency
@@ -22,20 +23,8 @@ HOLDER = "bench/db_switchover"
 
 
 def wait_rollout(kubeconfig: str, workloads: list[dict], timeout: float) -> str:
-    """k8smove's rollout wait (the trigger's) over a kubernetes_asyncio client; its status."""
-    import asyncio
-
-    from kubernetes_asyncio import config
-    from kubernetes_asyncio.client import ApiClient, Configuration
-
-    from k8smove.watching import wait_for_rollout
-
-    async def wait():
-        configuration = Configuration()
-        await config.load_kube_config(kubeconfig, client_configuration=configuration)
-        async with ApiClient(configuration) as api:
-            return (await wait_for_rollout(api, "default", "demo", workloads, timeout))["status"]
-    return asyncio.run(wait())
+    """The status of k8smove's rollout wait (the trigger's) for release default/demo."""
+    return wait_ready(kubeconfig, workloads, timeout)[0]["status"]
 
 
 def _move(cluster, api, target: dict, strategy: str, url: str) -> dict:

@@ -527,9 +527,10 @@ class Kubelet(Controller):
         status["qosClass"] = _qos_class(pod)
         set_condition(status, "PodReadyToStartContainers", "True" if sandbox_ready else "False", stamp=stamp,
                       probe_time=True)
+        sidecars = _sidecar_names(pod)
         incomplete = [cs["name"] for cs in inits
                       if not (cs["state"].get("terminated", {}).get("exitCode") == 0 or cs.get("started")
-                              and cs["name"] in _sidecar_names(pod))]
+                              and cs["name"] in sidecars)]
         set_condition(status, "Initialized", *(("False", "ContainersNotInitialized",
                                                 f"containers with incomplete status: [{' '.join(incomplete)}]")
                                                if incomplete else ("True", None, None)), stamp=stamp, probe_time=True)

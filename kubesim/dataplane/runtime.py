@@ -332,7 +332,7 @@ class PodSupervisor(threading.Thread):
     def _exited(self, run: ContainerRun, exit_code: int, now: float) -> None:
         self._cleanup(run)
         run.proc = None
-        restart = _restarts(run, self.pod["spec"].get("restartPolicy", "Always"), exit_code)
+        restart = restart_after_exit(run.spec, self.pod["spec"].get("restartPolicy", "Always"), exit_code, run.init)
         reason = "Completed" if exit_code == 0 else "Error"
         if run.init and not run.sidecar and exit_code == 0:
             run.done = True
@@ -536,9 +536,6 @@ def _pre_stop_seconds(spec: dict) -> float:
 def _containers(pod: dict, init: bool = False) -> list[dict]:
     return list(pod["spec"].get("initContainers") or [] if init else []) + list(pod["spec"].get("containers") or [])
 
-
-def _restarts(run: ContainerRun, pod_policy: str, exit_code: int) -> bool:
-    return restart_after_exit(run.spec, pod_policy, exit_code, run.init)
 
 
 def _server_options(spec: dict) -> list[str]:

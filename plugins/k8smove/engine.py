@@ -76,7 +76,8 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
     values = {**(recorded or {}), **(settings or {}), "namespace": namespace, "release": release,
               "node_label": target}
     serving = int(values.get("db_instance", 0))
-    switching = db_strategy == "switchover" and "db" in components and sources.get("db") not in (None, target)
+    db_moves = "db" in components and sources.get("db") not in (None, target)
+    switching = db_moves and db_strategy == "switchover"
     if switching:   # a new instance on the target, the Service still on the serving one until the switch
         values.update(db_instance=serving + 1, db_serving_instance=serving)
     manifests = render_manifests(values, components)
@@ -94,7 +95,7 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
     return {"namespace": namespace, "release": release, "target": target, "components": components,
             "values": values, "sources": sources, "existing": recorded is not None, "target_nodes": target_nodes,
             "avoid_nodes": sorted(avoid_nodes), "manifests": manifests, "db_switch": db_switch,
-            "db_strategy": db_strategy if "db" in components and sources.get("db") not in (None, target) else None,
+            "db_strategy": db_strategy if db_moves else None,
             "service_url": f"http://{values['external_ip']}:{values['port']}/"}
 
 
@@ -187,11 +188,11 @@ def begin(api: ApiClient, plan: dict, holder: str, timeout_seconds: int, on_secr
     if switch:
         manifests = [m for m in manifests if not _is_db_service(m, release)]
         if record.get("phase") not in switchover.PHASES[1:] and not _switched_already(api, plan):
-            # the primary still serves: ready it for a standby
+            # the primary still serves: ready it for a standby (its login comes from the Secrets, applied first)
             applied = apply_manifests(api, [m for m in manifests if m["kind"] == "Secret"], on_secret=on_secret)
+            manifests = [m for m in manifests if m["kind"] != "Secret"]
             on_secret(switchover.replication_password(api, namespace, release))
             switchover.prepare_primary(api, namespace, release, switch["from"])
-        manifests = [m for m in manifests if m["kind"] != "Secret" or not applied]
     applied += apply_manifests(api, manifests, on_secret=on_secret)
     if record.get("phase") not in switchover.PHASES[1:]:
         lock.renew(api, lease, duration, {**record, "phase": "applied"})
@@ -251,8 +252,8 @@ def undo(api: ApiClient, namespace: str, release: str, record: dict) -> dict:
     """Restore the prior state a lock's record keeps: {"restored", "note", "workloads" to wait for}. Once the DB
     Service selects a switchover's new instance, writes may have reached it: the DB stays, the rest goes back."""
     prior, note = record["prior_state"], None
-    if (switch := record.get("db_switch")) and switchover.after_fence(api, namespace, release, switch):
-        prior = [e for e in prior if not _is_db_object(e, release) and not _is_release_record_entry(e, release)]
+    if (switch := record.get("db_switch")) and switchover.service_switched(api, namespace, release, switch["to"]):
+        prior = [e for e in prior if not _is_db_object(e, release) and not is_release_record(e)]
         _record_serving_instance(api, record["prior_state"], release, switch["to"])
         note = (f"the DB had already switched over to {switchover.instance_name(release, switch['to'])} on the "
                 f"target and stays there (writes may have reached it)")
@@ -260,13 +261,9 @@ def undo(api: ApiClient, namespace: str, release: str, record: dict) -> dict:
             "workloads": workloads_in([e["object"] for e in prior if "object" in e])}
 
 
-def _is_release_record_entry(entry: dict, release: str) -> bool:
-    return entry["kind"] == "ConfigMap" and entry["metadata"]["name"] == f"{release}-k8smove"
-
-
 def _record_serving_instance(api: ApiClient, prior: list[dict], release: str, instance: int) -> None:
     """The release record as it was, but naming the DB instance that now serves."""
-    entry = next((e for e in prior if _is_release_record_entry(e, release) and "object" in e), None)
+    entry = next((e for e in prior if is_release_record(e) and "object" in e), None)
     if entry is None:
         return
     values = json.loads(entry["object"]["data"]["values.json"])

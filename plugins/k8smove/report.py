@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from k8smove import release_selector
+from k8smove import release_selector, switchover
 from k8smove.kube import list_objects
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1]
@@ -189,8 +189,6 @@ def compose(step_ids: list[str], states: dict[str, str], recorded: dict[str, dic
 def settle_retired_claims(api, namespace: str, release: str, outcome: str | None) -> dict:
     """A switchover keeps the old DB instance's claim until the run has verified the data: removed once the release
     moved and its rows are proven ({"removed": [...]}), kept otherwise ({"kept": [...]}, for a person to look at)."""
-    from k8smove import switchover
-
     if outcome == "moved":
         return {"removed": switchover.remove_retired_claims(api, namespace, release)}
     return {"kept": switchover.retired_claims(api, namespace, release)}

@@ -15,7 +15,7 @@ no route to the database (issue 11). The DB is instances: instance n is one Depl
 5. commit: instance n's Deployment goes; its claim is kept (``retired``) until the run has verified the rows.
 
 The point of no return is the Service's selector, read live: until it selects n+1 no write can have reached the
-new instance, so a rollback deletes it and starts n again (``after_fence``), the only primary either way.
+new instance, so a rollback deletes it and starts n again (``service_switched``), the only primary either way.
 """
 from __future__ import annotations
 
@@ -191,6 +191,8 @@ def _standby_replayed(api: ApiClient, namespace: str, pod: str, fence_lsn: str) 
 
 
 def service_switched(api: ApiClient, namespace: str, release: str, instance: int) -> bool:
+    """Whether the DB Service selects ``instance``: once it selects a switchover's new one, writes may have reached
+    it and only forward is safe; before, the old instance can serve again (the point of no return, read live)."""
     service = kube.get(api, {"apiVersion": "v1", "kind": "Service",
                              "metadata": {"namespace": namespace, "name": f"{release}-db"}})
     return ((service or {}).get("spec", {}).get("selector") or {}).get(LABEL_DB_INSTANCE) == str(instance)
@@ -259,12 +261,6 @@ def remove_retired_claims(api: ApiClient, namespace: str, release: str) -> list[
     for claim in claims:
         kube.delete(api, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": claim["metadata"]})
     return [c["metadata"]["name"] for c in claims]
-
-
-def after_fence(api: ApiClient, namespace: str, release: str, switch: dict) -> bool:
-    """A rollback's question once the fence may have happened: True when the Service already selects the new
-    instance (writes may have reached it: only forward is safe), False when the old one can serve again."""
-    return service_switched(api, namespace, release, switch["to"])
 
 
 def old_instance_identity(namespace: str, release: str, switch: dict) -> dict:
