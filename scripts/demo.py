@@ -53,7 +53,7 @@ def newest_report(report_dir: Path, dag_id: str) -> dict:
 
 def human_summary(report: dict, report_path: Path) -> str:
     m = report["migrate"]
-    probe, db = m.get("probe", {}), m.get("db", {})
+    probe, db = m.get("probe") or {}, m.get("db") or {}
     writes, switch = (probe or {}).get("writes") or {}, m.get("db_switchover") or {}
     lines = [
         "",

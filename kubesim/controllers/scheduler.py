@@ -102,7 +102,11 @@ class Scheduler(Controller):
             failures = {node["metadata"]["name"]: [static_reason] if static_reason else
                         self._dynamic_filter(requests, node, claims) for node, static_reason in placements}
             return self._unschedulable_pod(pod, _fit_error(num_nodes, failures))
-        best = min(feasible, key=lambda n: (-self._score(requests, n), n["metadata"]["name"]))  # ties: first name
+        preferred = {n["metadata"]["name"]: preferred_affinity_score(pod, n) for n in feasible}
+        top = max(preferred.values()) or 1
+        # kube-scheduler's default weights: NodeAffinity 2, NodeResourcesFit 1, each score normalized to 0..100
+        best = min(feasible, key=lambda n: (-(2 * 100 * preferred[n["metadata"]["name"]] / top
+                                              + 100 * self._score(requests, n)), n["metadata"]["name"]))  # ties: first name
         waiting = self._select_node_for_claims(claims, best["metadata"]["name"])
         if waiting:
             self._parked.add((ns, name))   # the PV binder provisions on the selected node; its events bring us back
@@ -323,6 +327,14 @@ def node_affinity_matches(pod: dict, node: dict) -> bool:
     required = (((pod["spec"].get("affinity") or {}).get("nodeAffinity") or {})
                 .get("requiredDuringSchedulingIgnoredDuringExecution"))
     return _node_selector_matches(required, node)
+
+
+def preferred_affinity_score(pod: dict, node: dict) -> int:
+    """NodeAffinity's raw score: the weights of the pod's preferredDuringScheduling terms the node matches."""
+    preferred = (((pod["spec"].get("affinity") or {}).get("nodeAffinity") or {})
+                 .get("preferredDuringSchedulingIgnoredDuringExecution")) or []
+    return sum(term.get("weight", 0) for term in preferred
+               if _node_selector_matches({"nodeSelectorTerms": [term.get("preference") or {}]}, node))
 
 
 def scheduling_view(node: dict) -> tuple:

@@ -1,8 +1,10 @@
 """Availability and data proof during a move: a fixed-rate HTTP probe and a row writer.
 
-Runs as its own process (``python -m k8smove.availability``) started by the migration's setup task and
-stopped by its teardown, so it keeps measuring while the move's tasks run or defer, and it exits by
-itself after ``--max-seconds`` so it can never leave a run hanging.
+Runs as the container of a probe Pod (k8smove.probe_pod: ``python3 -c <this file>``, so standard library only)
+started by the migration's setup task and stopped by its teardown, so it keeps measuring while the move's tasks
+run or defer on whichever workers, and it exits by itself after ``--max-seconds`` so it can never leave a run
+hanging. It speaks JSON lines on stdout: ``{"k8smove_probe": "started"}`` once it probes, and
+``{"k8smove_probe": "summary", "summary": {...}}`` when it stops.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import urllib.error
@@ -34,17 +37,20 @@ def _percentile(sorted_values: list[float], fraction: float) -> float | None:
 class ProbeRecord:
     """What the readers and writers saw; every mutation happens under ``lock``."""
     started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)                # the same moment, as wall-clock time
     sent: int = 0
     failed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     successes: list[tuple[float, float]] = field(default_factory=list)   # (sent at, answered at)
     errors: dict[str, int] = field(default_factory=dict)
+    failed_at: list[float] = field(default_factory=list)                # when each failed read was sent
     placements: list[dict] = field(default_factory=list)               # each change of answering pod
     writes_sent: int = 0
     writes_failed: int = 0
     write_errors: dict[str, int] = field(default_factory=dict)
     acknowledged: list[int] = field(default_factory=list)
     write_acks: list[tuple[float, float]] = field(default_factory=list)  # (sent at, acknowledged at)
+    write_failed_at: list[float] = field(default_factory=list)
     write_rate_used: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -54,6 +60,17 @@ class ProbeRecord:
         answered = sorted(done for _, done in (self.successes if answers is None else answers))
         edges = [self.started, *answered, until]
         return round(max(b - a for a, b in zip(edges, edges[1:])) * 1000, 1)
+
+    def timeline(self, until: float) -> dict:
+        """Reads answered/failed and writes acknowledged/failed per bucket of send time (at most ~600 buckets):
+        [[bucket index, reads ok, reads failed, writes ok, writes failed], ...], empty buckets left out."""
+        size = max(0.25, round((until - self.started) / 600, 2))
+        buckets: dict[int, list[int]] = {}
+        for column, times in ((1, [sent for sent, _ in self.successes]), (2, self.failed_at),
+                              (3, [sent for sent, _ in self.write_acks]), (4, self.write_failed_at)):
+            for sent in times:
+                buckets.setdefault(int((sent - self.started) / size), [0, 0, 0, 0])[column - 1] += 1
+        return {"bucket_s": size, "buckets": [[index, *counts] for index, counts in sorted(buckets.items())]}
 
     def summary(self, until: float) -> dict:
         with self.lock:
@@ -65,7 +82,8 @@ class ProbeRecord:
                 "latency_ms": {"p50": _percentile(lat, 0.50), "p95": _percentile(lat, 0.95),
                                "p99": _percentile(lat, 0.99), "max": lat[-1] if lat else None},
                 "errors": dict(self.errors), "placements": list(self.placements),
-                "duration_s": round(until - self.started, 3),
+                "duration_s": round(until - self.started, 3), "started_at": round(self.started_at, 3),
+                "timeline": self.timeline(until),
                 "writes": {"sent": self.writes_sent, "failed": self.writes_failed, "errors": dict(self.write_errors),
                            "acknowledged": sorted(self.acknowledged),
                            # the longest time no write was acknowledged: a DB outage the App's retries hide
@@ -103,6 +121,7 @@ def _read_once(url: str, record: ProbeRecord) -> None:
         record.sent += 1
         if not ok:
             record.failed += 1
+            record.failed_at.append(sent_at)
             record.errors[error] = record.errors.get(error, 0) + 1
             return
         record.latencies_ms.append(round((done - sent_at) * 1000, 2))
@@ -129,6 +148,7 @@ def _write_once(url: str, seq: int, record: ProbeRecord) -> None:
         record.writes_sent += 1
         if row_id is None:
             record.writes_failed += 1
+            record.write_failed_at.append(sent_at)
             record.write_errors[error] = record.write_errors.get(error, 0) + 1
         else:
             record.acknowledged.append(int(row_id))
@@ -189,20 +209,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--write-rate", type=float, default=5.0)
-    parser.add_argument("--out", required=True, help="JSON result file, written when the probe stops")
     parser.add_argument("--max-seconds", type=float, required=True)
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    threading.Timer(args.max_seconds, stop.set).start()
-    record = run(args.url, args.rate, args.write_rate, stop)
+    stop, stopped_by = threading.Event(), []
+
+    def stop_because(why: str) -> None:
+        stopped_by.append(why)
+        stop.set()
+    signal.signal(signal.SIGTERM, lambda *_: stop_because("signal"))
+    signal.signal(signal.SIGINT, lambda *_: stop_because("signal"))
+    threading.Timer(args.max_seconds, stop_because, args=("max-seconds",)).start()
+    record = ProbeRecord()
+    print(json.dumps({"k8smove_probe": "started", "url": args.url}), flush=True)
+    run(args.url, args.rate, args.write_rate, stop, record)
     result = record.summary(time.monotonic())
-    result["stopped_by"] = "signal" if record.started + args.max_seconds > time.monotonic() else "max-seconds"
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f)
-    os.replace(tmp, args.out)
+    result["stopped_by"] = stopped_by[0]
+    sys.stdout.write(json.dumps({"k8smove_probe": "summary", "summary": result}) + "\n")
+    sys.stdout.flush()
     os._exit(0)  # the max-seconds timer thread must not keep the process alive
 
 

@@ -52,6 +52,13 @@ def _redeploy_problems(recorded: dict, settings: dict) -> list[str]:
             for key, why in FIXED_ON_REDEPLOY.items() if key in recorded and settings.get(key) != recorded[key]]
 
 
+def probe_target(plan: dict) -> dict:
+    """What start_probe needs to probe a planned move: the release, its external URL, and the nodes its probe
+    should avoid (the move's target nodes, which the move loads and which may be the ones that fail)."""
+    return {"namespace": plan["namespace"], "release": plan["release"], "url": plan["service_url"],
+            "avoid_nodes": sorted(plan["target_nodes"])}
+
+
 def plan_release(api: ApiClient, namespace: str, release: str, target: dict, components=COMPONENTS,
                  settings: dict | None = None, label_nodes: dict | None = None, avoid_nodes=(),
                  snapshot: tuple[list, list] | None = None, db_strategy: str = "switchover") -> dict:

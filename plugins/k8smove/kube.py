@@ -11,7 +11,7 @@ import time
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from k8smove import FIELD_MANAGER
+from k8smove import FIELD_MANAGER, K8sMoveError
 
 # kind -> (plural, namespaced)
 KINDS = {
@@ -107,6 +107,17 @@ def strip_server_fields(obj: dict) -> dict:
     """The object as a client would write it: no status, no server-maintained metadata."""
     meta = {k: v for k, v in obj["metadata"].items() if k not in SERVER_FIELDS}
     return {k: v for k, v in obj.items() if k != "status"} | {"metadata": meta}
+
+
+def wait_for(condition, seconds: float, what: str, poll_seconds: float = 0.05):
+    """Poll ``condition()`` until it returns something other than None, and return that; after ``seconds``
+    raise K8sMoveError "<what> within <seconds> s"."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if (found := condition()) is not None:
+            return found
+        time.sleep(poll_seconds)
+    raise K8sMoveError(f"{what} within {seconds:g} s")
 
 
 class ExecFailed(Exception):

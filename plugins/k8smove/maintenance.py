@@ -28,7 +28,7 @@ from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from k8smove import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, K8sMoveError, kube
-from k8smove.engine import describe, plan_release, release_ref
+from k8smove.engine import describe, plan_release, probe_target, release_ref
 from k8smove.labels import matches, selector_string
 from k8smove.preflight import node_problems, used_by_node
 
@@ -210,8 +210,7 @@ def make_plan(nodes: list[dict], pods: list[dict], workloads: list[dict], pvcs: 
     return {"nodes": marked, "pool": pool, "moves": moves, "refused": releases["refused"] + refused, "evict": evict,
             "untouched": untouched, "ready_labels": {node: ready_label for node in marked},
             "release_plans": releases["release_plans"],
-            "probe_targets": [{"namespace": p["namespace"], "release": p["release"], "url": p["service_url"]}
-                              for p in releases["release_plans"]]}
+            "probe_targets": [probe_target(p) for p in releases["release_plans"]]}
 
 
 def release_target(current: dict, target_selector: dict | None) -> dict:

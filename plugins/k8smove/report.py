@@ -1,27 +1,20 @@
 """The migration report: where the pods ran before and after, what the probe saw, which rows survived.
 
-Plain Python (the operators in operators/observe.py call it): starting and stopping the availability probe
-process, reading placements, and composing the report that goes to XCom, the task log and a JSON file.
+Plain Python (the operators in operators/observe.py call it): reading placements, checking rows, and composing
+the report that goes to XCom, the task log and a JSON file (the probe itself: k8smove.probe_pod).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 from k8smove import release_selector, switchover
 from k8smove.kube import list_objects
 
-PLUGINS_DIR = Path(__file__).resolve().parents[1]
 REPORT_DIR_ENV = "K8SMOVE_REPORT_DIR"
 REPORT_CONN_ENV = "K8SMOVE_REPORT_CONN_ID"
-STOP_WAIT_SECONDS = 15
 
 
 def pods_by_node(api, namespace: str, release: str) -> dict[str, list[str]]:
@@ -31,45 +24,6 @@ def pods_by_node(api, namespace: str, release: str) -> dict[str, list[str]]:
         if not pod["metadata"].get("deletionTimestamp"):
             placement.setdefault(pod["spec"].get("nodeName") or "", []).append(pod["metadata"]["name"])
     return {node: sorted(names) for node, names in sorted(placement.items())}
-
-
-def start_probe(url: str, rate: float, write_rate: float, max_seconds: float) -> dict:
-    """Start the probe process in its own session (it outlives the task that starts it); returns its handle."""
-    out = tempfile.NamedTemporaryFile(prefix="k8smove-probe-", suffix=".json", delete=False).name
-    os.unlink(out)  # the probe creates it when it stops; its absence means "still running"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS_DIR),
-                                                                      os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "k8smove.availability", "--url", url, "--rate", str(rate),
-         "--write-rate", str(write_rate), "--out", out, "--max-seconds", str(max_seconds)],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    return {"pid": process.pid, "out": out, "url": url, "rate": rate, "write_rate": write_rate,
-            "started_at": time.time()}
-
-
-def stop_probe(handle: dict) -> dict:
-    """Stop the probe (if it is still running) and return its summary. The result file stays until
-    ``forget_probe``: a retried stop_probe must find it again."""
-    try:
-        os.kill(handle["pid"], signal.SIGTERM)
-    except ProcessLookupError:
-        pass  # it already stopped by itself at --max-seconds
-    deadline = time.monotonic() + STOP_WAIT_SECONDS
-    while not os.path.exists(handle["out"]):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the availability probe (pid {handle['pid']}) wrote no result within "
-                               f"{STOP_WAIT_SECONDS} s")
-        time.sleep(0.05)
-    return json.loads(Path(handle["out"]).read_text())
-
-
-def forget_probe(handle: dict) -> None:
-    """Remove the probe's result file once the summary is safely recorded."""
-    try:
-        os.unlink(handle["out"])
-    except FileNotFoundError:
-        pass
 
 
 def data_check(acknowledged: list[int], present: list[int]) -> dict:

@@ -38,7 +38,6 @@ CATCH_UP_SECONDS = 60          # the standby streaming and within MAX_LAG_BYTES 
 MAX_LAG_BYTES = 16 * 1024 * 1024
 FENCE_SECONDS = 60             # the old primary's pod gone (terminationGracePeriodSeconds 10, plus the kubelet's)
 REPLAY_SECONDS = 60            # the standby has replayed what the old primary wrote
-POLL_SECONDS = 0.05
 PHASES = ("applied", "fencing", "promoted", "switched")
 # One line on stdin (a v4 exec cannot close stdin), handed to psql by a shell builtin: SQL and any password in it
 # never appear in a process's arguments.
@@ -169,15 +168,6 @@ def _scale(api: ApiClient, namespace: str, name: str, replicas: int) -> None:
               body={"spec": {"replicas": replicas}}, content_type="application/merge-patch+json")
 
 
-def _wait(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if (found := condition()) is not None:
-            return found
-        time.sleep(POLL_SECONDS)
-    raise K8sMoveError(f"{what} within {seconds:g} s")
-
-
 def _standby_replayed(api: ApiClient, namespace: str, pod: str, fence_lsn: str) -> bool | None:
     """True once the standby is promoted, or its primary is gone and it has replayed everything it received,
     at least up to ``fence_lsn``; None before."""
@@ -213,11 +203,11 @@ def switch_over(api: ApiClient, namespace: str, release: str, switch: dict, phas
     fenced_at = time.monotonic()
     if phase == "fencing":
         _scale(api, namespace, instance_name(release, old), 0)
-        _wait(lambda: True if not instance_pods(api, namespace, release, old) else None, FENCE_SECONDS,
+        kube.wait_for(lambda: True if not instance_pods(api, namespace, release, old) else None, FENCE_SECONDS,
               f"the old primary {namespace}/{instance_name(release, old)} did not stop")
         figures["fence_ms"] = round((time.monotonic() - fenced_at) * 1000)
         pod = _ready_pod(api, namespace, release, new)
-        _wait(lambda: _standby_replayed(api, namespace, pod, switch["fence_lsn"]), REPLAY_SECONDS,
+        kube.wait_for(lambda: _standby_replayed(api, namespace, pod, switch["fence_lsn"]), REPLAY_SECONDS,
               f"standby {namespace}/{standby} did not replay the old primary's last WAL ({switch['fence_lsn']})")
         promoted = psql(api, namespace, pod, "SELECT CASE WHEN pg_is_in_recovery() THEN pg_promote(true, 60) "
                                              "ELSE true END")

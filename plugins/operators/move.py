@@ -43,7 +43,7 @@ class PlanRelease(KubernetesOperator):
         self.label_nodes = label_nodes
 
     def execute(self, context):
-        from k8smove.engine import describe, plan_release
+        from k8smove.engine import describe, plan_release, probe_target
         from k8smove.preflight import check_conf_keys
 
         # The DAG's declared params: context["params"] also holds whatever keys the conf added.
@@ -69,10 +69,6 @@ def in_parallel(fn, items: list) -> list:
 
     with ThreadPoolExecutor(max_workers=min(PARALLEL_RELEASES, len(items))) as pool:
         return list(pool.map(fn, items))
-
-
-def probe_target(plan: dict) -> dict:
-    return {"namespace": plan["namespace"], "release": plan["release"], "url": plan["service_url"]}
 
 
 class MoveReleases(RolloutWaitOperator):

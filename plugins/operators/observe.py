@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from operators.base import KubernetesOperator
@@ -14,9 +13,10 @@ def record_step(context) -> None:
     """on_success/on_failure callback: each step's state, duration and error as XCom ``step`` for the report."""
     ti = context["ti"]
     error = context.get("exception")
-    step = {"state": "failed" if error else "success"}
+    step, now = {"state": "failed" if error else "success"}, datetime.now(timezone.utc)
     if ti.start_date:
-        step["duration_s"] = round((datetime.now(timezone.utc) - ti.start_date).total_seconds(), 3)
+        step["duration_s"] = round((now - ti.start_date).total_seconds(), 3)
+        step["started_at"], step["ended_at"] = ti.start_date.isoformat(), now.isoformat()   # the report's timeline
     if error:
         step["error"] = f"{type(error).__name__}: {error}"[:4000]
     ti.xcom_push(key="step", value=step)
@@ -24,10 +24,11 @@ def record_step(context) -> None:
 
 class StartProbe(KubernetesOperator):
     """Record where each release's pods run, then start its availability probe (GET at ``rate``/s, row writes at
-    ``write_rate``/s) in its own process; it stops by itself after ``max_seconds``. A dry run starts no probe:
-    nothing moves, and the probe's rows would be writes to the app's database.
+    ``write_rate``/s) as a Pod in the release's namespace (k8smove.probe_pod); it stops by itself after
+    ``max_seconds``, and any worker can stop it. A dry run starts no probe: nothing moves, and the probe's rows
+    would be writes to the app's database.
 
-    :param targets: [{namespace, release, url}] (PlanRelease's or the maintenance plan's ``probe_targets``)
+    :param targets: [{namespace, release, url, avoid_nodes}] (PlanRelease's or the maintenance plan's ``probe_targets``)
     :param budget: (GET/s, writes/s) for all the probes together, split evenly (never above ``rate`` and
         ``write_rate`` each): forty releases probed at full rate would load the machine they measure
     """
@@ -53,23 +54,47 @@ class StartProbe(KubernetesOperator):
         return rate, write_rate
 
     def execute(self, context):
+        from k8smove import probe_pod
         from k8smove.engine import release_ref
-        from k8smove.report import pods_by_node, start_probe
+        from k8smove.report import pods_by_node
 
-        probes, pods_before = {}, {}
+        from operators.move import in_parallel
+
+        import threading
+
+        ti, asking = context["ti"], threading.Lock()   # one question at a time on the task's channel to Airflow
         rate, write_rate = self.rates(len(self.targets or []))
-        for target in self.targets or []:
+        targets = list(self.targets or [])
+
+        def run_over(dag_id, run_id) -> bool:
+            """Whether the run that started a leftover probe has ended (or is unknown): then its probe is ours
+            to remove."""
+            try:
+                with asking:
+                    return ti.get_dagrun_state(dag_id=dag_id, run_id=run_id) not in ("queued", "running")
+            except Exception:   # no such run (deleted), or no answer: the probe ends by itself either way
+                self.log.info("the run %s of %s that left a probe is unknown; removing its probe", run_id, dag_id)
+                return True
+
+        def start(target):
             ref = release_ref(target["namespace"], target["release"])
-            pods_before[ref] = pods_by_node(self.api, target["namespace"], target["release"])
-            if not self.dry_run:
-                probes[ref] = start_probe(target["url"], rate, write_rate, float(self.max_seconds))
-            self.log.info("%s: pods before %s; %s", ref, pods_before[ref],
-                          f"probe pid {probes[ref]['pid']} on {target['url']}" if ref in probes else "no probe")
-        return {"probes": probes, "pods_before": pods_before}
+            pods_before = pods_by_node(self.api, target["namespace"], target["release"])
+            handle = None if self.dry_run else probe_pod.start(
+                self.api, target["namespace"], target["release"], ti.dag_id, context["run_id"], target["url"],
+                rate, write_rate, float(self.max_seconds), run_over, target.get("avoid_nodes") or ())
+            self.log.info("%s: pods before %s; %s", ref, pods_before,
+                          f"probe Pod {handle['pod']} on {target['url']}" + (
+                              f" (removed a crashed run's probes: {handle['removed_leftovers']})"
+                              if handle["removed_leftovers"] else "") if handle else "no probe")
+            return ref, pods_before, handle
+
+        started = in_parallel(start, targets)
+        return {"probes": {ref: handle for ref, _, handle in started if handle},
+                "pods_before": {ref: pods_before for ref, pods_before, _ in started}}
 
 
-class StopProbe(BaseOperator):
-    """Stop each probe and check every acknowledged row can be read back through the app.
+class StopProbe(KubernetesOperator):
+    """Stop each probe Pod, read its figures and check every acknowledged row can be read back through the app.
 
     Returns {"releases": {ref: {"probe", "db", "pods_before"}}}.
     """
@@ -82,8 +107,9 @@ class StopProbe(BaseOperator):
         self.probe = probe
 
     def execute(self, context):
+        from k8smove import probe_pod
         from k8smove.availability import rows_present
-        from k8smove.report import data_check, forget_probe, stop_probe
+        from k8smove.report import data_check
 
         from operators.move import in_parallel
 
@@ -91,7 +117,7 @@ class StopProbe(BaseOperator):
             pods_before, handle = self.probe["pods_before"][ref], self.probe["probes"].get(ref)
             if handle is None:   # a dry run, or a release that did not exist yet, started none
                 return {"probe": None, "db": None, "pods_before": pods_before}
-            summary = stop_probe(handle)
+            summary = probe_pod.stop(self.api, handle)
             acknowledged = summary["writes"].pop("acknowledged")
             db = data_check(acknowledged, rows_present(handle["url"]) if acknowledged else [])
             self.log.info("%s probe: %s sent, %s failed (%s), longest gap %s ms; rows %s", ref, summary["sent"],
@@ -99,8 +125,7 @@ class StopProbe(BaseOperator):
             return {"probe": summary, "db": db, "pods_before": pods_before}
         refs = list(self.probe["pods_before"])
         releases = dict(zip(refs, in_parallel(stop, refs)))
-        for handle in self.probe["probes"].values():
-            forget_probe(handle)
+        in_parallel(lambda handle: probe_pod.forget(self.api, handle), list(self.probe["probes"].values()))
         return {"releases": releases}
 
 
@@ -151,6 +176,7 @@ class MigrationReport(KubernetesOperator):
             pods_after=pods_by_node(self.api, self.namespace, self.release),
             observed=observed, started=context["dag_run"].start_date, planned=self.planned or None, moved=moved,
             undone=(ti.xcom_pull(task_ids="rollback", key="releases") or {}).get(ref))
+        report["release"] = ref
         report["retired_claims"] = settle_retired_claims(self.api, self.namespace, self.release, report["outcome"])
         report["report_file"] = write_report(report, ti.dag_id, run_id, report_storage())
         for line in summary_lines(report):
@@ -206,6 +232,9 @@ class MaintenanceReport(KubernetesOperator):
             "nodes": ti.xcom_pull(task_ids="plan", key="nodes"), "releases": releases,
             "workloads": ti.xcom_pull(task_ids="move"), "evicted": ti.xcom_pull(task_ids="evict"),
             "steps": {t: states.get(t) or "none" for t in self.steps},
+            # each step's start and end (record_step), for the report page's timeline
+            "step_times": {t: {**step, "state": states.get(t) or "none"} for t in self.steps
+                           if isinstance(step := ti.xcom_pull(task_ids=t, key="step"), dict)},
         }
         report["report_file"] = write_report(report, ti.dag_id, run_id, report_storage())
         self.log.info("Maintenance %s; releases: %s", report["outcome"], json.dumps(releases, default=str)[:4000])

@@ -6,6 +6,7 @@ made impersonating the service account.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ NEEDED = [
     ("list", "persistentvolumeclaims", RELEASE_NS), ("delete", "persistentvolumeclaims", RELEASE_NS),
     ("list", "statefulsets.apps", RELEASE_NS), ("watch", "statefulsets.apps", RELEASE_NS),
     ("watch", "pods", RELEASE_NS), ("list", "events", RELEASE_NS),
+    # the availability probe's Pod: created, read, stopped by exec, its log read, deleted
+    *[(verb, "pods", RELEASE_NS) for verb in ("get", "create", "delete")], ("get", "pods/log", RELEASE_NS),
     # node-maintenance.yaml: wherever the node's pods are
     ("create", "pods/eviction", OTHER_NS), ("watch", "pods", "*"), ("list", "events", "*"),
     ("list", "persistentvolumeclaims", "*"), ("list", "persistentvolumes", None),
@@ -53,8 +56,8 @@ FORBIDDEN = [
     ("create", "certificatesigningrequests.certificates.k8s.io", None),
     ("update", "certificatesigningrequests.certificates.k8s.io/approval", None),
     # workloads and nodes beyond the DAGs' calls
-    ("create", "pods", RELEASE_NS), ("create", "pods/exec", OTHER_NS), ("create", "pods/exec", "kube-system"),
-    ("get", "pods/log", RELEASE_NS),
+    ("create", "pods", OTHER_NS), ("create", "pods", "kube-system"), ("create", "pods/exec", OTHER_NS),
+    ("create", "pods/exec", "kube-system"), ("get", "pods/log", "kube-system"),
     ("create", "pods/attach", RELEASE_NS), ("create", "pods/portforward", RELEASE_NS),
     ("delete", "pods", "kube-system"), ("delete", "deployments.apps", OTHER_NS),
     ("create", "deployments.apps", "kube-system"), ("delete", "deployments.apps", "kube-system"),
@@ -98,7 +101,9 @@ def test_include_rbac_applies_to_a_real_api_server(rbac_applied, kubectl):
     for line in ("serviceaccount/k8smove created", "clusterrole.rbac.authorization.k8s.io/k8smove-cluster created",
                  "clusterrolebinding.rbac.authorization.k8s.io/k8smove-node-maintenance created",
                  "role.rbac.authorization.k8s.io/k8smove-release created",
-                 "rolebinding.rbac.authorization.k8s.io/k8smove-release created"):
+                 "rolebinding.rbac.authorization.k8s.io/k8smove-release created",
+                 "validatingadmissionpolicy.admissionregistration.k8s.io/k8smove-maintenance-placement-only created",
+                 "validatingadmissionpolicybinding.admissionregistration.k8s.io/k8smove-probe-pods-only created"):
         assert line in rbac_applied
     assert kubectl("auth", "whoami", AS, "-o", "jsonpath={.status.userInfo.username}").stdout == \
         "system:serviceaccount:airflow:k8smove"
@@ -143,17 +148,71 @@ def test_impersonated_escalations_are_refused(rbac_applied, kubectl):
         "deployment.apps/system-addon"
 
 
-def test_known_gap_node_maintenance_may_rewrite_kube_system_deployments(rbac_applied, kubectl):
-    """FINDING, not a requirement: k8smove-node-maintenance grants deployments patch in every namespace, so
-    the service account can repoint a kube-system Deployment at any kube-system ServiceAccount (e.g. a
-    controller's) and run its own image with that identity — a privilege escalation. include/rbac/ is being
-    reworked elsewhere; this test records the behaviour so the rework turns it red and must update it."""
+def as_service_account(kubectl, *args, manifest: str | None = None):
+    return kubectl(*args, AS, input=manifest, check=False)
+
+
+def test_maintenance_may_change_only_the_placement_of_a_deployment_it_did_not_deploy(rbac_applied, kubectl):
+    """k8smove-node-maintenance must patch Deployments in every namespace (RBAC grants that whole), and guard.yaml
+    narrows it: the escalation RBAC alone allowed (a kube-system Deployment repointed at a privileged
+    ServiceAccount with another image) is refused, while node_maintenance's own exclusion and its lifting pass."""
     assert kubectl(*_can_i_args("patch", "deployments.apps", "kube-system"), check=False).stdout.strip() == "yes"
-    patch = ('{"spec": {"template": {"spec": {"serviceAccountName": "clusterrole-aggregation-controller", '
-             '"containers": [{"name": "busybox", "image": "attacker/image:1"}]}}}}')
-    result = kubectl("-n", "kube-system", "patch", "deployment", "system-addon", "--type=strategic",
-                     "--dry-run=server", "-p", patch, AS, check=False)
-    assert (result.returncode, result.stdout) == (0, "deployment.apps/system-addon patched\n"), result.stderr
-    # A server dry run: allowed and validated, nothing written.
-    spec = kubectl.json("-n", "kube-system", "get", "deployment", "system-addon")["spec"]["template"]["spec"]
-    assert "serviceAccountName" not in spec and spec["containers"][0]["image"] == "busybox:1.36"
+    escalation = ('{"spec": {"template": {"spec": {"serviceAccountName": "clusterrole-aggregation-controller", '
+                  '"containers": [{"name": "busybox", "image": "attacker/image:1"}]}}}}')
+    for patch, refusal in ((escalation, "may change only the pod template's affinity"),
+                           ('{"spec": {"replicas": 3}}', "may not change a Deployment's spec"),
+                           ('{"metadata": {"labels": {"app.kubernetes.io/managed-by": "k8smove"}}}',
+                            "may change only its own annotation")):
+        result = as_service_account(kubectl, "-n", "kube-system", "patch", "deployment", "system-addon",
+                                    "--type=strategic", "-p", patch)
+        assert result.returncode == 1 and "k8smove-maintenance-placement-only" in result.stderr \
+            and refusal in result.stderr, (patch, result.stdout, result.stderr)
+    original = kubectl.json("-n", "kube-system", "get", "deployment", "system-addon")
+
+    # node_maintenance's own calls, as the DAG makes them: the exclusion applied, then lifted
+    from k8smove.maintenance import MAINTENANCE_FIELD_MANAGER, exclusion_manifest, release_patch
+
+    exclusion = exclusion_manifest(original, ["node1"], {})
+    applied = as_service_account(kubectl, "apply", "--server-side", f"--field-manager={MAINTENANCE_FIELD_MANAGER}",
+                                 "--force-conflicts", "-f", "-", manifest=json.dumps(exclusion))
+    assert applied.returncode == 0, applied.stderr
+    excluded = kubectl.json("-n", "kube-system", "get", "deployment", "system-addon")
+    assert excluded["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    lifted = as_service_account(kubectl, "-n", "kube-system", "patch", "deployment", "system-addon", "--type=merge",
+                                f"--field-manager={MAINTENANCE_FIELD_MANAGER}", "-p",
+                                json.dumps(release_patch(excluded, ["node1"])))
+    assert lifted.returncode == 0, lifted.stderr
+    after = kubectl.json("-n", "kube-system", "get", "deployment", "system-addon")
+    assert after["spec"]["template"] == original["spec"]["template"]
+    assert after["metadata"].get("labels") == original["metadata"].get("labels")
+
+
+def test_the_service_account_may_create_only_its_probe_pods(rbac_applied, kubectl):
+    """pods create in the release namespace is for start_probe's Pod; guard.yaml admits that shape only."""
+    from k8smove.probe_pod import probe_pod
+
+    probe = probe_pod(RELEASE_NS, "demo", "migrate_app", "run-1", "http://10.192.0.1:8080", 20, 5, 60,
+                      "python:3.13-alpine", ["node2"])
+    created = as_service_account(kubectl, "create", "--dry-run=server", "-f", "-", manifest=json.dumps(probe))
+    assert created.returncode == 0 and "pod/demo-k8smove-probe-" in created.stdout, created.stderr
+    container = {"name": "c", "image": "busybox:1.36", "command": ["sh", "-c", "cat /token"],
+                 "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False}}
+    labels = {"app.kubernetes.io/name": "k8smove-probe", "k8smove.io/probe-of": "demo"}
+    attempts = {
+        "k8smove creates only its availability probe Pods": {"containers": [container],
+                                                             "automountServiceAccountToken": False},
+        "mounts no service account token": {"containers": [container]},
+        "no volume": {"containers": [container], "automountServiceAccountToken": False,
+                      "volumes": [{"name": "host", "hostPath": {"path": "/"}}]},
+        "no host namespace": {"containers": [container], "automountServiceAccountToken": False,
+                              "hostNetwork": True},
+        "non-root without privilege escalation": {"automountServiceAccountToken": False, "containers": [
+            {**container, "securityContext": {"privileged": True}}]},
+    }
+    for refusal, spec in attempts.items():
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "not-a-probe", "namespace": RELEASE_NS,
+            "labels": {} if refusal.startswith("k8smove creates") else labels}, "spec": spec}
+        result = as_service_account(kubectl, "create", "--dry-run=server", "-f", "-", manifest=json.dumps(pod))
+        assert result.returncode == 1 and "k8smove-probe-pods-only" in result.stderr and refusal in result.stderr, \
+            (refusal, result.stdout, result.stderr)

@@ -126,7 +126,8 @@ def justified(grant: Grant, calls: set[Call]) -> bool:
 def test_rbac_manifests_are_valid_kubernetes_objects():
     documents = rbac_documents()
     assert {d["kind"] for d in documents} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
-                                              "RoleBinding"}
+                                              "RoleBinding", "ValidatingAdmissionPolicy",
+                                              "ValidatingAdmissionPolicyBinding"}   # guard.yaml
     for document in documents:
         kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
 

@@ -9,6 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operators"))
@@ -65,6 +66,23 @@ def test_deploy_by_cli_then_migrate_by_rest_api(cluster, kube_client, airflow_st
     report = json.loads(report_path.read_text())
     assert_moved_without_disruption(report, "node1", "node2")
     assert report["probe"]["failed"] == 0 and report["db"]["rows_lost"] == 0
+
+    # The run's "Migration report" tab (plugins/report_view.py): the plugin is registered on the api-server with a
+    # view on DAG runs, and its page draws the run from its report XCom
+    plugins = airflow_stack.get("/plugins").json()["plugins"]
+    [view] = [v for p in plugins if p["name"] == "k8smove_reports" for v in p["external_views"]]
+    assert (view["name"], view["destination"], view["href"]) == (
+        "Migration report", "dag_run", "/k8smove/runs/{DAG_ID}/{RUN_ID}")
+    page = httpx.get(f"http://127.0.0.1:{airflow_stack.port}/k8smove/runs/migrate_app/{migrate_run}", timeout=30)
+    assert page.status_code == 200, page.text
+    assert '<span class="outcome good">moved</span>' in page.text
+    assert re.findall(r'class="step" data-task="(\w+)" data-state="success"', page.text) == [
+        "preflight", "start_probe", "move", "stop_probe"]
+    answered_by = re.findall(r'class="node" data-node="(\w+)"', page.text)
+    assert answered_by[0] == "node1" and answered_by[-1] == "node2", answered_by
+    assert 'class="read-failed"' not in page.text and page.text.count('class="read-ok"') >= 10
+    missing = httpx.get(f"http://127.0.0.1:{airflow_stack.port}/k8smove/runs/migrate_app/no-such-run", timeout=30)
+    assert missing.status_code == 404 and "has no migration report" in missing.text
 
     # The move's wait really deferred to the triggerer, for both DAGs: the audit log shows the try going
     # running -> deferred -> running -> success (a deferral is not a retry: one try); the task log, as the

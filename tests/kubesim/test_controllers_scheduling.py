@@ -125,6 +125,23 @@ def test_required_node_affinity_operators(cluster):
     wait_for(lambda: store.get(PODS, "default", "field")["spec"].get("nodeName") == "node1", what="matchFields")
 
 
+def test_preferred_node_affinity_outweighs_free_resources_as_kube_schedulers_default_weights_do(cluster):
+    store, _ = cluster
+    on_node2 = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node2"]}]}]}}}
+    for name in ("filler-1", "filler-2"):
+        store.create(PODS, pod(name, affinity=on_node2))
+        wait_for(lambda: store.get(PODS, "default", name)["spec"].get("nodeName") == "node2", what=name)
+    store.create(PODS, pod("plain"))   # without a preference the emptier node wins
+    wait_for(lambda: store.get(PODS, "default", "plain")["spec"].get("nodeName") == "node1", what="least allocated")
+    avoid_node1 = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "preference": {"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["node1"]}]}}]}}
+    store.create(PODS, pod("prefers", affinity=avoid_node1))
+    # node2 still has less room (two pods against one), but the preference weighs more
+    wait_for(lambda: store.get(PODS, "default", "prefers")["spec"].get("nodeName") == "node2", what="preference")
+
+
 def test_pod_status_readiness_delay_and_graceful_termination(cluster):
     store, _ = cluster
     body = pod("web", containers=[{"name": "c", "image": "demo/app:1",

@@ -64,5 +64,12 @@ def test_probe_counts_failures_gap_placements_and_acknowledged_rows():
         acknowledged = summary["writes"]["acknowledged"]
         assert acknowledged and set(acknowledged) <= set(availability.rows_present(url))
         assert summary["writes"]["failed"] >= 2
+        # the timeline puts every request in a bucket of its send time, the outage's failures together
+        buckets, size = summary["timeline"]["buckets"], summary["timeline"]["bucket_s"]
+        assert [sum(b[i] for b in buckets) for i in (1, 2, 3, 4)] == [
+            summary["succeeded"], summary["failed"], len(acknowledged), summary["writes"]["failed"]]
+        failed_at = [b[0] * size for b in buckets if b[2]]
+        assert 0.25 <= min(failed_at) and max(failed_at) - min(failed_at) <= 0.75, buckets
+        assert abs(summary["started_at"] - time.time() + summary["duration_s"]) < 1.0
     finally:
         server.shutdown()
