@@ -93,6 +93,8 @@ DEPLOY_PARAMS = {
     "images": {
         "default": DEFAULT_IMAGES,
         "title": "Images",
+        "description": 'The App\'s and the DB\'s container images, e.g. {"app": "kubesim-demo-app:1.0", "db": '
+                       '"postgres:16"}; the DB image must be PostgreSQL\'s (or compatible) for the switchover.',
         "type": "object",
         "properties": {"app": _IMAGE, "db": _IMAGE},
         "required": ["app", "db"],

@@ -103,3 +103,22 @@ def test_valid_conf_is_accepted(dagbag):
         "label_nodes": {"node1": {"demo": "node1", "old-": None}}, "node_label": {"demo": "node1"},
         "external_ip": "10.0.0.5", "port": 8080, "storage": {"class": "standard", "size": "2Gi"}})
     validate(dagbag.dags["migrate_app"], {"node_label": {"demo": "node2"}, "components": ["db"]})
+
+
+@pytest.mark.parametrize("dag_id", ["deploy_app", "migrate_app", "node_maintenance", "end_maintenance"])
+def test_every_param_guides_the_trigger_form(dagbag, dag_id):
+    """Issue 13: the form shows titles, Airflow's errors name conf keys, so each title names its key; each param
+    says what it takes: the range of a number, the values of an enumeration, how to type a JSON object."""
+    for key in dagbag.dags[dag_id].params:
+        param = dagbag.dags[dag_id].params.get_param(key)
+        schema, description = param.schema, param.description
+        assert schema["title"].endswith(f"({key})"), (key, schema["title"])
+        assert description, key
+        if "minimum" in schema:
+            assert f"Allowed: {schema['minimum']} to {schema['maximum']}" in description, key
+        if "enum" in schema:
+            assert "One of: " + ", ".join(schema["enum"]) in description, key
+        if (schema.get("items") or {}).get("enum"):   # rendered as a multi-select, not a bare textarea
+            assert schema["examples"] == schema["items"]["enum"], key
+        if "object" in (schema["type"] if isinstance(schema["type"], list) else [schema["type"]]):
+            assert "Enter a JSON object" in description, key
