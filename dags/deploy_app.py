@@ -7,6 +7,7 @@ nodes selected by `node_label`, exposed by a Service at `http://<external_ip>:<p
 1. **preflight** — conf and cluster checks, before any write: nodes exist, `node_label` selects at least
    one Ready, schedulable node whose taints are tolerated and which has room for the pods. On an existing
    release, what cannot change under connected clients (`external_ip`, `port`, `storage`) is refused.
+   `node_label` is required for a new release; left empty on one that exists, the release stays where it runs.
 2. **label_nodes** — set (or remove, with `key-`) the node labels in `label_nodes`.
 3. **move** — k8smove's move engine, as `migrate_app` runs it: the release's lock, server-side apply as field
    manager `k8smove` (an identical re-run changes nothing), the wait until every pod is Running and Ready on a
@@ -20,6 +21,7 @@ nothing persisted; the diffs are in their logs).
 
 Example conf: `{"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
 "node_label": {"demo": "node1"}, "external_ip": "10.192.0.1", "port": 8080}`.
+In the trigger form, type JSON objects with double quotes, as here; the editor may reformat them.
 Then move it with **migrate_app**.
 """
 from airflow.sdk import DAG

@@ -10,6 +10,7 @@ Bring back the nodes **node_maintenance** emptied (label `maintenance_label`, de
 4. **unlabel** — remove the `maintenance_label` keys.
 
 Example conf: `{"maintenance_label": {"maintenance": "ready"}}`.
+In the trigger form, type JSON objects with double quotes, as here; the editor may reformat them.
 """
 from airflow.sdk import DAG, chain
 

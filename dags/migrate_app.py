@@ -27,6 +27,7 @@ With `dry_run`, **move** only asks the API server what it would change (dryRun=A
 no probe is started, and the report's outcome is `dry_run` with the planned changes.
 
 Example conf: `{"node_label": {"demo": "node2"}}` (add `"dry_run": true` to only see what would change).
+In the trigger form, type JSON objects with double quotes, as here; the editor may reformat them.
 """
 from airflow.sdk import DAG
 

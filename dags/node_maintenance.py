@@ -31,6 +31,7 @@ A failed run leaves the nodes cordoned and labelled `maintenance=scheduled`: bri
 **end_maintenance** and `{"maintenance_label": {"maintenance": "scheduled"}}`.
 
 Bring the nodes back with **end_maintenance**. Example conf: `{"target_selector": {"demo": "node2"}, "dry_run": true}`.
+In the trigger form, type JSON objects with double quotes, as here; the editor may reformat them.
 """
 import os
 

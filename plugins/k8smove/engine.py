@@ -64,7 +64,9 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
                  snapshot: tuple[list, list] | None = None, db_strategy: str = "switchover") -> dict:
     """What a move of one release does, checked against the cluster; raises K8sMoveError naming the problem.
 
-    ``settings`` (deploy_app): the values besides placement; the release may not exist yet. Without them
+    ``target``: the node selector to place the release on; None (deploy_app without node_label) keeps an existing
+    release where it runs. ``settings`` (deploy_app): the values besides placement; the release may not exist yet.
+    Without them
     (migrate_app, maintenance) the release's recorded values are used. ``avoid_nodes``: nodes no pod may go to.
     ``snapshot``: (nodes, pods) the caller listed already (see ``check_placement``). ``db_strategy``: how a DB
     that changes nodes moves: ``switchover`` (a streaming standby on the target, then promoted; k8smove.switchover)
@@ -77,6 +79,11 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
         check_external_ip(settings["external_ip"])
     found = recorded_release(api, namespace, release, components, required=settings is None)
     recorded, sources = found if found else (None, {})
+    if target is None:   # deploy_app without node_label: a re-deploy keeps the release where it runs
+        if recorded is None:
+            raise K8sMoveError(f"node_label: required for a new release ({release_ref(namespace, release)} does not "
+                               'exist yet): the nodes to place it on, e.g. {"demo": "node1"}')
+        target = recorded.get("node_label") or sources.get("app") or {}
     if settings is not None and recorded is not None:
         if problems := _redeploy_problems(recorded, settings):
             raise K8sMoveError(f"release {release_ref(namespace, release)} exists: " + "; ".join(problems))

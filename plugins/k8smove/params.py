@@ -23,6 +23,7 @@ _SELECTOR = {
     "propertyNames": {"pattern": LABEL_KEY_PATTERN, "maxLength": 317},
     "additionalProperties": _LABEL_VALUE,
 }
+_OPTIONAL_SELECTOR = {**_SELECTOR, "type": ["object", "null"], "default": None}
 _IMAGE = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._/:@-]*$", "maxLength": 255}
 
 NAMESPACE = {
@@ -68,10 +69,11 @@ DEPLOY_PARAMS = {
         },
     },
     "node_label": {
-        **_SELECTOR,
-        "default": {"demo": "node1"},
+        **_OPTIONAL_SELECTOR,
         "title": "Place on nodes labelled",
-        "description": "Node selector for the App and DB pods.",
+        "description": 'Node selector for the App and DB pods, e.g. {"demo": "node1"}; required for a new release. '
+                       "For a release that exists, leave it empty (null) to keep it where it runs (a re-deploy of "
+                       "images or replicas); another selector moves it, with a move's probe and rollback.",
     },
     "external_ip": {
         "default": "10.192.0.1",
@@ -166,7 +168,6 @@ MIGRATE_PARAMS = {
     },
 }
 
-_OPTIONAL_SELECTOR = {**_SELECTOR, "type": ["object", "null"], "default": None}
 MAINTENANCE_LABEL = {
     **_SELECTOR,
     "default": {"maintenance": "scheduled"},

@@ -123,6 +123,21 @@ def release_section(title: str, report: dict) -> str:
             + timeline_svg(report) + _table(rows) + "</section>")
 
 
+def workloads_section(report: dict) -> str:
+    """A maintenance run's other workloads: each planned move (surge or evict-and-recreate), the pods evicted or
+    blocked, and what the plan refused to move."""
+    rows = [(m["workload"], f"{m['mode']}: {', '.join(m.get('pods') or []) or 'no pods'}")
+            for m in report.get("workload_moves") or []]
+    evicted = report.get("evicted") or {}
+    rows += [(pod, "evicted") for pod in evicted.get("evicted") or []]
+    rows += [(pod, f"eviction blocked: {reason}") for pod, reason in (evicted.get("blocked") or {}).items()]
+    rows += [(r.get("workload") or r.get("release") or "?", f"refused: {r.get('reason')}")
+             for r in report.get("refused") or [] if isinstance(r, dict)]
+    if not rows:
+        return '<section class="workloads"><h2>Other workloads</h2><p>none on the nodes</p></section>'
+    return '<section class="workloads"><h2>Other workloads</h2>' + _table(rows) + "</section>"
+
+
 STYLE = """body{font:14px system-ui,sans-serif;margin:16px;color:#1c2833}table{border-collapse:collapse;margin:8px 0}
 th,td{border:1px solid #d5d8dc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f4f6f7}
 .outcome{padding:2px 8px;border-radius:4px;color:#fff}.good{background:#27ae60}.bad{background:#c0392b}
@@ -140,7 +155,8 @@ def render(dag_id: str, run_id: str, report: dict) -> str:
                 f'{escape(str(overall))}</span> {escape(str(report.get("reason") or ""))}</p>'
                 + timeline_svg({"steps": report.get("step_times") or {}})
                 + "".join(release_section(ref, {**release, "steps": {}})
-                          for ref, release in sorted((report.get("releases") or {}).items())))
+                          for ref, release in sorted((report.get("releases") or {}).items()))
+                + workloads_section(report))
     else:
         body = release_section(report.get("release") or dag_id, report)
     return head + body + "</body></html>"

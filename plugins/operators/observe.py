@@ -231,6 +231,10 @@ class MaintenanceReport(KubernetesOperator):
             "reason": "; ".join(reasons) or None,
             "nodes": ti.xcom_pull(task_ids="plan", key="nodes"), "releases": releases,
             "workloads": ti.xcom_pull(task_ids="move"), "evicted": ti.xcom_pull(task_ids="evict"),
+            # the other workloads' moves as planned (each a mapped `move`), and what the plan left where it was
+            "workload_moves": [{"workload": f"{m['kind']} {m['namespace']}/{m['name']}", "mode": m["mode"],
+                                "pods": m["pods"]} for m in ti.xcom_pull(task_ids="plan") or []],
+            "refused": ((ti.xcom_pull(task_ids="plan", key="plan") or {}).get("refused")),
             "steps": {t: states.get(t) or "none" for t in self.steps},
             # each step's start and end (record_step), for the report page's timeline
             "step_times": {t: {**step, "state": states.get(t) or "none"} for t in self.steps

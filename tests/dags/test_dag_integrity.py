@@ -122,3 +122,8 @@ def test_every_param_guides_the_trigger_form(dagbag, dag_id):
             assert schema["examples"] == schema["items"]["enum"], key
         if "object" in (schema["type"] if isinstance(schema["type"], list) else [schema["type"]]):
             assert "Enter a JSON object" in description, key
+
+
+@pytest.mark.parametrize("dag_id", ["deploy_app", "migrate_app", "node_maintenance", "end_maintenance"])
+def test_dag_docs_say_how_to_type_json_in_the_form(dagbag, dag_id):
+    assert "type JSON objects with double quotes" in dagbag.dags[dag_id].doc_md

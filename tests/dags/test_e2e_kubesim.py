@@ -164,3 +164,18 @@ def test_a_redeploy_that_changes_placement_is_a_proven_move(cluster, kube_client
         moved_port.stdout[-5000:]
     assert cluster.writes() == []
     assert newest_report(report_dir, "deploy_app")["outcome"] == "refused"
+
+    # A re-deploy that leaves node_label empty (as the trigger form's default does) keeps the release where it
+    # runs and changes what was asked: here the App's replicas.
+    kept = dags_test("deploy_app", {key: value for key, value in conf.items() if key != "node_label"} | {"replicas": 2})
+    assert kept.returncode == 0, kept.stdout[-5000:]
+    assert pods_by_component(kube_client) == {"app": ["node2", "node2"], "db": ["node2"]}
+
+
+def test_a_first_deploy_without_node_label_is_refused_naming_it(cluster, kube_client, dags_test):
+    conf = {key: value for key, value in deploy_conf().items() if key != "node_label"}
+    result = dags_test("deploy_app", {**conf, "label_nodes": {}})
+    assert result.returncode != 0
+    assert 'node_label: required for a new release (default/demo does not exist yet)' in result.stdout, \
+        result.stdout[-5000:]
+    assert cluster.writes(dry_runs=False) == []

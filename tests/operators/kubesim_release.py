@@ -21,7 +21,8 @@ def unique_external_ip() -> str:
 
 def deploy_values(**overrides) -> dict:
     values = {key: DEPLOY_PARAMS[key]["default"] for key in RENDER_KEYS}
-    return {**values, "external_ip": unique_external_ip(), **overrides}
+    # node_label has no default (a re-deploy keeps its placement): these releases start on node1
+    return {**values, "node_label": {"demo": "node1"}, "external_ip": unique_external_ip(), **overrides}
 
 
 def wait(kubeconfig: str, namespace: str, release: str, workloads: list[dict], timeout: float) -> dict:

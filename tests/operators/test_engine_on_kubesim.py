@@ -97,3 +97,23 @@ def test_a_release_that_moved_since_the_plan_is_refused(cluster, kube_client):
     with pytest.raises(K8sMoveError, match="release default/demo changed since it was planned"):
         begin(kube_client, stale, "migrate_app/run-1", 60)
     assert lock.record_of(lock.current(kube_client, "default", "demo")).get("prior_state") is None
+
+
+def test_a_redeploy_without_node_label_keeps_the_release_where_it_runs_and_a_new_release_needs_one(
+        cluster, kube_client):
+    from kubesim_release import deploy_values
+
+    settings = {k: v for k, v in deploy_values().items() if k not in ("namespace", "release", "node_label")}
+    with pytest.raises(K8sMoveError, match=r'^node_label: required for a new release \(default/fresh does not exist'):
+        plan_release(kube_client, "default", "fresh", None, settings=settings)
+    assert cluster.writes(dry_runs=False) == []          # refused before any write
+
+    values = deployed(cluster, kube_client)
+    # a re-deploy of another App image, as the trigger form sends it: node_label left empty
+    redeploy = {k: v for k, v in values.items() if k not in ("namespace", "release", "node_label")}
+    redeploy["images"] = {**redeploy["images"], "app": "kubesim-demo-app:1.1"}
+    plan = plan_release(kube_client, "default", "demo", None, settings=redeploy)
+    assert plan["target"] == {"demo": "node1"} and plan["existing"] and plan["db_strategy"] is None
+    app = next(m for m in plan["manifests"] if m["kind"] == "Deployment" and m["metadata"]["name"] == "demo-app")
+    assert app["spec"]["template"]["spec"]["nodeSelector"] == {"demo": "node1"}
+    assert app["spec"]["template"]["spec"]["containers"][0]["image"] == "kubesim-demo-app:1.1"

@@ -12,7 +12,7 @@ from k8smove.render import recorded_values, redact, render_manifests, to_yaml
 
 @pytest.fixture
 def values():
-    defaults = {name: schema["default"] for name, schema in DEPLOY_PARAMS.items()}
+    defaults = {**{name: schema["default"] for name, schema in DEPLOY_PARAMS.items()}, "node_label": {"demo": "node1"}}
     return {key: defaults[key] for key in ("namespace", "release", "node_label", "external_ip", "port",
                                            "images", "replicas", "storage")}
 

@@ -54,8 +54,16 @@ def test_the_page_shows_the_outcome_and_the_proof():
 def test_a_maintenance_run_shows_each_release():
     page = render("node_maintenance", "scheduled__1", {
         "outcome": "done", "reason": None, "step_times": STEPS,
-        "releases": {"default/demo": report(), "shop/cart": report(outcome="disrupted", reason="2 failed requests")}})
+        "releases": {"default/demo": report(), "shop/cart": report(outcome="disrupted", reason="2 failed requests")},
+        "workload_moves": [{"workload": "Deployment shop/web", "mode": "surge", "pods": ["shop/web-1"]}],
+        "evicted": {"evicted": ["shop/bare"], "blocked": {"shop/db-0": "PodDisruptionBudget allows no disruption"}},
+        "refused": [{"workload": "StatefulSet shop/cache", "reason": "node-local volume"}]})
     assert page.count('<section class="release">') == 2
+    workloads = page[page.index('<section class="workloads">'):]
+    for text in ("Deployment shop/web", "surge: shop/web-1", "shop/bare</th><td>evicted",
+                 "eviction blocked: PodDisruptionBudget allows no disruption",
+                 "StatefulSet shop/cache</th><td>refused: node-local volume"):
+        assert text in workloads, text
     assert "default/demo" in page and "shop/cart" in page and '<span class="outcome bad">disrupted</span>' in page
 
 
