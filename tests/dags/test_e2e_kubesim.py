@@ -101,7 +101,8 @@ def test_deploy_then_migrate(cluster, kube_client, dags_test, report_dir):
     ("deploy_app", {"external_ip": "10.0.0.300"}, "Invalid input for param external_ip"),
     ("deploy_app", {"node_label": {"demo": "node1\n  hostNetwork: true"}}, "Invalid input for param node_label"),
     ("deploy_app", {"node_lable": {"demo": "node1"}}, "unknown conf key(s) node_lable"),
-    ("deploy_app", {"label_nodes": {"node9": {"demo": "node1"}}}, "label_nodes: node 'node9' not found"),
+    ("deploy_app", {"label_nodes": {"node9": {"demo": "node1"}}, "node_label": {"demo": "node1"}},
+     "label_nodes: node 'node9' not found"),
     ("deploy_app", {"node_label": {"demo": "node3"}}, "node_label demo=node3 matches no node"),
     ("migrate_app", {"node_label": {"demo": "node2"}}, "release 'demo' not found"),
 ])
