@@ -1,9 +1,9 @@
 """The kubelet API of a kubesim node on the real control plane: what kube-apiserver proxies `pods/log` and
 `pods/exec` to (https://<node InternalIP>:<daemonEndpoints.kubeletEndpoint.Port>).
 
-* `GET /containerLogs/<ns>/<pod>/<container>` with `follow`, `tailLines`, `limitBytes` (`timestamps`,
-  `sinceSeconds`, `sinceTime` and `previous` are not honoured: the runtime's log files carry no timestamps and
-  keep one file per container);
+* `GET /containerLogs/<ns>/<pod>/<container>` with `follow`, `tailLines`, `limitBytes`, `timestamps`,
+  `sinceSeconds`, `sinceTime` and `previous`: the instance is chosen from the pod's status as the kubelet does,
+  its CRI log file read like the kubelet's ReadLogs (kubesim/containerlogs.py);
 * `/exec/<ns>/<pod>/<container>?command=…&input=1&output=1&error=1` over **WebSocket** (`v5.channel.k8s.io`,
   `v4.channel.k8s.io`): the node declares the `ExtendWebSocketsToKubelet` feature in its status, so a 1.36
   API server hands kubectl's and the Python client's WebSocket straight through instead of translating it to
@@ -21,31 +21,30 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import socket
 import ssl
 import struct
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .apiserver.watch import ChunkedBody
+from .containerlogs import LogOptions, LogUnavailable, log_container_id, read_log, serve_log
+from .runtime import instance_of
 
 log = logging.getLogger("kubesim.kubeletapi")
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
-FOLLOW_POLL_SECONDS = 0.2
 
 
 class KubeletApi:
-    """One node's kubelet API on ``host`` (a free port); ``runtime``: its ProcessRuntime."""
+    """One node's kubelet API on ``host`` (a free port); ``runtime``: its ProcessRuntime; ``pods(namespace, name)``:
+    the pod as the kubelet last saw it (its cache), or None."""
 
-    def __init__(self, node: str, host: str, runtime, serving_cert, ca_file: str) -> None:
-        self.node, self.runtime = node, runtime
+    def __init__(self, node: str, host: str, runtime, pods, serving_cert, ca_file: str) -> None:
+        self.node, self.runtime, self.pods = node, runtime, pods
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(serving_cert.cert, serving_cert.key)
         context.load_verify_locations(ca_file)
@@ -85,14 +84,14 @@ def _handler(api: KubeletApi):
             query = parse_qs(url.query)
             if parts == ["healthz"]:
                 return self._reply(200, "ok", "text/plain")
-            if len(parts) == 4 and parts[0] in ("containerLogs", "exec"):
+            if len(parts) == 4 and parts[0] == "containerLogs":
+                return self._logs(*parts[1:], query)
+            if len(parts) == 4 and parts[0] == "exec":
                 supervisor = api.runtime.find_pod(parts[1], parts[2])
                 if supervisor is None:
                     return self._reply(404, f'pod "{parts[2]}" not found on node {api.node}', "text/plain")
                 if parts[3] not in supervisor.container_names():
                     return self._reply(404, f'container "{parts[3]}" not found in pod "{parts[2]}"', "text/plain")
-                if parts[0] == "containerLogs":
-                    return self._logs(supervisor, parts[3], query)
                 return self._exec(supervisor, parts[3], query)
             self._reply(404, "404 page not found", "text/plain")
 
@@ -105,41 +104,25 @@ def _handler(api: KubeletApi):
             self.wfile.write(data)
 
         # ---- logs ----------------------------------------------------------------------------------
-        def _logs(self, supervisor, container: str, query: dict) -> None:
-            path = api.runtime.log_path(supervisor.uid, container)
-            follow = _flag(query, "follow")
-            tail = _int(query, "tailLines")
-            limit = _int(query, "limitBytes")
+        def _logs(self, namespace: str, name: str, container: str, query: dict) -> None:
+            """The kubelet's getContainerLogs: the options, the pod and container, the instance its status names."""
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                data = b""
-            if tail is not None:
-                lines = data.splitlines(keepends=True)
-                data = b"".join(lines[-tail:]) if tail else b""
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            body = ChunkedBody(self.wfile, limit)
-            more = body.send(data)
-            if follow and more:
-                position = os.path.getsize(path) if os.path.exists(path) else 0
-                while more and supervisor.running(container):
-                    time.sleep(FOLLOW_POLL_SECONDS)
-                    try:
-                        with open(path, "rb") as f:
-                            f.seek(position)
-                            chunk = f.read()
-                    except FileNotFoundError:
-                        break
-                    position += len(chunk)
-                    try:
-                        more = body.send(chunk)
-                    except OSError:   # the client went away
-                        return
-            body.end()
+                options = LogOptions.from_query(query)
+            except ValueError:
+                return self._reply(422, '{"message": "Invalid request."}', "text/plain")
+            pod = api.pods(namespace, name)
+            if pod is None:
+                return self._reply(404, f'pod "{name}" does not exist', "text/plain")
+            spec = pod["spec"]
+            if container not in [c["name"] for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])]:
+                return self._reply(404, f'container "{container}" not found in pod "{name}"', "text/plain")
+            try:
+                instance = instance_of(log_container_id(pod, container, options.previous))
+            except LogUnavailable as error:
+                return self._reply(400, str(error), "text/plain")
+            uid = pod["metadata"]["uid"]
+            path = api.runtime.log_path(uid, container, instance) if instance is not None else None
+            serve_log(self, read_log(path, options, lambda: api.runtime.running(uid, container, instance)))
 
         def _exec(self, supervisor, container: str, query: dict) -> None:
             serve_exec(self, supervisor, container, query)
@@ -301,10 +284,3 @@ def _status(code: int, command: list[str]) -> dict:
 def _flag(query: dict, *names: str) -> bool:
     return any((query.get(n) or [""])[0].lower() in ("1", "true") for n in names)
 
-
-def _int(query: dict, name: str) -> int | None:
-    value = (query.get(name) or [None])[0]
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None

@@ -109,7 +109,7 @@ class RealNodes:
                       EventRecorder(store))
         kubelet = self.kubelets.add(name, ctx)
         if self.config.run_processes:
-            api = KubeletApi(name, kubelet.internal_ip, runtime, cp.pki.issue(
+            api = KubeletApi(name, kubelet.internal_ip, runtime, lambda ns, pod: cache.get(PODS, ns, pod), cp.pki.issue(
                 f"kubelet-{name}", f"system:node:{name}", ("system:nodes",), server=True, dns_names=(name,),
                 ips=(kubelet.internal_ip,)), cp.ca_file).start()
             self.apis.append(api)

@@ -21,6 +21,8 @@ class ContainerStatus:
     message: str | None = None
     restart_count: int = 0
     image_id: str = ""
+    instance: int = 0                  # which start of the container this is (0, 1, ...): its containerID
+    last_terminated: dict | None = None   # the instance before this one, as the status's lastState.terminated
 
 
 @dataclass
@@ -31,6 +33,17 @@ class PodSandbox:
     containers: dict[str, ContainerStatus] = field(default_factory=dict)
     init_containers: dict[str, ContainerStatus] = field(default_factory=dict)
     initialized: bool = True           # every init container has completed (a sidecar: started)
+
+
+def container_id(pod_uid: str, container: str, instance: int) -> str:
+    """The containerID of one instance (one start) of a container: a new one after each restart."""
+    return f"kubesim://{pod_uid[:8]}-{container}-{instance}"
+
+
+def instance_of(container_id: str) -> int | None:
+    """The instance a container_id() names; None for another form."""
+    tail = container_id.rsplit("-", 1)[-1]
+    return int(tail) if container_id.startswith("kubesim://") and tail.isdigit() else None
 
 
 def restart_after_exit(spec: dict, pod_policy: str, exit_code: int, init: bool) -> bool:
@@ -59,7 +72,13 @@ class ContainerRuntime(Protocol):
         """SIGTERM, then SIGKILL once grace_seconds have passed; blocks until everything is gone."""
 
     def logs(self, pod_uid: str, container: str, tail_lines: int | None = None) -> str:
-        """The container's stdout and stderr so far."""
+        """The latest instance's stdout and stderr so far."""
+
+    def log_path(self, pod_uid: str, container: str, instance: int | None = None) -> str | None:
+        """The CRI log file of one instance of a container (None: the latest); None when there is none."""
+
+    def running(self, pod_uid: str, container: str, instance: int) -> bool:
+        """Whether that instance of the container runs now (a log follow ends when it stops)."""
 
     def close(self) -> None:
         """Stop every pod; nothing may be left running."""
@@ -94,6 +113,12 @@ class SimulatedRuntime:
 
     def logs(self, pod_uid: str, container: str, tail_lines: int | None = None) -> str:
         return ""
+
+    def log_path(self, pod_uid: str, container: str, instance: int | None = None) -> str | None:
+        return None
+
+    def running(self, pod_uid: str, container: str, instance: int) -> bool:
+        return False
 
     def close(self) -> None:
         self._pods.clear()

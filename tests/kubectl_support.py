@@ -1,9 +1,12 @@
 """The real kubectl against one cluster's kubeconfig, for the suites on the real control plane."""
 from __future__ import annotations
 
+import calendar
 import json
 import os
+import re
 import subprocess
+import time
 
 
 def kubectl_runner(kubeconfig: str, home: str, default_timeout: float = 90):
@@ -74,3 +77,87 @@ def check_exec_and_logs(kubectl, kubeconfig: str) -> None:
     kubectl("exec", "shell", "--", "kill", "-INT", "1")
     kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/shell", "--timeout=30s")
     kubectl("delete", "pod", "shell", "--wait=true")
+
+
+LOGS_POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: logs, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  restartPolicy: OnFailure
+  containers:
+  - name: crash
+    image: busybox:1.36
+    command: [sh, -c, 'if [ -e /scratch/ran ]; then echo second run; i=0; while true; do i=$((i+1)); echo tick $i;
+              sleep 0.2; done; else touch /scratch/ran; echo first run; echo to stderr >&2; exit 1; fi']
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  - name: side
+    image: busybox:1.36
+    command: [sh, -c, 'echo one; sleep 4; echo two']
+  volumes: [{name: scratch, emptyDir: {}}]
+"""
+STAMPED = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (.*)$")
+
+
+def rfc3339(seconds: float) -> str:
+    """A time as the kubelet stamps log lines (UTC, nine fractional digits): comparable as a string."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(seconds))) + f".{int(seconds % 1 * 1e9):09d}Z"
+
+
+def stamped_lines(text: str) -> list[tuple[str, str]]:
+    """(timestamp, text) of each line `kubectl logs --timestamps` printed; every line must carry one."""
+    matches = [STAMPED.match(line) for line in text.splitlines()]
+    assert matches and all(matches), text
+    return [m.groups() for m in matches]
+
+
+def check_log_options(kubectl) -> None:
+    """`kubectl logs` options against one cluster, the same on kubesim's own API server and on the real one:
+    per-container follow ending with its container, --previous after a restart (and the kubelet's 400 without
+    one), --timestamps, --tail, --since-time and --since."""
+    kubectl("apply", "-f", "-", input=LOGS_POD)
+
+    def container(name: str) -> dict:
+        pod = kubectl.json("get", "pod", "logs")
+        return next((cs for cs in (pod.get("status") or {}).get("containerStatuses") or [] if cs["name"] == name), {})
+
+    def wait_until(condition, what: str, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while not (found := condition()):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.3)
+        return found
+
+    wait_until(lambda: "running" in container("side")["state"], "side to run")
+    # a follow of one container ends when that container ends, while the pod's other container runs on
+    assert kubectl("logs", "-f", "logs", "-c", "side", timeout=30).stdout == "one\ntwo\n"
+    assert "running" in container("crash")["state"]
+    assert kubectl("logs", "logs", "-c", "side").stdout == "one\ntwo\n"   # terminated: its last instance
+    no_previous = kubectl("logs", "logs", "-c", "side", "--previous", check=False)
+    assert no_previous.returncode == 1 and no_previous.stderr == \
+        'Error from server (BadRequest): previous terminated container "side" in pod "logs" not found\n'
+
+    restarted = wait_until(lambda: (cs := container("crash")).get("restartCount") == 1 and "running" in cs["state"]
+                           and cs, "the crash container's restart")
+    assert restarted["lastState"]["terminated"]["exitCode"] == 1
+    assert restarted["lastState"]["terminated"]["containerID"] != restarted["containerID"]
+    assert kubectl("logs", "logs", "-c", "crash", "--previous").stdout == "first run\nto stderr\n"
+    assert kubectl("logs", "logs", "-c", "crash").stdout.startswith("second run\ntick 1\n")
+
+    tail = stamped_lines(kubectl("logs", "logs", "-c", "crash", "--timestamps", "--tail=3").stdout)
+    assert len(tail) == 3 and all(text.startswith("tick ") for _, text in tail)
+    first_stamp = stamped_lines(kubectl("logs", "logs", "-c", "crash", "--timestamps", "--tail=-1").stdout)[0][0]
+    started = calendar.timegm(time.strptime(first_stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    # --since-time goes to the server in whole seconds: every line stamped at or after that second
+    cutoff = rfc3339(int(started) + 2)
+    wait_until(lambda: time.time() > started + 7, "seven seconds of the second run")
+    everything = stamped_lines(kubectl("logs", "logs", "-c", "crash", "--timestamps").stdout)
+    expected = [line for line in everything if line[0] >= cutoff]
+    since_time = stamped_lines(kubectl("logs", "logs", "-c", "crash", "--timestamps",
+                                       f"--since-time={cutoff[:19]}Z").stdout)
+    assert everything[0] not in since_time and since_time[:len(expected)] == expected, (cutoff, since_time[:3])
+    before = rfc3339(time.time() - 5)
+    since = stamped_lines(kubectl("logs", "logs", "-c", "crash", "--timestamps", "--since=5s").stdout)
+    assert since[0][0] >= before and len(since) >= 10 and everything[0] not in since, (before, since[:2])
+    kubectl("delete", "pod", "logs", "--wait=true")

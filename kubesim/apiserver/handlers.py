@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import yaml
 
 from .. import errors
+from ..containerlogs import LogOptions, LogUnavailable, log_container_id, read_log, serve_log
 from ..config import ClusterConfig
 from ..resources import PODS, SERVICES, ResourceType
+from ..runtime import instance_of
 from ..store import copy_json
 from . import patch as patches, protobuf
 from .allocators import ServiceAllocator
@@ -25,12 +27,11 @@ from .schemas import Schemas
 from .selectors import matcher
 from .tables import table
 from .validation import check_object, check_schema, prune
-from .watch import ChunkedBody, WatchStream
+from .watch import WatchStream
 
 JSON = "application/json"
 SERIALIZED_CACHE_SIZE = 50_000
 PATCH_RETRIES = 5
-LOG_POLL_SECONDS = 0.2
 RESOURCE_VERSION_WAIT_SECONDS = 3.0   # how long the watch cache waits for a version it has not seen yet
 # Delete answers with the object for these (upstream's ReturnDeletedObject), a Status for the rest.
 RETURNS_DELETED_OBJECT = {"pods", "services", "namespaces"}
@@ -134,16 +135,6 @@ def _optional_int(value, name: str) -> int | None:
     if isinstance(value, str) and value.lstrip("-").isdigit():
         return int(value)
     raise errors.bad_request(f"{name}: invalid value {value!r}: must be an integer")
-
-
-def _container_terminated(pod: dict, container: str) -> bool:
-    """Whether ``container`` has stopped for good (a follow ends with its container, as the kubelet's does)."""
-    status = pod.get("status") or {}
-    if status.get("phase") in ("Succeeded", "Failed"):
-        return True
-    statuses = (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
-    state = next((cs.get("state") or {} for cs in statuses if cs.get("name") == container), {})
-    return "terminated" in state
 
 
 class ResourceHandlers:
@@ -565,7 +556,18 @@ class ResourceHandlers:
                 "spec": {"replicas": obj.get("spec", {}).get("replicas", 0)},
                 "status": {"replicas": (obj.get("status") or {}).get("replicas", 0), "selector": ",".join(terms)}}
 
-    def _log_target(self, request: Request) -> tuple[dict, str]:
+    def _log_target(self, request: Request) -> tuple[dict, str, LogOptions]:
+        """The pod, the container and the options of a pods/log request, checked as the API server does."""
+        try:
+            options = LogOptions.from_query(request.query)
+        except ValueError as error:
+            field, _, message = str(error).partition(": ")
+            raise errors.invalid("PodLogOptions", request.route.name, [{
+                "reason": "FieldValueInvalid", "message": message, "field": field}]) from None
+        return (*self._pod_container(request), options)
+
+    def _pod_container(self, request: Request) -> tuple[dict, str]:
+        """The pod and the container a pods/log or pods/exec request names (the only one when it names none)."""
         route = request.route
         pod = self.store.get(PODS, route.namespace, route.name)
         containers = [c["name"] for c in pod["spec"].get("containers") or []]
@@ -579,68 +581,38 @@ class ResourceHandlers:
             container = containers[0]
         elif container not in containers + init:
             raise errors.bad_request(f"container {container} is not valid for pod {route.name}")
-        status = pod.get("status") or {}
-        statuses = (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
-        current = next((cs for cs in statuses if isinstance(cs, dict) and cs.get("name") == container), {})
-        state = current.get("state") or {}
-        if not ({"running", "terminated"} & set(state) or current.get("lastState")):
-            # what the kubelet answers before the container ever ran
-            reason = (state.get("waiting") or {}).get("reason") or "ContainerCreating"
-            raise errors.bad_request(f'container "{container}" in pod "{route.name}" is waiting to start: {reason}')
         return pod, container
 
-    @staticmethod
-    def _tail_lines(request: Request) -> int | None:
-        return _optional_int(request.query.get("tailLines"), "tailLines")
-
-    def _read_logs(self, pod: dict, container: str, tail: int | None) -> str:
-        if self.runtime is None:
-            return ""
-        return self.runtime.logs(pod["metadata"]["uid"], container, tail) or ""
+    def _log_lines(self, request: Request):
+        """Checks the request now (the kubelet's answer for a container without that log is a 400); returns the
+        lines read_log gives."""
+        pod, container, options = self._log_target(request)
+        if not pod["spec"].get("nodeName"):   # the API server's empty location: not scheduled, no log yet
+            return iter(())
+        try:
+            instance = instance_of(log_container_id(pod, container, options.previous))
+        except LogUnavailable as error:
+            raise errors.bad_request(str(error)) from None
+        uid = pod["metadata"]["uid"]
+        if self.runtime is None or instance is None:
+            return iter(())
+        return read_log(self.runtime.log_path(uid, container, instance), options,
+                        lambda: self.runtime.running(uid, container, instance))
 
     def log(self, request: Request) -> Response:
-        pod, container = self._log_target(request)
-        body = self._read_logs(pod, container, self._tail_lines(request)).encode()
-        limit = _optional_int(request.query.get("limitBytes"), "limitBytes")
-        return Response(200, body[:limit] if limit is not None else body, "text/plain")
+        return Response(200, b"".join(self._log_lines(request)), "text/plain")
 
     def follow_logs(self, request: Request):
-        """Checks the request now; returns the streamer, which sends new log output until the pod is gone
-        or stops running, or the client leaves."""
-        pod, container = self._log_target(request)
-        first = self._read_logs(pod, container, self._tail_lines(request))
-        limit = _optional_int(request.query.get("limitBytes"), "limitBytes")
-
-        def stream(http) -> None:
-            http.send_response(200)
-            http.send_header("Content-Type", "text/plain")
-            http.send_header("Transfer-Encoding", "chunked")
-            http.end_headers()
-            total = len(self._read_logs(pod, container, None))
-            body = ChunkedBody(http.wfile, limit)
-            try:
-                more = body.send(first.encode())
-                while more:
-                    time.sleep(LOG_POLL_SECONDS)
-                    current = self.store.find(PODS, pod["metadata"].get("namespace"), pod["metadata"]["name"])
-                    text = self._read_logs(pod, container, None)
-                    if len(text) > total:
-                        more = body.send(text[total:].encode())
-                        total = len(text)
-                    if current is None or current["metadata"]["uid"] != pod["metadata"]["uid"] or \
-                            _container_terminated(current, container):
-                        break
-                body.end()
-            except OSError:
-                http.close_connection = True
-        return stream
+        """Checks the request now; returns the streamer, which sends new log lines while the container runs."""
+        lines = self._log_lines(request)
+        return lambda http: serve_log(http, lines)
 
     def exec_session(self, request: Request, query: dict):
         """Checks the request now (the pod, its container running here); returns what upgrades the connection
         to a WebSocket exec session (kubesim.kubeletapi.serve_exec, the kubelet API's own)."""
         from ..kubeletapi import serve_exec
 
-        pod, container = self._log_target(request)
+        pod, container = self._pod_container(request)
         supervisor = getattr(self.runtime, "find_pod", lambda *_: None)(pod["metadata"]["namespace"],
                                                                          pod["metadata"]["name"])
         if supervisor is None or not supervisor.running(container):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .. import errors
 from ..addresses import pod_cidr
 from ..resources import LEASES, NODES, PODS, PVCS, PVS
-from ..runtime import PodSandbox, restart_after_exit
+from ..runtime import PodSandbox, container_id, restart_after_exit
 from ..store import Event, now_rfc3339
 from .base import Context, Controller, log
 from .pods import is_finished, set_condition
@@ -585,11 +585,13 @@ class Kubelet(Controller):
                 out.append(cs)
                 continue
             cs["imageID"] = runtime_cs.image_id or f"kubesim://{c.get('image', '')}"
-            cs["containerID"] = f"kubesim://{record.uid[:8]}-{name}-{runtime_cs.restart_count}"
+            cs["containerID"] = container_id(record.uid, name, runtime_cs.instance)
             cs["restartCount"] = runtime_cs.restart_count
             started_at, started_mono = record.started.get(name, (now_rfc3339(), now))
             prev_terminated = previous.get(name, {}).get("lastState")
-            if prev_terminated:
+            if runtime_cs.last_terminated:   # the runtime's word: a restart faster than a status write has one too
+                cs["lastState"] = {"terminated": dict(runtime_cs.last_terminated)}
+            elif prev_terminated:
                 cs["lastState"] = prev_terminated
             if runtime_cs.running:
                 delay = (c.get("readinessProbe") or {}).get("initialDelaySeconds", 0)

@@ -38,6 +38,14 @@ def spawn(argv: list[str], env: dict[str, str], log_path: str, cwd: str | None =
                                 preexec_fn=lambda: die_with_parent(parent_pid))
 
 
+def spawn_piped(argv: list[str], env: dict[str, str], cwd: str | None = None) -> subprocess.Popen:
+    """Start argv in its own session with stdout and stderr on pipes of their own (a container's, for its log)."""
+    parent_pid = os.getpid()
+    return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                            preexec_fn=lambda: die_with_parent(parent_pid))
+
+
 def run(argv: list[str], env: dict[str, str], timeout: float) -> int:
     """Run a short command (exec probes) to completion; -1 when it timed out."""
     parent_pid = os.getpid()

@@ -7,6 +7,7 @@ from that thread, which lives exactly as long as they may (see processes.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -25,8 +26,9 @@ from pathlib import Path
 
 from .. import resources
 from ..config import ClusterConfig
-from ..runtime import ContainerStatus, PodSandbox, restart_after_exit
-from ..store import Store
+from ..containerlogs import DRAIN_SECONDS, LOG_PUMP, LogOptions, LogSink, read_log
+from ..runtime import ContainerStatus, PodSandbox, container_id, restart_after_exit
+from ..store import Store, now_rfc3339
 from . import env as container_env
 from . import processes, sandbox, volumes as pod_volumes
 from .images import ImageEntry, ImageTable
@@ -84,11 +86,14 @@ class ContainerRun:
     target: ProbeTarget | None = None
     start_at: float = 0.0               # monotonic time of the next (re)start
     started_at: float = 0.0
+    started_stamp: str = ""             # the same, RFC 3339, for the status
     crashes: int = 0
     env: dict | None = None             # the container's own env (from its spec) as last launched
     sandbox_view: SandboxView | None = None
     sandboxed: bool = False             # its process is a sandbox an exec enters
     init: bool = False                  # an init container (runs to completion before the others)
+    instance: int = -1                  # the latest start of it (0, 1, ...): its log file and containerID
+    log: LogSink | None = None          # where that instance's output goes
     done: bool = False                  # an init container that completed (a sidecar: that started)
 
     @property
@@ -141,12 +146,8 @@ class ProcessRuntime:
                 self._pods.pop(pod_uid, None)
 
     def logs(self, pod_uid: str, container: str, tail_lines: int | None = None) -> str:
-        try:
-            with open(self.log_path(pod_uid, container), errors="replace") as f:
-                lines = f.readlines()
-        except FileNotFoundError:
-            return ""
-        return "".join(lines[-tail_lines:] if tail_lines else lines)
+        lines = read_log(self.log_path(pod_uid, container), LogOptions(tail=tail_lines or None))
+        return b"".join(lines).decode(errors="replace")
 
     def close(self) -> None:
         with self._lock:
@@ -171,8 +172,20 @@ class ProcessRuntime:
             return next((s for s in self._pods.values() if s.pod["metadata"]["namespace"] == namespace
                          and s.pod["metadata"]["name"] == name), None)
 
-    def log_path(self, pod_uid: str, container: str) -> str:
-        return os.path.join(self.volumes.pod_dir(pod_uid), "logs", f"{container}.log")
+    def log_path(self, pod_uid: str, container: str, instance: int | None = None) -> str | None:
+        """logs/<container>/<instance>.log in the pod's directory, CRI lines (kubesim/containerlogs.py); the
+        latest instance's when ``instance`` is None; None when there is none."""
+        directory = os.path.join(self.volumes.pod_dir(pod_uid), "logs", container)
+        if instance is None:
+            try:
+                instance = max(int(n.split(".")[0]) for n in os.listdir(directory) if n.endswith(".log"))
+            except (FileNotFoundError, ValueError):
+                return None
+        return os.path.join(directory, f"{instance}.log")
+
+    def running(self, pod_uid: str, container: str, instance: int) -> bool:
+        supervisor = self._pods.get(pod_uid)
+        return supervisor is not None and supervisor.running(container, instance)
 
     def postgres_user(self, pgdata: str) -> str | None:
         """As root: the system user PostgreSQL runs as, able to reach pgdata and the binaries.
@@ -237,7 +250,6 @@ class PodSupervisor(threading.Thread):
 
     # ---- the supervisor thread ------------------------------------------------------------------
     def run(self) -> None:
-        os.makedirs(os.path.dirname(self.runtime.log_path(self.uid, "x")), exist_ok=True)
         try:
             while not self._stopping.is_set():
                 if self._volume_paths is None and not self._setup_volumes():
@@ -318,25 +330,33 @@ class PodSupervisor(threading.Thread):
             self._update(run, running=False, ready=False, reason="CreateContainerConfigError", message=str(error))
             run.start_at = now + RETRY_SECONDS
             return
-        log_path = self.runtime.log_path(self.uid, run.spec["name"])
-        run.proc = processes.spawn(run.launch.argv, run.launch.env, log_path, run.launch.cwd)
-        run.started_at = now
+        run.instance += 1
+        log_path = self.runtime.log_path(self.uid, run.spec["name"], run.instance)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        # the kubelet keeps the log of the previous instance (`kubectl logs --previous`), not older ones
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.runtime.log_path(self.uid, run.spec["name"], run.instance - 2))
+        run.proc = processes.spawn_piped(run.launch.argv, run.launch.env, run.launch.cwd)
+        run.log = LOG_PUMP.attach(run.proc.stdout, run.proc.stderr, log_path)
+        run.started_at, run.started_stamp = now, now_rfc3339()
         run.probes = {kind: Prober(run.spec[f"{kind}Probe"], now) for kind in PROBE_KINDS
                       if run.spec.get(f"{kind}Probe")}
         log.info("pod %s/%s container %s: started %s (pid %d)", self.pod["metadata"]["namespace"],
                  self.pod["metadata"]["name"], run.spec["name"], run.entry.run, run.proc.pid)
         if run.sidecar:
             run.done = True
-        self._update(run, running=True, ready=self._ready(run), exit_code=None, reason=None, message=None)
+        self._update(run, running=True, ready=self._ready(run), exit_code=None, reason=None, message=None,
+                     instance=run.instance)
 
     def _exited(self, run: ContainerRun, exit_code: int, now: float) -> None:
+        run.log.drained.wait(DRAIN_SECONDS)   # its last lines are in its log before anyone sees it ended
         self._cleanup(run)
         run.proc = None
         restart = restart_after_exit(run.spec, self.pod["spec"].get("restartPolicy", "Always"), exit_code, run.init)
         reason = "Completed" if exit_code == 0 else "Error"
         if run.init and not run.sidecar and exit_code == 0:
             run.done = True
-        if not restart:
+        if not restart:   # this instance stays the current one; the one before it stays the last terminated
             self._update(run, running=False, ready=False, exit_code=exit_code, reason=reason, message=None)
             run.start_at = float("inf")
             return
@@ -345,7 +365,9 @@ class PodSupervisor(threading.Thread):
         delay = BACKOFF_SECONDS[min(run.crashes, len(BACKOFF_SECONDS) - 1)]
         run.crashes += 1
         run.start_at = now + delay
-        self._update(run, running=False, ready=False, exit_code=exit_code,
+        last = {"exitCode": exit_code, "reason": reason, "startedAt": run.started_stamp, "finishedAt": now_rfc3339(),
+                "containerID": container_id(self.uid, run.spec["name"], run.instance)}
+        self._update(run, running=False, ready=False, exit_code=exit_code, last_terminated=last,
                      restart_count=run.status.restart_count + 1,
                      reason="CrashLoopBackOff" if delay else reason,
                      message=f"back-off {delay:g}s restarting failed container={run.spec['name']} "
@@ -369,6 +391,7 @@ class PodSupervisor(threading.Thread):
             time.sleep(pre_stop)
         processes.stop([(run.proc, run.launch.stop_signal) for run in running], grace - pre_stop)
         for run in running:
+            run.log.drained.wait(DRAIN_SECONDS)
             self._cleanup(run)
             self._update(run, running=False, ready=False, exit_code=run.proc.returncode, reason="Completed"
                          if run.proc.returncode == 0 else "Error")
@@ -470,9 +493,11 @@ class PodSupervisor(threading.Thread):
     def container_names(self) -> list[str]:
         return [c.spec["name"] for c in self._init + self._containers]
 
-    def running(self, container: str) -> bool:
+    def running(self, container: str, instance: int | None = None) -> bool:
+        """Whether the container runs now (and it is that instance of it)."""
         run = self._run_of(container)
-        return bool(run and run.proc is not None and run.proc.poll() is None)
+        return bool(run and run.proc is not None and run.proc.poll() is None
+                    and instance in (None, run.instance))
 
     def _launch_responder(self, run, env, placeholders, ports) -> Launch:
         addresses = ["%s:%d" % self.runtime.network.local(self.pod_ip, p) for p in ports]

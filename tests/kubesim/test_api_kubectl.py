@@ -197,15 +197,23 @@ def test_drain_evicts_through_the_eviction_subresource(api):
     assert [(r["verb"], r["name"], r["status"]) for r in evictions] == [("create", "quick", 201)]
 
 
-def test_logs_follow_until_the_pod_finishes(api):
+def test_logs_follow_until_the_pod_finishes(api, tmp_path):
+    log = tmp_path / "c.log"
+    log.write_text("2026-01-01T00:00:00.000000000Z stdout F started\n2026-01-01T00:00:01.000000000Z stdout F finished\n")
+
     class Runtime:
-        def logs(self, pod_uid, container, tail_lines=None):
-            return "started\nfinished\n"
+        def log_path(self, pod_uid, container, instance=None):
+            return str(log)
+
+        def running(self, pod_uid, container, instance):
+            return False
 
     api.server.runtime = Runtime()
     api.kubectl("create", "-f", "-", input=pod_on("job", "node1"))
     api.store.mutate(PODS, "default", "job", lambda pod: pod["status"].update(
         phase="Succeeded", containerStatuses=[{"name": "c", "ready": False, "restartCount": 0, "image": "busybox",
-                                               "imageID": "", "state": {"terminated": {"exitCode": 0}}}]),
+                                               "imageID": "", "containerID": "kubesim://0123abcd-c-0",
+                                               "state": {"terminated": {"exitCode": 0,
+                                                                        "containerID": "kubesim://0123abcd-c-0"}}}]),
                     subresource="status")
     assert api.kubectl("logs", "-f", "job").stdout == "started\nfinished\n"

@@ -80,24 +80,53 @@ def test_eviction_respects_disruption_budgets(api, client):
     assert api.store.find(PODS, "default", "b") is not None
 
 
-def test_logs_come_from_the_runtime(api, client):
+def test_logs_come_from_the_runtime(api, client, tmp_path):
+    """pods/log picks the instance the pod's status names (the kubelet's rules: --previous, a container waiting to
+    start) and reads its CRI log with the options; the kubelet's words for a missing log come back as 400s."""
     class Runtime(SimulatedRuntime):
-        def logs(self, pod_uid, container, tail_lines=None):
-            lines = [f"{container} line {i}" for i in range(5)]
-            return "\n".join(lines[-tail_lines:] if tail_lines else lines) + "\n"
+        def log_path(self, pod_uid, container, instance=None):
+            return str(tmp_path / f"{container}-{instance}.log")
 
+    stamps = [f"2026-01-01T00:00:0{i}.000000000Z" for i in range(5)]
+    (tmp_path / "app-0.log").write_text("".join(f"{stamps[i]} stdout F app line {i}\n" for i in range(4))
+                                        + f"{stamps[4]} stderr P no newline\n")
+    (tmp_path / "app-1.log").write_text(f"{stamps[4]} stdout F restarted\n")
     api.server.runtime = Runtime()
     core = k8s.CoreV1Api(client)
     core.create_namespaced_pod("default", manifest("pods", "p"))
-    with pytest.raises(ApiException) as waiting:
-        core.read_namespaced_pod_log("p", "default")
-    assert waiting.value.status == 400 and "is waiting to start: ContainerCreating" in waiting.value.body
-    core.patch_namespaced_pod_status("p", "default", {"status": {"containerStatuses": [
-        {"name": "app", "image": "nginx:1.27", "imageID": "", "ready": True, "restartCount": 0,
-         "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}})
+    unscheduled = core.read_namespaced_pod_log("p", "default", _preload_content=False)
+    assert unscheduled.status == 200 and unscheduled.data == b""   # no node yet: an empty log, as upstream
+    core.create_namespaced_pod_binding("p", "default", {"metadata": {"name": "p"},
+                                                        "target": {"kind": "Node", "name": "node1"}},
+                                     _preload_content=False)   # the answer is a Status the client cannot model
+
+    def container_status(**status):
+        core.patch_namespaced_pod_status("p", "default", {"status": {"containerStatuses": [
+            {"name": "app", "image": "nginx:1.27", "imageID": "", "ready": True, "restartCount": 0, **status}]}})
+
+    def refused(**options) -> tuple[int, str]:
+        with pytest.raises(ApiException) as error:
+            core.read_namespaced_pod_log("p", "default", **options)
+        return error.value.status, json.loads(error.value.body)["message"]
+
+    container_status(state={"waiting": {"reason": "ContainerCreating"}})
+    assert refused() == (400, 'container "app" in pod "p" is waiting to start: ContainerCreating')
+    running = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+    container_status(state=running, containerID="kubesim://abc-app-0")
+    assert refused(previous=True) == (400, 'previous terminated container "app" in pod "p" not found')
     response = core.read_namespaced_pod_log("p", "default", tail_lines=2, _preload_content=False)
-    assert response.data == b"app line 3\napp line 4\n" and response.headers["Content-Type"] == "text/plain"
-    assert api.kubectl("logs", "p").stdout.splitlines()[0] == "app line 0"
+    assert response.data == b"app line 3\nno newline" and response.headers["Content-Type"] == "text/plain"
+    first = f"{stamps[0]} app line 0\n"
+    stamped = core.read_namespaced_pod_log("p", "default", timestamps=True, limit_bytes=len(first) + 33,
+                                           _preload_content=False)
+    assert stamped.data.decode() == f"{first}{stamps[1]} ap"   # limitBytes counts the timestamps
+    assert api.kubectl("logs", "p", "--since-time=2026-01-01T00:00:03Z").stdout == "app line 3\nno newline"
+    assert refused(tail_lines=-1) == (422, 'PodLogOptions "p" is invalid: tailLines: Invalid value: -1: must be '
+                                           'greater than or equal to 0')
+    container_status(state=running, containerID="kubesim://abc-app-1", restartCount=1, lastState={"terminated": {
+        "exitCode": 1, "reason": "Error", "containerID": "kubesim://abc-app-0"}})
+    assert api.kubectl("logs", "p").stdout == "restarted\n"
+    assert api.kubectl("logs", "p", "--previous", "--tail=1").stdout == "no newline"
 
 
 def test_server_side_apply_with_the_client(api, client):

@@ -58,7 +58,8 @@ def test_responder_pod_starts_probes_and_stops(plane):
     answer = json.load(urllib.request.urlopen("http://127.0.50.1:8080/hello", timeout=5))
     assert answer == {"pod": "web-a", "node": "node1", "image": "registry.example/shop/web:1.2", "path": "/hello",
                       "simulated": True}
-    assert "GET /hello" in dataplane.runtime.logs(uid, "web")
+    # the runtime copies a container's output into its log on a thread of its own, as containerd does
+    wait_for(lambda: "GET /hello" in dataplane.runtime.logs(uid, "web"), what="the request in the log")
     processes = pod_processes(uid)
     assert alive_in(processes)
 

@@ -99,6 +99,12 @@ def test_exec_and_logs_on_kubesims_own_api_server(cluster, tmp_path):
     check_exec_and_logs(kubectl_runner(cluster.kubeconfig_path, str(tmp_path)), cluster.kubeconfig_path)
 
 
+def test_log_options_on_kubesims_own_api_server(cluster, tmp_path):
+    from kubectl_support import check_log_options, kubectl_runner
+
+    check_log_options(kubectl_runner(cluster.kubeconfig_path, str(tmp_path)))
+
+
 def test_exec_into_postgres_reaches_the_server_over_its_local_socket(cluster):
     """As in the official image: `psql -U postgres` in the container connects over the unix socket, trusted."""
     db = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "namespace": "default"},

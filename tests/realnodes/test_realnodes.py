@@ -353,3 +353,11 @@ def test_exec_and_logs_reach_kubesims_kubelet_api_through_the_real_api_server(re
     assert all(n["status"]["declaredFeatures"] == ["ExtendWebSocketsToKubelet"] for n in nodes)
     assert all(n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] != 10250 for n in nodes)
     check_exec_and_logs(kubectl, real_cluster.kubeconfig_path)
+
+
+def test_log_options_through_the_real_api_server(kubectl):
+    """The API server proxies pods/log with its options to the node's kubelet API, which picks the instance and
+    reads its CRI log like the kubelet (kubesim/containerlogs.py)."""
+    from kubectl_support import check_log_options
+
+    check_log_options(kubectl)
