@@ -21,7 +21,9 @@ nothing persisted; the diffs are in their logs).
 
 Example conf: `{"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
 "node_label": {"demo": "node1"}, "external_ip": "10.192.0.1", "port": 8080}`.
-In the trigger form, type JSON objects with double quotes, as here; the editor may reformat them.
+In the trigger form, paste JSON objects with double quotes, as here, into their editors, or paste the whole conf
+under Advanced Options → Configuration JSON: typed in, they come out mangled (the editor closes each quote and
+brace as you type it, so typed closing ones end up doubled).
 Then move it with **migrate_app**.
 """
 from airflow.sdk import DAG

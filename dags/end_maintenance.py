@@ -10,7 +10,9 @@ Bring back the nodes **node_maintenance** emptied (label `maintenance_label`, de
 4. **unlabel** — remove the `maintenance_label` keys.
 
 Example conf: `{"maintenance_label": {"maintenance": "ready"}}`.
-In the trigger form, type JSON objects with double quotes, as here; the editor may reformat them.
+In the trigger form, paste JSON objects with double quotes, as here, into their editors, or paste the whole conf
+under Advanced Options → Configuration JSON: typed in, they come out mangled (the editor closes each quote and
+brace as you type it, so typed closing ones end up doubled).
 """
 from airflow.sdk import DAG, chain
 

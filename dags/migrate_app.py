@@ -27,7 +27,9 @@ With `dry_run`, **move** only asks the API server what it would change (dryRun=A
 no probe is started, and the report's outcome is `dry_run` with the planned changes.
 
 Example conf: `{"node_label": {"demo": "node2"}}` (add `"dry_run": true` to only see what would change).
-In the trigger form, type JSON objects with double quotes, as here; the editor may reformat them.
+In the trigger form, paste JSON objects with double quotes, as here, into their editors, or paste the whole conf
+under Advanced Options → Configuration JSON: typed in, they come out mangled (the editor closes each quote and
+brace as you type it, so typed closing ones end up doubled).
 """
 from airflow.sdk import DAG
 

@@ -31,7 +31,9 @@ A failed run leaves the nodes cordoned and labelled `maintenance=scheduled`: bri
 **end_maintenance** and `{"maintenance_label": {"maintenance": "scheduled"}}`.
 
 Bring the nodes back with **end_maintenance**. Example conf: `{"target_selector": {"demo": "node2"}, "dry_run": true}`.
-In the trigger form, type JSON objects with double quotes, as here; the editor may reformat them.
+In the trigger form, paste JSON objects with double quotes, as here, into their editors, or paste the whole conf
+under Advanced Options → Configuration JSON: typed in, they come out mangled (the editor closes each quote and
+brace as you type it, so typed closing ones end up doubled).
 """
 import os
 

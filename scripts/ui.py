@@ -8,6 +8,8 @@ The login is the simple auth manager's user ``admin`` with the password it gener
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import shutil
 import signal
 import sys
@@ -21,6 +23,17 @@ from scripts.demo import free_port
 
 DAG_IDS = ("deploy_app", "migrate_app", "node_maintenance", "end_maintenance")
 USER = "admin"
+
+
+def write_cli_env(path: Path, env: dict[str, str]) -> Path:
+    """A shell file that points `airflow` (this venv's) at this stack: its AIRFLOW_HOME, metadata DB, DAGs and
+    connection, i.e. the variables the stack sets beyond this process's environment."""
+    lines = [f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\""]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())
+              if os.environ.get(name) != value and name != "PATH"]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)   # it holds the stack's JWT secret
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
                                 extra={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin"})
             try:
                 user, password = stack.login()
+                cli_env = write_cli_env(work / "airflow.env", stack.env)
                 print(f"\nAirflow UI   http://127.0.0.1:{stack.port}/\n"
                       f"Login        {user} / {password}\n"
                       f"kubectl      kubectl --kubeconfig {cluster.kubeconfig_path} get nodes,pods -o wide\n"
+                      f"CLI          . {cli_env} && airflow dags list\n"
                       f"Try          deploy_app with {{\"node_label\": {{\"demo\": \"node1\"}}}}, then migrate_app "
                       f"with {{\"node_label\": {{\"demo\": \"node2\"}}}}\n"
                       "Ctrl-C stops everything.\n", flush=True)

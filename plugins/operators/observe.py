@@ -182,6 +182,7 @@ class MigrationReport(KubernetesOperator):
         for line in summary_lines(report):
             self.log.info(line)
         if report["outcome"] not in ("moved", "deployed", "unchanged", "dry_run"):   # disrupted, data_lost, ...
+            ti.xcom_push(key="return_value", value=report)   # the run's Migration report tab shows a failure too
             raise AirflowFailException(f"Migration {report['outcome']}: {report['reason']}")
         return report
 
@@ -243,6 +244,7 @@ class MaintenanceReport(KubernetesOperator):
         report["report_file"] = write_report(report, ti.dag_id, run_id, report_storage())
         self.log.info("Maintenance %s; releases: %s", report["outcome"], json.dumps(releases, default=str)[:4000])
         if failed or unproven:
+            ti.xcom_push(key="return_value", value=report)   # the run's Migration report tab shows a failure too
             raise AirflowFailException(f"Maintenance failed: {report['reason']}; releases: " + "; ".join(
                 f"{ref} {r.get('outcome')}" + (f" ({r['reason']})" if r.get("reason") else "")
                 for ref, r in releases.items()))
