@@ -22,8 +22,8 @@ nothing persisted; the diffs are in their logs).
 Example conf: `{"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
 "node_label": {"demo": "node1"}, "external_ip": "10.192.0.1", "port": 8080}`.
 In the trigger form, paste JSON objects with double quotes, as here, into their editors, or paste the whole conf
-under Advanced Options → Configuration JSON: typed in, they come out mangled (the editor closes each quote and
-brace as you type it, so typed closing ones end up doubled).
+under Advanced Options → Configuration JSON: typed in, JSON comes out mangled (the editor inserts a closing
+quote or brace for each opening one you type).
 Then move it with **migrate_app**.
 """
 from airflow.sdk import DAG

@@ -11,8 +11,8 @@ Bring back the nodes **node_maintenance** emptied (label `maintenance_label`, de
 
 Example conf: `{"maintenance_label": {"maintenance": "ready"}}`.
 In the trigger form, paste JSON objects with double quotes, as here, into their editors, or paste the whole conf
-under Advanced Options → Configuration JSON: typed in, they come out mangled (the editor closes each quote and
-brace as you type it, so typed closing ones end up doubled).
+under Advanced Options → Configuration JSON: typed in, JSON comes out mangled (the editor inserts a closing
+quote or brace for each opening one you type).
 """
 from airflow.sdk import DAG, chain
 

@@ -28,8 +28,8 @@ no probe is started, and the report's outcome is `dry_run` with the planned chan
 
 Example conf: `{"node_label": {"demo": "node2"}}` (add `"dry_run": true` to only see what would change).
 In the trigger form, paste JSON objects with double quotes, as here, into their editors, or paste the whole conf
-under Advanced Options → Configuration JSON: typed in, they come out mangled (the editor closes each quote and
-brace as you type it, so typed closing ones end up doubled).
+under Advanced Options → Configuration JSON: typed in, JSON comes out mangled (the editor inserts a closing
+quote or brace for each opening one you type).
 """
 from airflow.sdk import DAG
 

@@ -32,8 +32,8 @@ A failed run leaves the nodes cordoned and labelled `maintenance=scheduled`: bri
 
 Bring the nodes back with **end_maintenance**. Example conf: `{"target_selector": {"demo": "node2"}, "dry_run": true}`.
 In the trigger form, paste JSON objects with double quotes, as here, into their editors, or paste the whole conf
-under Advanced Options → Configuration JSON: typed in, they come out mangled (the editor closes each quote and
-brace as you type it, so typed closing ones end up doubled).
+under Advanced Options → Configuration JSON: typed in, JSON comes out mangled (the editor inserts a closing
+quote or brace for each opening one you type).
 """
 import os
 

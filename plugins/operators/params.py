@@ -4,7 +4,7 @@ from __future__ import annotations
 from airflow.sdk import Param
 
 JSON_HINT = ('Enter a JSON object, e.g. {"demo": "node2"}: keys and string values in double quotes. Paste it: '
-             'typed, the editor closes quotes and braces as you type, doubling the ones you close.')
+             'typed, it comes out mangled (the editor inserts a closing quote or brace for each opening one).')
 
 
 def form_schema(name: str, schema: dict) -> dict:

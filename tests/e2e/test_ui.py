@@ -149,9 +149,10 @@ def set_run_id(form, run_id: str) -> None:
     form.locator("input[name=dagRunId]").fill(run_id)
 
 
-def trigger(form) -> None:
+def trigger(page, form, dag_id: str, run_id: str) -> None:
+    """Click Trigger: Airflow accepts the run, closes the form and opens the run's page."""
     form.get_by_role("button", name="Trigger").click()
-    form.wait_for(state="hidden", timeout=30_000)   # the form closes once Airflow accepted the run
+    page.wait_for_url(re.compile(rf"/dags/{dag_id}/runs/{run_id}$"), timeout=30_000)
 
 
 def open_report_tab(page, url: str, dag_id: str, run_id: str):
@@ -201,7 +202,7 @@ def test_deploy_and_migrate_from_the_trigger_form(ui, browser_page):
     page.screenshot(path=str(artifact("trigger-form-deploy_app.png")))
     set_run_id(form, deploy_run)   # Advanced Options: opening it folds the params away
     page.screenshot(path=str(artifact("trigger-form-deploy_app-advanced.png")))
-    trigger(form)
+    trigger(page, form, "deploy_app", deploy_run)
     assert ui.wait_for("deploy_app", deploy_run) == "success"
     run = ui.get(f"dags/deploy_app/dagRuns/{deploy_run}")
     assert (run["conf"]["node_label"], run["conf"]["external_ip"]) == ({"demo": "node1"}, external_ip), run["conf"]
@@ -209,8 +210,9 @@ def test_deploy_and_migrate_from_the_trigger_form(ui, browser_page):
     form = open_trigger_form(page, ui.url, "migrate_app")
     paste_json(page, form.locator("#element_node_label"), '{"demo": "node2"}')
     set_run_id(form, migrate_run)
-    trigger(form)
+    trigger(page, form, "migrate_app", migrate_run)
     assert ui.wait_for("migrate_app", migrate_run) == "success"
+    page.get_by_text("Success", exact=True).first.wait_for(timeout=30_000)   # the open run page follows by itself
     assert ui.get(f"dags/migrate_app/dagRuns/{migrate_run}")["conf"]["node_label"] == {"demo": "node2"}
 
     stored = ui.get(f"dags/migrate_app/dagRuns/{migrate_run}/taskInstances/report/xcomEntries/return_value")["value"]
@@ -271,7 +273,7 @@ def test_bad_input_in_the_form_is_refused_naming_the_field(ui, browser_page):
     form.locator("#element_external_ip").fill("127.0.0.1")
     port.fill("8080")
     set_run_id(form, refused_run)
-    trigger(form)
+    trigger(page, form, "deploy_app", refused_run)
     assert ui.wait_for("deploy_app", refused_run) == "failed"
     states = {t["task_id"]: t["state"] for t in
               ui.get(f"dags/deploy_app/dagRuns/{refused_run}/taskInstances")["task_instances"]}
