@@ -127,7 +127,7 @@ class MoveReleases(RolloutWaitOperator):
         from k8smove import K8sMoveError
         from k8smove.engine import commit, release_ref
 
-        outcomes = dict(outcomes or {})
+        outcomes = dict(self.carried(event, "outcomes", outcomes) or {})
         plans = {release_ref(p["namespace"], p["release"]): p for p in self.plans}
         holder = holder_of(context)
 

@@ -47,7 +47,7 @@ class RollbackReleases(RolloutWaitOperator):
     def execute_complete(self, context, event: dict, outcomes: dict | None = None):
         from k8smove.engine import finish_rollback, release_ref
 
-        outcomes = outcomes or {}
+        outcomes = dict(self.carried(event, "outcomes", outcomes) or {})
         stuck = {release_ref(g["namespace"], g["release"]): self.not_complete(g)
                  for g in event["groups"] if g["status"] != "success"}
         for ref, outcome in outcomes.items():

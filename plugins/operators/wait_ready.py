@@ -25,8 +25,14 @@ class RolloutWaitOperator(KubernetesOperator):
         args = {"kubernetes_conn_id": self.kubernetes_conn_id, "groups": groups,
                 "deadline": time.time() + int(self.timeout_seconds)}
         if self.deferrable:
-            self.defer(trigger=WaitReadyTrigger(**args), method_name=method_name, kwargs=kwargs)
+            self.defer(trigger=WaitReadyTrigger(**args, carry=kwargs), method_name=method_name, kwargs=kwargs)
         return getattr(self, method_name)(context, asyncio.run(wait_until_ready(**args)), **(kwargs or {}))
+
+    @staticmethod
+    def carried(event: dict, name: str, given):
+        """A resumed method's kwarg ``name``: as Airflow passed it, else as the trigger's event carried it
+        (`airflow dags test` resumes a deferred task with the event alone)."""
+        return given if given is not None else (event.get("carry") or {}).get(name)
 
     def not_complete(self, group: dict) -> str:
         """Why one group's rollout is not complete, in the cluster's words."""

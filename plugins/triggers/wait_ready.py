@@ -31,17 +31,22 @@ class WaitReadyTrigger(BaseTrigger):
     :param groups: [{namespace, release (None: every workload of the namespace), workloads: [{kind, name,
         node_selector, avoid_nodes?}]}], one per release or namespace, all waited for in one deferral
     :param deadline: epoch seconds (absolute, so a triggerer restart does not extend the wait)
+    :param carry: the resumed method's kwargs, echoed in the event as ``carry``: `airflow dags test` resumes a
+        deferred task with the event alone, dropping the kwargs given to defer()
     """
 
-    def __init__(self, kubernetes_conn_id: str, groups: list[dict], deadline: float) -> None:
+    def __init__(self, kubernetes_conn_id: str, groups: list[dict], deadline: float, carry: dict | None = None) -> None:
         super().__init__()
         self.kubernetes_conn_id = kubernetes_conn_id
         self.groups = groups
         self.deadline = deadline
+        self.carry = carry
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("triggers.wait_ready.WaitReadyTrigger", {
-            "kubernetes_conn_id": self.kubernetes_conn_id, "groups": self.groups, "deadline": self.deadline})
+            "kubernetes_conn_id": self.kubernetes_conn_id, "groups": self.groups, "deadline": self.deadline,
+            **({"carry": self.carry} if self.carry else {})})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        yield TriggerEvent(await wait_until_ready(**self.serialize()[1]))
+        event = await wait_until_ready(self.kubernetes_conn_id, self.groups, self.deadline)
+        yield TriggerEvent({**event, "carry": self.carry} if self.carry else event)
