@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"CLI          . {cli_env} && airflow dags list\n"
                       f"Try          deploy_app with {{\"node_label\": {{\"demo\": \"node1\"}}}}, then migrate_app "
                       f"with {{\"node_label\": {{\"demo\": \"node2\"}}}}\n"
+                      "             (paste JSON into the form's editors: typed in, it comes out mangled)\n"
                       "Ctrl-C stops everything.\n", flush=True)
                 while not stop.wait(2):
                     stack.check_alive()

@@ -310,6 +310,11 @@ def test_airflow_cli_json_output_parses(ui):
     loud = airflow("dags", "trigger", "migrate_app", "--conf", json.dumps(conf), "--output", "json")
     assert loud.returncode == 0, loud.stderr
     [loud_run] = json.loads(AIRFLOW_OWN_STDOUT.sub("", loud.stdout))
+    # A refused conf: exit 1, the param named on stderr, nothing on stdout for a script to mistake for a run
+    refused = airflow("dags", "trigger", "migrate_app", "--conf", '{"node_label": {"demo": "node 2"}}',
+                      "--output", "json", **quiet)
+    assert (refused.returncode, refused.stdout) == (1, ""), refused
+    assert "ParamValidationError: Invalid input for param node_label: 'node 2' does not match" in refused.stderr
     assert ui.wait_for("migrate_app", run["dag_run_id"]) == ui.wait_for("migrate_app", loud_run["dag_run_id"]) \
         == "success"
 
