@@ -46,6 +46,7 @@ class RolloutTracker:
         self.objects: dict[tuple[str, str], dict] = {}     # (kind, name) -> latest workload object
         self.pods: dict[str, dict] = {}                    # name -> latest pod
         self.node_labels: dict[str, dict] = {}             # node name -> labels
+        self.node_ready: dict[str, bool] = {}              # node name -> Ready (False once deleted)
 
     def observe(self, kind: str, event_type: str, obj: dict) -> None:
         name = obj["metadata"]["name"]
@@ -56,6 +57,8 @@ class RolloutTracker:
                 self.pods[name] = obj
         elif kind == "Node":
             self.node_labels[name] = obj["metadata"].get("labels", {})
+            conditions = {c.get("type"): c.get("status") for c in (obj.get("status") or {}).get("conditions") or []}
+            self.node_ready[name] = event_type != "DELETED" and conditions.get("Ready", "True") == "True"
         elif event_type == "DELETED":
             self.objects.pop((kind, name), None)
         else:
@@ -67,6 +70,7 @@ class RolloutTracker:
             self.pods.clear()
         elif kind == "Node":
             self.node_labels.clear()
+            self.node_ready.clear()
         else:
             self.objects = {key: obj for key, obj in self.objects.items() if key[0] != kind}
 
@@ -76,6 +80,11 @@ class RolloutTracker:
             return []
         selector = obj["spec"]["selector"].get("matchLabels", {})
         return [p for p in self.pods.values() if matches(selector, p["metadata"].get("labels"))]
+
+    def _stranded(self, pod: dict) -> bool:
+        """Terminating on a node that is not Ready (or gone): no kubelet confirms its end, and it serves nothing."""
+        node = pod["spec"].get("nodeName")
+        return bool(pod["metadata"].get("deletionTimestamp")) and not self.node_ready.get(node, True)
 
     def pending(self) -> list[str]:
         """What is not done yet, one line per workload; [] when everything is."""
@@ -89,7 +98,7 @@ class RolloutTracker:
             if problem := _rollout_problem(workload["kind"], obj):
                 problems.append(f"{label}: {problem}")
                 continue
-            pods = self.pods_of(workload)
+            pods = [p for p in self.pods_of(workload) if not self._stranded(p)]
             want = obj["spec"].get("replicas", 1)
             target, avoid = workload["node_selector"], workload.get("avoid_nodes", ())
             good = [p for p in pods if _pod_ready(p) and not p["metadata"].get("deletionTimestamp")

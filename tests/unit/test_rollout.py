@@ -50,6 +50,20 @@ def test_terminating_old_pod_still_counts():
     assert pending == ["Deployment demo-app: 1/1 pods Ready on nodes with demo=node2, 2 pods in total"]
 
 
+def test_a_pod_terminating_on_a_node_that_is_not_ready_is_not_waited_for():
+    """It never ends while its node is down (no kubelet confirms it) and serves nothing: a rollback back to the
+    source must not wait for it."""
+    tracker = tracker_with(deployment(), pod("new", "node2"), pod("old", "node1", deleting=True))
+    down = {"metadata": {"name": "node1", "labels": {"demo": "node1"}},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}
+    tracker.observe("Node", "MODIFIED", down)
+    assert tracker.pending() == []
+    tracker.observe("Node", "MODIFIED", {**down, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    assert tracker.pending() != []
+    tracker.observe("Node", "DELETED", down)
+    assert tracker.pending() == []
+
+
 def test_pod_on_wrong_node():
     assert tracker_with(deployment(), pod("p", "node1")).pending()
 
