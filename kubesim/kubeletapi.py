@@ -1,5 +1,5 @@
-"""The kubelet API of a kubesim node on the real control plane: what kube-apiserver proxies `pods/log` and
-`pods/exec` to (https://<node InternalIP>:<daemonEndpoints.kubeletEndpoint.Port>).
+"""The kubelet API of a kubesim node on the real control plane: what kube-apiserver proxies `pods/log`, `pods/exec`
+and `pods/portforward` to (https://<node InternalIP>:<daemonEndpoints.kubeletEndpoint.Port>).
 
 * `GET /containerLogs/<ns>/<pod>/<container>` with `follow`, `tailLines`, `limitBytes`, `timestamps`,
   `sinceSeconds`, `sinceTime` and `previous`: the instance is chosen from the pod's status as the kubelet does,
@@ -9,11 +9,14 @@
   API server hands kubectl's and the Python client's WebSocket straight through instead of translating it to
   SPDY (a SPDY-only client gets a 400 here, which the API server relays). The command runs in the container's
   sandbox (ProcessRuntime.exec_launch); its exit code comes back as the v4 error-channel Status.
+* `/portForward/<ns>/<pod>` over **WebSocket** with the subprotocol `SPDY/3.1+portforward.k8s.io` (kubectl's
+  tunnelled port-forward, which the API server hands to a node declaring `ExtendWebSocketsToKubelet` unchanged):
+  SPDY/3.1 inside the binary messages, each forwarded connection joined to the pod's port (kubesim/portforward.py).
 * `GET /healthz`.
 
 TLS with a serving certificate for the node's IP from the cluster CA; a client must present a certificate of
 that CA (kube-apiserver's `--kubelet-client-certificate`), as the real kubelet's x509 authentication asks.
-Not served: attach, port-forward (SPDY tunnelled in WebSocket), /pods, /stats.
+Not served: attach, /pods, /stats.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .containerlogs import LogOptions, LogUnavailable, log_container_id, read_log, serve_log
+from .portforward import PROTOCOL as PORTFORWARD_PROTOCOL, PortForwardSession, Tunnel
 from .runtime import instance_of
 
 log = logging.getLogger("kubesim.kubeletapi")
@@ -86,6 +90,12 @@ def _handler(api: KubeletApi):
                 return self._reply(200, "ok", "text/plain")
             if len(parts) == 4 and parts[0] == "containerLogs":
                 return self._logs(*parts[1:], query)
+            if len(parts) == 3 and parts[0] == "portForward":
+                supervisor = api.runtime.find_pod(parts[1], parts[2])
+                if supervisor is None:
+                    return self._reply(404, "pod does not exist", "text/plain")
+                serve_portforward(self, supervisor, api.runtime.network)
+                return None
             if len(parts) == 4 and parts[0] == "exec":
                 supervisor = api.runtime.find_pod(parts[1], parts[2])
                 if supervisor is None:
@@ -130,30 +140,68 @@ def _handler(api: KubeletApi):
     return Handler
 
 
-def serve_exec(handler: BaseHTTPRequestHandler, supervisor, container: str, query: dict) -> int:
-    """Upgrade ``handler``'s request to a WebSocket exec session in ``container`` and run it to the end; the HTTP
-    status sent (101, or 400 with the reason). ``query``: parse_qs of the request (kubelet names input/output/
-    error, or the API's stdin/stdout/stderr)."""
-    def refuse(message: str) -> int:
-        data = message.encode()
-        handler.send_response(400)
-        handler.send_header("Content-Type", "text/plain")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
-        return 400
+def serve_portforward(handler: BaseHTTPRequestHandler, supervisor, network) -> int:
+    """Upgrade ``handler``'s request to a WebSocket carrying SPDY/3.1 (kubectl's tunnelled port-forward) and forward
+    its connections to the pod's ports (``network.local`` maps a pod IP and port to where they listen); the HTTP
+    status sent (101, or 400 with the reason)."""
+    if PORTFORWARD_PROTOCOL not in _websocket_protocols(handler):
+        return _refuse(handler, "unable to upgrade: no tunneling spdy protocols provided")
+    _accept_websocket(handler, PORTFORWARD_PROTOCOL)
+    sock, rfile, send_lock = handler.connection, handler.rfile, threading.Lock()
 
-    offered = [p.strip() for p in handler.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    protocol = next((p for p in PROTOCOLS if p in offered), None)
-    if handler.headers.get("Upgrade", "").lower() != "websocket" or protocol is None:
-        return refuse("kubesim serves exec over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only")
-    command = query.get("command") or []
-    if not command:
-        return refuse("you must specify at least one command for the container")
-    try:
-        launch = supervisor.exec_launch(container, command)
-    except LookupError as error:
-        return refuse(str(error))
+    def receive() -> bytes:
+        while True:
+            try:
+                opcode, payload = _read_frame(rfile)
+            except (EOFError, OSError, ValueError):
+                return b""
+            if opcode == 0x8:
+                return b""
+            if opcode == 0x9:
+                send(payload, 0xA)
+            elif payload:
+                return payload
+
+    def send(data: bytes, opcode: int = 0x2) -> None:
+        with send_lock:
+            sock.sendall(_ws_frame(opcode, data))
+
+    def dial(port: int) -> socket.socket:
+        host, local_port = network.local(supervisor.pod_ip, port)
+        try:
+            connection = socket.create_connection((host, local_port), timeout=5)
+        except OSError as error:
+            raise OSError(f"failed to connect to {supervisor.pod_ip}:{port} inside the pod's network: "
+                          f"{error.strerror or error}") from None
+        connection.settimeout(None)
+        return connection
+
+    # the kubelet's words: the pod's full name, and the uid of the request's path (the API server sends none)
+    pod = supervisor.pod["metadata"]
+    PortForwardSession(Tunnel(receive, send), dial, f'{pod["name"]}_{pod["namespace"]}, uid ').run()
+    return 101
+
+
+def _websocket_protocols(handler: BaseHTTPRequestHandler) -> list[str]:
+    """The subprotocols a WebSocket upgrade request offers (none when it is not one)."""
+    if handler.headers.get("Upgrade", "").lower() != "websocket":
+        return []
+    return [p.strip() for p in handler.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+
+
+def _refuse(handler: BaseHTTPRequestHandler, message: str) -> int:
+    """A 400 with ``message`` as text, as the kubelet answers an upgrade it cannot make."""
+    data = message.encode()
+    handler.send_response(400)
+    handler.send_header("Content-Type", "text/plain")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+    return 400
+
+
+def _accept_websocket(handler: BaseHTTPRequestHandler, protocol: str) -> None:
+    """The 101 answer to a WebSocket upgrade with ``protocol``; the connection is the session's from here on."""
     accept = base64.b64encode(hashlib.sha1((handler.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest())
     handler.send_response(101, "Switching Protocols")
     handler.send_header("Upgrade", "websocket")
@@ -163,6 +211,24 @@ def serve_exec(handler: BaseHTTPRequestHandler, supervisor, container: str, quer
     handler.end_headers()
     handler.wfile.flush()
     handler.close_connection = True
+
+
+def serve_exec(handler: BaseHTTPRequestHandler, supervisor, container: str, query: dict) -> int:
+    """Upgrade ``handler``'s request to a WebSocket exec session in ``container`` and run it to the end; the HTTP
+    status sent (101, or 400 with the reason). ``query``: parse_qs of the request (kubelet names input/output/
+    error, or the API's stdin/stdout/stderr)."""
+    offered = _websocket_protocols(handler)
+    protocol = next((p for p in PROTOCOLS if p in offered), None)
+    if protocol is None:
+        return _refuse(handler, "kubesim serves exec over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only")
+    command = query.get("command") or []
+    if not command:
+        return _refuse(handler, "you must specify at least one command for the container")
+    try:
+        launch = supervisor.exec_launch(container, command)
+    except LookupError as error:
+        return _refuse(handler, str(error))
+    _accept_websocket(handler, protocol)
     _ExecSession(handler.connection, handler.rfile, launch, command, stdin=_flag(query, "input", "stdin"),
                  v5=protocol.startswith("v5")).run()
     return 101
@@ -229,19 +295,24 @@ class _ExecSession:
         self._frame(0x2, bytes([channel]) + data)
 
     def _frame(self, opcode: int, payload: bytes) -> None:
-        length = len(payload)
-        header = bytes([0x80 | opcode])
-        if length < 126:
-            header += bytes([length])
-        elif length < 65536:
-            header += bytes([126]) + struct.pack("!H", length)
-        else:
-            header += bytes([127]) + struct.pack("!Q", length)
         with self._send_lock:
             try:
-                self.sock.sendall(header + payload)
+                self.sock.sendall(_ws_frame(opcode, payload))
             except OSError:
                 pass
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked (server) WebSocket frame."""
+    length = len(payload)
+    header = bytes([0x80 | opcode])
+    if length < 126:
+        header += bytes([length])
+    elif length < 65536:
+        header += bytes([126]) + struct.pack("!H", length)
+    else:
+        header += bytes([127]) + struct.pack("!Q", length)
+    return header + payload
 
 
 def _read_frame(rfile) -> tuple[int, bytes]:

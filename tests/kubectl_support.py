@@ -22,6 +22,10 @@ def kubectl_runner(kubeconfig: str, home: str, default_timeout: float = 90):
         return proc
 
     run.json = lambda *args: json.loads(run(*args, "-o", "json").stdout)
+    # a long-running kubectl (port-forward): stdout and stderr as pipes, the caller ends it
+    run.popen = lambda *args: subprocess.Popen(
+        ["kubectl", "--kubeconfig", kubeconfig, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     return run
 
 
@@ -161,3 +165,91 @@ def check_log_options(kubectl) -> None:
     since = stamped_lines(kubectl("logs", "logs", "-c", "crash", "--timestamps", "--since=5s").stdout)
     assert since[0][0] >= before and len(since) >= 10 and everything[0] not in since, (before, since[:2])
     kubectl("delete", "pod", "logs", "--wait=true")
+
+
+def check_unrunnable_image(kubectl) -> None:
+    """An image kubesim's image table cannot run is never stood in for: its pod stays Pending, the container waits
+    in ErrImagePull then ImagePullBackOff, and the kubelet's events say it is not runnable and what is."""
+    image = "registry.example/no-such/server:1"
+    kubectl("run", "unrunnable", f"--image={image}", "--restart=Never")
+
+    def waiting() -> dict:
+        statuses = (kubectl.json("get", "pod", "unrunnable").get("status") or {}).get("containerStatuses") or [{}]
+        return statuses[0].get("state", {}).get("waiting") or {}
+
+    deadline = time.monotonic() + 60
+    while waiting().get("reason") != "ImagePullBackOff":
+        assert time.monotonic() < deadline, waiting()
+        time.sleep(0.3)
+    assert waiting()["message"] == f'Back-off pulling image "{image}"'
+    assert kubectl.json("get", "pod", "unrunnable")["status"]["phase"] == "Pending"
+    events = kubectl.json("get", "events", "--field-selector", "involvedObject.name=unrunnable")["items"]
+    said = {(e["type"], e["reason"], e["message"]) for e in events}
+    failure = next(m for t, r, m in said if (t, r) == ("Warning", "Failed") and m.startswith("Failed to pull image"))
+    assert failure.startswith(f'Failed to pull image "{image}": image "{image}" is not runnable on kubesim: no entry '
+                              f'of its image table matches it (runnable here: kubesim-demo-app, '), failure
+    assert all(name in failure for name in ("postgres", "busybox", "python", "nginx")), failure
+    assert {("Warning", "Failed", "Error: ErrImagePull"), ("Normal", "BackOff", f'Back-off pulling image "{image}"'),
+            ("Warning", "Failed", "Error: ImagePullBackOff")} <= said, said
+    logs = kubectl("logs", "unrunnable", check=False)
+    # the kubelet's words for either state: the pull is retried after each back-off, ErrImagePull again
+    assert logs.returncode == 1 and logs.stderr in (
+        f'Error from server (BadRequest): container "unrunnable" in pod "unrunnable" is waiting to start: {why}\n'
+        for why in ("trying and failing to pull image", "image can't be pulled")), logs
+    kubectl("delete", "pod", "unrunnable", "--wait=true")
+
+
+PORT_FORWARD_POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: forwarded, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: web, image: nginx, ports: [{containerPort: 8080}]}
+"""
+
+
+def check_port_forward(kubectl) -> None:
+    """`kubectl port-forward` (SPDY/3.1 tunnelled in a WebSocket): several connections through one forward reach the
+    pod's port; a port nothing listens on gives kubectl the kubelet's error and the client a closed connection."""
+    import urllib.request
+
+    kubectl("apply", "-f", "-", input=PORT_FORWARD_POD)
+    kubectl("wait", "--for=condition=Ready", "pod/forwarded", "--timeout=60s")
+    forward = kubectl.popen("port-forward", "pod/forwarded", ":8080", ":9999")
+    try:
+        local = {}
+        while len(local) < 2:   # a line per address kubectl listens on (127.0.0.1 and [::1]) and port
+            line = forward.stdout.readline()
+            assert line, forward.stderr.read() if forward.poll() is not None else "kubectl closed its stdout"
+            if found := re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line):
+                local[int(found[2])] = int(found[1])
+        for path in ("/first", "/second", "/third"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{local[8080]}{path}", timeout=10) as answer:
+                assert json.load(answer) == {"pod": "forwarded", "node": answer_node(kubectl), "image": "nginx",
+                                             "path": path, "simulated": True}
+        with pytest_raises_oserror():
+            urllib.request.urlopen(f"http://127.0.0.1:{local[9999]}/", timeout=10).read()
+        assert forward.poll() is None   # one failed connection does not end the forward
+    finally:
+        forward.terminate()
+        _, errors = forward.communicate(timeout=10)
+    assert re.search(r"an error occurred forwarding \d+ -> 9999: error forwarding port 9999 to pod forwarded_default, "
+                     r"uid : failed to connect to [\d.]+:9999 inside the pod's network: Connection refused", errors), errors
+    kubectl("delete", "pod", "forwarded", "--wait=true")
+
+
+def answer_node(kubectl) -> str:
+    return kubectl.json("get", "pod", "forwarded")["spec"]["nodeName"]
+
+
+class pytest_raises_oserror:
+    """The client of a forwarded port whose pod side refused: its connection ends without an answer."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        assert kind is not None and issubclass(kind, OSError), f"expected OSError, got {kind}"
+        return True

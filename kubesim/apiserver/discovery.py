@@ -12,6 +12,7 @@ SUBRESOURCES = {
     "binding": (("create",), "Binding", "", "v1"),
     "log": (("get",), "Pod", "", "v1"),
     "exec": (("create", "get"), "PodExecOptions", "", "v1"),
+    "portforward": (("create", "get"), "PodPortForwardOptions", "", "v1"),
     "finalize": (("update",), None, None, None),
 }
 

@@ -619,6 +619,18 @@ class ResourceHandlers:
             raise errors.bad_request(f'unable to upgrade connection: container not found ("{container}")')
         return lambda http: serve_exec(http, supervisor, container, query)
 
+    def portforward_session(self, request: Request):
+        """Checks the request now (the pod runs here); returns what upgrades the connection to kubectl's tunnelled
+        port-forward (kubesim.kubeletapi.serve_portforward, the kubelet API's own)."""
+        from ..kubeletapi import serve_portforward
+
+        route = request.route
+        pod = self.store.get(PODS, route.namespace, route.name)
+        supervisor = getattr(self.runtime, "find_pod", lambda *_: None)(route.namespace, route.name)
+        if supervisor is None or supervisor.uid != pod["metadata"]["uid"]:
+            raise errors.bad_request("unable to upgrade connection: pod does not exist")
+        return lambda http: serve_portforward(http, supervisor, self.runtime.network)
+
     def eviction(self, request: Request) -> Response:
         route = request.route
         body = decode_body(request) or {}

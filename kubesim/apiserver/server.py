@@ -210,6 +210,10 @@ class ApiServer:
             session = self.handlers.exec_session(request, parse_qs(urlsplit(http.path).query))
             self._stream(entry, started, lambda: session(http))
             return None
+        if route.subresource == "portforward":
+            session = self.handlers.portforward_session(request)
+            self._stream(entry, started, lambda: session(http))
+            return None
         if route.subresource == "log" and truthy(query.get("follow")):
             follow = self.handlers.follow_logs(request)
             self._stream(entry, started, lambda: follow(http))

@@ -325,9 +325,10 @@ class Kubelet(Controller):
         if failure:
             record.stage, record.pull_message = PULL_FAILED, failure
             record.pull_failures += 1
-            image = containers[0].get("image") if containers else ""
-            self._event(pod, "Warning", "Failed", f'Failed to pull image "{image}": {failure}', containers[0] if containers else None)
-            self._event(pod, "Warning", "Failed", "Error: ErrImagePull", containers[0] if containers else None)
+            failed = _pull_failed_container(pod, failure)
+            image = failed.get("image") if failed else ""
+            self._event(pod, "Warning", "Failed", f'Failed to pull image "{image}": {failure}', failed)
+            self._event(pod, "Warning", "Failed", "Error: ErrImagePull", failed)
             self._ensure_ip(record)
             self._write_status(pod, record)
             self.requeue_after(("pod", *record.key), 1.0)
@@ -356,10 +357,10 @@ class Kubelet(Controller):
         """ErrImagePull is shown once, then ImagePullBackOff between attempts with a doubling delay."""
         if record.stage == PULL_FAILED:
             record.stage = PULL_BACKOFF
-            image = (pod["spec"].get("containers") or [{}])[0].get("image", "")
-            first = (pod["spec"].get("containers") or [None])[0]
-            self._event(pod, "Normal", "BackOff", f'Back-off pulling image "{image}"', first)
-            self._event(pod, "Warning", "Failed", "Error: ImagePullBackOff", first)
+            failed = _pull_failed_container(pod, record.pull_message)
+            image = failed.get("image", "") if failed else ""
+            self._event(pod, "Normal", "BackOff", f'Back-off pulling image "{image}"', failed)
+            self._event(pod, "Warning", "Failed", "Error: ImagePullBackOff", failed)
             self._write_status(pod, record)
             backoff = min(self.config.image_pull_backoff_seconds * 2 ** (record.pull_failures - 1), MAX_PULL_BACKOFF)
             self.requeue_after(("pod", *record.key), backoff)
@@ -622,7 +623,8 @@ class Kubelet(Controller):
         return out
 
     def _event(self, pod: dict, type_: str, reason: str, message: str, container: dict | None) -> None:
-        field_path = f"spec.containers{{{container['name']}}}" if container else None
+        kind = "initContainers" if container in (pod["spec"].get("initContainers") or ()) else "containers"
+        field_path = f"spec.{kind}{{{container['name']}}}" if container else None
         self.events.record(pod, type_, reason, message, COMPONENT, self.node, field_path)
 
     # ---- shutdown ----------------------------------------------------------------------------------
@@ -651,6 +653,13 @@ def _status_only(event: Event) -> bool:
     return ((old.get("spec") is new.get("spec") or old.get("spec") == new.get("spec"))
             and before.get("deletionTimestamp") == after.get("deletionTimestamp")
             and before.get("deletionGracePeriodSeconds") == after.get("deletionGracePeriodSeconds"))
+
+
+def _pull_failed_container(pod: dict, failure: str) -> dict | None:
+    """The container whose image a pull failure quotes (the runtime's and the faults' messages do), else the first."""
+    containers = (pod["spec"].get("initContainers") or []) + (pod["spec"].get("containers") or [])
+    return next((c for c in containers if f'"{c.get("image")}"' in failure),
+                (pod["spec"].get("containers") or [None])[0])
 
 
 def _sidecar_names(pod: dict) -> set[str]:

@@ -45,5 +45,29 @@ class ImageTable:
     def __init__(self, extra_file: str | None = None):
         self.entries = (load_table(extra_file) if extra_file else []) + load_table(BUILTIN_TABLE)
 
+    def find(self, image: str) -> ImageEntry | None:
+        return next((e for e in self.entries if e.matches(image)), None)
+
     def lookup(self, image: str) -> ImageEntry:
-        return next(e for e in self.entries if e.matches(image))  # the built-in table ends with "*"
+        """The entry that runs ``image``; LookupError (not_runnable's message) when there is none."""
+        entry = self.find(image)
+        if entry is None:
+            raise LookupError(self.not_runnable(image))
+        return entry
+
+    def not_runnable(self, image: str) -> str | None:
+        """None when ``image`` runs here, else why not and what does: the pull failure its pod reports."""
+        if self.find(image) is not None:
+            return None
+        return (f'image "{image}" is not runnable on kubesim: no entry of its image table matches it (runnable here: '
+                f'{", ".join(self.runnable_names())}; add an entry with `python -m kubesim up --images FILE`)')
+
+    def runnable_names(self) -> list[str]:
+        """The image names the table's patterns stand for (``*/busybox:*`` -> busybox), in table order."""
+        names = []
+        for entry in self.entries:
+            for pattern in entry.patterns:
+                name = pattern.removeprefix("*/").split("@")[0].removesuffix(":*").removesuffix("*")
+                if name and "*" not in name and name not in names:
+                    names.append(name)
+        return names

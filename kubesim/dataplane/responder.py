@@ -1,4 +1,4 @@
-"""The built-in stand-in for an image kubesim cannot run: answers every HTTP request on each port.
+"""The HTTP responder the image table gives web-server and example images: answers every request on each port.
 
 Run as ``python responder.py HOST:PORT...`` with POD_NAME, NODE_NAME and IMAGE in the environment;
 stdlib only so it starts fast and needs no import path.

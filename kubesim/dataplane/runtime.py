@@ -123,7 +123,8 @@ class ProcessRuntime:
             message = self.faults.image_pull_error(container["image"], node) if self.faults else None
             if message:
                 return message
-        return None
+        # an image the table cannot run fails here, as a pull from a registry that lacks it would
+        return next(filter(None, (self.images.not_runnable(c["image"]) for c in _containers(pod, init=True))), None)
 
     def start_pod(self, pod: dict, node: str, pod_ip: str) -> PodSandbox:
         uid = pod["metadata"]["uid"]

@@ -70,6 +70,21 @@ def test_responder_pod_starts_probes_and_stops(plane):
         urllib.request.urlopen("http://127.0.50.1:8080/", timeout=2)
 
 
+def test_an_image_no_entry_matches_fails_its_pull(plane):
+    """No silent stand-in: an image the table cannot run (here an init container's) is a pull failure that says
+    so and names what runs; the table's own images pull."""
+    store, dataplane, _ = plane
+    runnable = create_pod(store, "runnable", [web()], initContainers=[{"name": "setup", "image": "busybox:1.36"}])
+    assert dataplane.runtime.pull(runnable, "node1") is None
+    odd = create_pod(store, "odd", [web()], initContainers=[{"name": "setup", "image": "example.com/tools:1"}])
+    message = dataplane.runtime.pull(odd, "node1")
+    assert message.startswith('image "example.com/tools:1" is not runnable on kubesim: no entry of its image table '
+                              'matches it (runnable here: envdump, crasher, kubesim-demo-app, k8smove-demo-app, '
+                              'postgres, '), message
+    assert message.endswith(", nginx, httpd, demo/app, shop/web, k8smove/web, agent; add an entry with "
+                            "`python -m kubesim up --images FILE`)"), message
+
+
 def test_pre_stop_sleep_keeps_serving_until_the_stop_signal(plane):
     store, dataplane, _ = plane
     pod = create_pod(store, "web-d", [web(lifecycle={"preStop": {"exec": {"command": ["sh", "-c", "sleep 0.6"]}}})])

@@ -361,3 +361,17 @@ def test_log_options_through_the_real_api_server(kubectl):
     from kubectl_support import check_log_options
 
     check_log_options(kubectl)
+
+
+def test_an_unrunnable_image_fails_its_pull_on_the_real_control_plane(kubectl):
+    from kubectl_support import check_unrunnable_image
+
+    check_unrunnable_image(kubectl)
+
+
+def test_port_forward_through_the_real_api_server(kubectl):
+    """The API server hands kubectl's tunnelled port-forward WebSocket to the node (ExtendWebSocketsToKubelet), whose
+    kubelet API speaks SPDY/3.1 inside it (kubesim/portforward.py)."""
+    from kubectl_support import check_port_forward
+
+    check_port_forward(kubectl)
