@@ -101,7 +101,9 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
         raise K8sMoveError("the API server refuses the release's manifests: " + "; ".join(refused))
     db_switch = None
     if switching:
-        switchover.check_primary(api, namespace, release, serving)
+        # past the fence the old primary is down by design: the move's record on the Lease resumes or undoes it
+        if lock.record_of(lock.current(api, namespace, release)).get("phase") not in switchover.PHASES[1:]:
+            switchover.check_primary(api, namespace, release, serving)
         service = next(m for m in manifests if _is_db_service(m, release))
         selector = {**service["spec"]["selector"], switchover.LABEL_DB_INSTANCE: str(serving + 1)}
         db_switch = {"from": serving, "to": serving + 1,
