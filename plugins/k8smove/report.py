@@ -117,7 +117,9 @@ def migration_outcome(steps: dict[str, dict], pods_before: dict | None, pods_aft
         return problem
     if pods_before is None:
         return "deployed", None          # a first deploy: nothing ran before, nothing was probed
-    return ("unchanged" if pods_before == pods_after else "moved"), None
+    # a DB switched over by this run is a move, even when a killed try of the run had already placed the pods
+    unchanged = pods_before == pods_after and not (moved or {}).get("db_switchover")
+    return ("unchanged" if unchanged else "moved"), None
 
 
 def compose(step_ids: list[str], states: dict[str, str], recorded: dict[str, dict], pods_before: dict | None,

@@ -22,6 +22,7 @@ def steps(**states):
 @pytest.mark.parametrize("states,before,after,moved,expected", [
     ({}, PLACED, MOVED, {"outcome": "moved"}, ("moved", None)),
     ({}, PLACED, PLACED, {"outcome": "moved"}, ("unchanged", None)),
+    ({}, MOVED, MOVED, {"outcome": "moved", "db_switchover": {"switchover_ms": 900}}, ("moved", None)),
     ({}, None, MOVED, {"outcome": "moved"}, ("deployed", None)),
     ({"preflight": "failed", "move": "upstream_failed"}, PLACED, PLACED, None, ("refused", "preflight broke")),
     ({"move": "failed", "rollback": "skipped"}, PLACED, PLACED,
