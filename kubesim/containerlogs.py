@@ -240,21 +240,11 @@ def read_log(path: str | None, options: LogOptions, running=lambda: False):
         since = timestamp(options.since_ns) if options.since_ns else b""
         remaining = options.limit
         lines_left = options.tail if options.tail is not None and not options.follow else None
-        following = options.follow
-        while lines_left != 0:
-            line = f.readline()
-            if not line.endswith(b"\n"):
-                if not following:
-                    return
-                f.seek(-len(line), os.SEEK_CUR)   # read an incomplete line again once it is complete
-                following = running()   # once the container stopped: drain what is there, then end
-                if following:
-                    time.sleep(FOLLOW_POLL_SECONDS)
+        for stamp, _, text in _entries(f, options.follow, running):
+            if lines_left == 0:
+                return
+            if since and stamp < since:
                 continue
-            parsed = _parse_cri(line)
-            if parsed is None or (since and parsed[0] < since):
-                continue
-            stamp, text = parsed
             if options.timestamps:
                 text = stamp + b" " + text
             if remaining is not None:
@@ -265,6 +255,32 @@ def read_log(path: str | None, options: LogOptions, running=lambda: False):
                 return
             if lines_left is not None:
                 lines_left -= 1
+
+
+def follow_output(path: str, running):
+    """A container's output from now on, (b"stdout" or b"stderr", text) while ``running()`` (kubectl attach)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        for _, stream, text in _entries(f, True, running):
+            yield stream, text
+
+
+def _entries(f, follow: bool, running):
+    """The CRI lines from the file's position on: (timestamp, stream, text); with follow, new ones until
+    ``running()`` turns false, then what is left."""
+    while True:
+        line = f.readline()
+        if not line.endswith(b"\n"):
+            if not follow:
+                return
+            f.seek(-len(line), os.SEEK_CUR)   # read an incomplete line again once it is complete
+            follow = running()   # once the container stopped: drain what is there, then end
+            if follow:
+                time.sleep(FOLLOW_POLL_SECONDS)
+            continue
+        parsed = _parse_cri(line)
+        if parsed is not None:
+            yield parsed
 
 
 def _tail_start(f, lines: int) -> int:
@@ -282,15 +298,15 @@ def _tail_start(f, lines: int) -> int:
     return start + 1
 
 
-def _parse_cri(line: bytes) -> tuple[bytes, bytes] | None:
-    """(timestamp, text) of a CRI log line; a partial line's text loses its newline."""
+def _parse_cri(line: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(timestamp, stream, text) of a CRI log line; a partial line's text loses its newline."""
     parts = line.split(b" ", 3)
     if len(parts) < 4 or parts[1] not in (b"stdout", b"stderr"):
         return None
     text = parts[3]
     if parts[2].split(b":")[0] == b"P":
         text = text[:-1]
-    return parts[0], text
+    return parts[0], parts[1], text
 
 
 def serve_log(handler, lines) -> None:

@@ -16,7 +16,10 @@ and `pods/portforward` to (https://<node InternalIP>:<daemonEndpoints.kubeletEnd
 
 TLS with a serving certificate for the node's IP from the cluster CA; a client must present a certificate of
 that CA (kube-apiserver's `--kubelet-client-certificate`), as the real kubelet's x509 authentication asks.
-Not served: attach, /pods, /stats.
+* `/attach/<ns>/<pod>/<container>` over the same WebSocket channels: the running instance's output from now on
+  (its CRI log followed), until it stops; no stdin.
+
+Not served: attaching stdin, /pods, /stats.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .containerlogs import LogOptions, LogUnavailable, log_container_id, read_log, serve_log
+from .containerlogs import LogOptions, LogUnavailable, follow_output, log_container_id, read_log, serve_log
 from .portforward import PROTOCOL as PORTFORWARD_PROTOCOL, PortForwardSession, Tunnel
 from .runtime import instance_of
 
@@ -96,12 +99,15 @@ def _handler(api: KubeletApi):
                     return self._reply(404, "pod does not exist", "text/plain")
                 serve_portforward(self, supervisor, api.runtime.network)
                 return None
-            if len(parts) == 4 and parts[0] == "exec":
+            if len(parts) == 4 and parts[0] in ("exec", "attach"):
                 supervisor = api.runtime.find_pod(parts[1], parts[2])
                 if supervisor is None:
                     return self._reply(404, f'pod "{parts[2]}" not found on node {api.node}', "text/plain")
                 if parts[3] not in supervisor.container_names():
                     return self._reply(404, f'container "{parts[3]}" not found in pod "{parts[2]}"', "text/plain")
+                if parts[0] == "attach":
+                    serve_attach(self, supervisor, parts[3], query)
+                    return None
                 return self._exec(supervisor, parts[3], query)
             self._reply(404, "404 page not found", "text/plain")
 
@@ -232,6 +238,68 @@ def serve_exec(handler: BaseHTTPRequestHandler, supervisor, container: str, quer
     _ExecSession(handler.connection, handler.rfile, launch, command, stdin=_flag(query, "input", "stdin"),
                  v5=protocol.startswith("v5")).run()
     return 101
+
+
+def serve_attach(handler: BaseHTTPRequestHandler, supervisor, container: str, query: dict) -> int:
+    """Upgrade ``handler``'s request to a WebSocket attach to ``container``: its output from now on, on the
+    channels asked for (kubelet names output/error, the API's stdout/stderr), until it stops; the HTTP status sent.
+    stdin is not attached: kubesim starts containers without one (as a pod without `stdin: true`)."""
+    protocol = next((p for p in PROTOCOLS if p in _websocket_protocols(handler)), None)
+    if protocol is None:
+        return _refuse(handler, "kubesim serves attach over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only")
+    try:
+        path, running = supervisor.attach_output(container)
+    except LookupError as error:
+        return _refuse(handler, str(error))
+    _accept_websocket(handler, protocol)
+    channels = {b"stdout": STDOUT if _flag(query, "output", "stdout") else None,
+                b"stderr": STDERR if _flag(query, "error", "stderr") else None}
+    _AttachSession(handler.connection, handler.rfile, path, running, channels).run()
+    return 101
+
+
+class _AttachSession:
+    """One attach over an upgraded connection: the container's new output to channels 1/2 while it runs (or until
+    the client leaves), then a Success Status on channel 3 and a close frame."""
+
+    def __init__(self, sock, rfile, path: str, running, channels: dict) -> None:
+        self.sock, self.rfile, self.path, self.running, self.channels = sock, rfile, path, running, channels
+        self._send_lock = threading.Lock()
+        self._client_gone = threading.Event()
+
+    def run(self) -> None:
+        threading.Thread(target=self._read_client, daemon=True).start()
+        for stream, text in follow_output(self.path, lambda: self.running() and not self._client_gone.is_set()):
+            if self.channels.get(stream) is not None:
+                self._send(self.channels[stream], text)
+        self._send(ERROR, json.dumps({"metadata": {}, "status": "Success"}).encode())
+        self._send_frame(0x8, struct.pack("!H", 1000))
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _read_client(self) -> None:
+        try:
+            while True:
+                opcode, payload = _read_frame(self.rfile)
+                if opcode == 0x8:
+                    break
+                if opcode == 0x9:
+                    self._send_frame(0xA, payload)
+        except (OSError, ValueError, EOFError):
+            pass
+        self._client_gone.set()
+
+    def _send(self, channel: int, data: bytes) -> None:
+        self._send_frame(0x2, bytes([channel]) + data)
+
+    def _send_frame(self, opcode: int, payload: bytes) -> None:
+        with self._send_lock:
+            try:
+                self.sock.sendall(_ws_frame(opcode, payload))
+            except OSError:
+                pass
 
 
 class _ExecSession:

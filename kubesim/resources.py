@@ -41,7 +41,7 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
                  ("create", "delete", "get", "list", "patch", "update", "watch"), ("status", "finalize")),
     ResourceType("", "v1", "Node", "nodes", False, ("no",), subresources=("status",)),
     ResourceType("", "v1", "Pod", "pods", True, ("po",),
-                 subresources=("status", "eviction", "binding", "log", "exec", "portforward"), categories=("all",)),
+                 subresources=("status", "eviction", "binding", "log", "exec", "attach", "portforward"), categories=("all",)),
     ResourceType("", "v1", "Service", "services", True, ("svc",),
                  ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"),
                  ("status",), ("all",)),

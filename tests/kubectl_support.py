@@ -206,7 +206,10 @@ metadata: {name: forwarded, namespace: default}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
-  - {name: web, image: nginx, ports: [{containerPort: 8080}]}
+  - name: web
+    image: nginx
+    ports: [{containerPort: 8080}]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}   # Ready once it listens, not once it started
 """
 
 
@@ -225,16 +228,22 @@ def check_port_forward(kubectl) -> None:
             assert line, forward.stderr.read() if forward.poll() is not None else "kubectl closed its stdout"
             if found := re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line):
                 local[int(found[2])] = int(found[1])
+        node, failed = answer_node(kubectl), None
         for path in ("/first", "/second", "/third"):
-            with urllib.request.urlopen(f"http://127.0.0.1:{local[8080]}{path}", timeout=10) as answer:
-                assert json.load(answer) == {"pod": "forwarded", "node": answer_node(kubectl), "image": "nginx",
-                                             "path": path, "simulated": True}
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{local[8080]}{path}", timeout=10) as answer:
+                    body = json.load(answer)
+            except OSError as error:   # kubectl's stderr says why: asserted below
+                failed = f"GET {path}: {error!r}"
+                break
+            assert body == {"pod": "forwarded", "node": node, "image": "nginx", "path": path, "simulated": True}
         with pytest_raises_oserror():
             urllib.request.urlopen(f"http://127.0.0.1:{local[9999]}/", timeout=10).read()
         assert forward.poll() is None   # one failed connection does not end the forward
     finally:
         forward.terminate()
         _, errors = forward.communicate(timeout=10)
+    assert failed is None, (failed, errors)
     assert re.search(r"an error occurred forwarding \d+ -> 9999: error forwarding port 9999 to pod forwarded_default, "
                      r"uid : failed to connect to [\d.]+:9999 inside the pod's network: Connection refused", errors), errors
     kubectl("delete", "pod", "forwarded", "--wait=true")
@@ -253,3 +262,41 @@ class pytest_raises_oserror:
     def __exit__(self, kind, value, traceback):
         assert kind is not None and issubclass(kind, OSError), f"expected OSError, got {kind}"
         return True
+
+
+ATTACH_POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: attached, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: [sh, -c, 'trap "exit 0" INT; i=0; while true; do i=$((i+1)); echo tick $i; echo warn $i >&2; sleep 0.2; done']
+"""
+
+
+def check_attach(kubectl) -> None:
+    """`kubectl attach` shows the container's output from the moment it attaches, stdout and stderr apart, and ends
+    (exit 0) when the container does."""
+    kubectl("apply", "-f", "-", input=ATTACH_POD)
+    kubectl("wait", "--for=condition=Ready", "pod/attached", "--timeout=60s")
+    deadline = time.monotonic() + 30
+    while "tick 5\n" not in kubectl("logs", "attached").stdout:
+        assert time.monotonic() < deadline, "no tick 5 in the log"
+        time.sleep(0.3)
+    attach = kubectl.popen("attach", "attached", "-c", "main")
+    try:
+        ticks = [attach.stdout.readline() for _ in range(3)]
+        numbers = [int(line.split()[1]) for line in ticks if line.startswith("tick ")]
+        assert len(numbers) == 3 and numbers[0] > 5 and numbers == list(range(numbers[0], numbers[0] + 3)), ticks
+        kubectl("exec", "attached", "--", "kill", "-INT", "1")
+        _, errors = attach.communicate(timeout=30)
+    finally:
+        attach.kill()
+    assert attach.returncode == 0, errors
+    assert re.search(r"^warn \d+$", errors, re.M) and "tick" not in errors, errors
+    kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/attached", "--timeout=30s")
+    kubectl("delete", "pod", "attached", "--wait=true")

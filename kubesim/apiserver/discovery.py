@@ -13,6 +13,7 @@ SUBRESOURCES = {
     "log": (("get",), "Pod", "", "v1"),
     "exec": (("create", "get"), "PodExecOptions", "", "v1"),
     "portforward": (("create", "get"), "PodPortForwardOptions", "", "v1"),
+    "attach": (("create", "get"), "PodAttachOptions", "", "v1"),
     "finalize": (("update",), None, None, None),
 }
 

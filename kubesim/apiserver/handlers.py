@@ -609,14 +609,16 @@ class ResourceHandlers:
 
     def exec_session(self, request: Request, query: dict):
         """Checks the request now (the pod, its container running here); returns what upgrades the connection
-        to a WebSocket exec session (kubesim.kubeletapi.serve_exec, the kubelet API's own)."""
-        from ..kubeletapi import serve_exec
+        to a WebSocket exec or attach session (kubesim.kubeletapi.serve_exec/serve_attach, the kubelet API's own)."""
+        from ..kubeletapi import serve_attach, serve_exec
 
         pod, container = self._pod_container(request)
         supervisor = getattr(self.runtime, "find_pod", lambda *_: None)(pod["metadata"]["namespace"],
                                                                          pod["metadata"]["name"])
         if supervisor is None or not supervisor.running(container):
             raise errors.bad_request(f'unable to upgrade connection: container not found ("{container}")')
+        if request.route.subresource == "attach":
+            return lambda http: serve_attach(http, supervisor, container, query)
         return lambda http: serve_exec(http, supervisor, container, query)
 
     def portforward_session(self, request: Request):

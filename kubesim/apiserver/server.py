@@ -206,7 +206,7 @@ class ApiServer:
             stream.bookmark_seconds = self.bookmark_seconds
             self._stream(entry, started, lambda: stream.serve(http))
             return None
-        if route.subresource == "exec":
+        if route.subresource in ("exec", "attach"):
             session = self.handlers.exec_session(request, parse_qs(urlsplit(http.path).query))
             self._stream(entry, started, lambda: session(http))
             return None

@@ -491,6 +491,15 @@ class PodSupervisor(threading.Thread):
             return self._host_launch(sandbox.enter_argv(pid, command, env, sandbox.capabilities_of(run.spec)))
         return self._sandboxed(run, command, run.env or {}, run.sandbox_view.exec_env)
 
+    def attach_output(self, container: str):
+        """`kubectl attach`: the log file of the container's running instance and what says it still runs.
+        LookupError: it is not running."""
+        run = self._run_of(container)
+        if run is None or not self.running(container):
+            raise LookupError(f"container {container} is not running")
+        instance = run.instance
+        return self.runtime.log_path(self.uid, container, instance), lambda: self.running(container, instance)
+
     def container_names(self) -> list[str]:
         return [c.spec["name"] for c in self._init + self._containers]
 

@@ -117,6 +117,12 @@ def test_port_forward_on_kubesims_own_api_server(cluster, tmp_path):
     check_port_forward(kubectl_runner(cluster.kubeconfig_path, str(tmp_path)))
 
 
+def test_attach_on_kubesims_own_api_server(cluster, tmp_path):
+    from kubectl_support import check_attach, kubectl_runner
+
+    check_attach(kubectl_runner(cluster.kubeconfig_path, str(tmp_path)))
+
+
 def test_exec_into_postgres_reaches_the_server_over_its_local_socket(cluster):
     """As in the official image: `psql -U postgres` in the container connects over the unix socket, trusted."""
     db = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "namespace": "default"},

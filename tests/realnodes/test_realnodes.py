@@ -375,3 +375,11 @@ def test_port_forward_through_the_real_api_server(kubectl):
     from kubectl_support import check_port_forward
 
     check_port_forward(kubectl)
+
+
+def test_attach_through_the_real_api_server(kubectl):
+    """The API server proxies kubectl's WebSocket attach to the node's kubelet API, which streams the container's
+    output from its CRI log as it is written."""
+    from kubectl_support import check_attach
+
+    check_attach(kubectl)
