@@ -8,9 +8,22 @@ from airflow.sdk.exceptions import AirflowFailException
 from operators.base import KubernetesOperator
 
 
+# How long a rollout wait watches in the worker before it defers: most moves are done by then, which saves the
+# triggerer's round trip and keeps them out of Airflow's deferral race (apache/airflow#71580, #72716).
+WAIT_IN_WORKER_SECONDS = 15
+
+
+def wait_in_worker_seconds() -> int:
+    """``[k8smove] wait_in_worker_seconds`` (AIRFLOW__K8SMOVE__WAIT_IN_WORKER_SECONDS); 0 defers at once."""
+    from airflow.sdk.configuration import conf
+
+    return conf.getint("k8smove", "wait_in_worker_seconds", fallback=WAIT_IN_WORKER_SECONDS)
+
+
 class RolloutWaitOperator(KubernetesOperator):
-    """Waits for workloads' rollouts: deferred to WaitReadyTrigger (default: the wait holds no worker slot),
-    or in the worker with the same watch code (``deferrable=False``)."""
+    """Waits for workloads' rollouts: in the worker for up to ``wait_in_worker_seconds``, then deferred to
+    WaitReadyTrigger (a long wait holds no worker slot), or wholly in the worker (``deferrable=False``); the same
+    watch code either way."""
 
     def __init__(self, *, timeout_seconds: int | str = 600, deferrable: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -25,6 +38,15 @@ class RolloutWaitOperator(KubernetesOperator):
         args = {"kubernetes_conn_id": self.kubernetes_conn_id, "groups": groups,
                 "deadline": time.time() + int(self.timeout_seconds)}
         if self.deferrable:
+            in_worker = min(wait_in_worker_seconds(), int(self.timeout_seconds))
+            if in_worker > 0:
+                event = asyncio.run(wait_until_ready(**{**args, "deadline": min(time.time() + in_worker,
+                                                                                 args["deadline"])}))
+                # done, or the whole timeout spent here: this event (with the cluster's reasons) is the answer
+                if event["status"] == "success" or time.time() >= args["deadline"]:
+                    self.log.info("Rollout wait ended in the worker (%s): not deferred", event["status"])
+                    return getattr(self, method_name)(context, event, **(kwargs or {}))
+                self.log.info("Rollouts not complete after %ss in the worker: deferring", in_worker)
             self.defer(trigger=WaitReadyTrigger(**args, carry=kwargs), method_name=method_name, kwargs=kwargs)
         return getattr(self, method_name)(context, asyncio.run(wait_until_ready(**args)), **(kwargs or {}))
 

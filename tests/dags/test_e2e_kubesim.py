@@ -139,7 +139,8 @@ def test_without_a_connection_the_hook_uses_kubeconfig(cluster, kube_client, air
     config, then the kubeconfig KUBECONFIG names (the trigger's AsyncKubernetesHook: the kubeconfig only)."""
     conf = deploy_conf()
     result = airflow_cli("dags", "test", "deploy_app", "--conf", json.dumps(conf),
-                         extra_env={"KUBECONFIG": cluster.kubeconfig_path})
+                         extra_env={"KUBECONFIG": cluster.kubeconfig_path,
+                                    "AIRFLOW__K8SMOVE__WAIT_IN_WORKER_SECONDS": "0"})   # the trigger's hook too
     assert result.returncode == 0, result.stdout[-5000:]
     assert "[DAG TEST] Trigger completed" in result.stdout      # wait_ready deferred, its trigger ran inline
     assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}

@@ -34,7 +34,9 @@ QUEUES = {"preflight": "queue-a", "plan": "queue-a", "start_probe": "queue-a", "
 WORKERS = {"worker-a": ("queue-a", "default"), "worker-b": ("queue-b", "default")}
 # A lost worker's task is failed by the scheduler once its heartbeat is this old (Airflow's default: 300 s)
 LOST_WORKER = {"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
-               "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2"}
+               "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+               # every move defers: a resumed task is where a distributed executor hands work to another machine
+               "AIRFLOW__K8SMOVE__WAIT_IN_WORKER_SECONDS": "0"}
 
 
 @pytest.fixture(scope="module")

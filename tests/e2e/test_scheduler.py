@@ -17,11 +17,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
 
 from k8smove.verify import verify_endpoint  # noqa: E402
 from kubesim_release import pods_by_component, unique_external_ip  # noqa: E402
-from migration_support import assert_moved_without_disruption, clear_request_log, pods_on  # noqa: E402
+from migration_support import assert_moved_without_disruption, clear_request_log, generations, pods_on  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]   # the first test also starts the components
 
 RUN_TIMEOUT = 150
+
+
+@pytest.fixture(scope="module")
+def airflow_extra_env() -> dict[str, str]:
+    """Every rollout wait defers at once, so this module proves the triggerer's path (the default waits 15 s in
+    the worker first: tests/e2e/test_scheduled_maintenance.py)."""
+    return {"AIRFLOW__K8SMOVE__WAIT_IN_WORKER_SECONDS": "0"}
 
 
 def run_id(prefix: str) -> str:
@@ -126,6 +133,48 @@ def test_deploy_by_cli_then_migrate_by_rest_api(cluster, kube_client, airflow_st
             assert f"is being moved by migrate_app/{winner}" in report["reason"], report["reason"]
         assert report["probe"]["failed"] == 0 and report["db"]["rows_lost"] == 0, report
     assert pods_by_component(kube_client) == {"app": ["node1"], "db": ["node1"]}
+
+
+def test_a_finished_move_cleared_and_run_again_by_the_scheduler_changes_nothing(cluster, kube_client, airflow_stack):
+    """Every task of a migrate_app run executed a second time, by the scheduler (what a retry after Airflow failed
+    a resumed task, apache/airflow#71580, or a lost worker does): the release stays where the first run put it, no
+    Deployment is written, nothing is left behind, and the report says what the second run did."""
+    from kubernetes.client import CoreV1Api
+
+    from k8smove import lock
+
+    conf = {"release": "again", "label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
+            "node_label": {"demo": "node1"}, "external_ip": unique_external_ip(), "port": 8080}
+    deploy_run = run_id("again_deploy")
+    assert airflow_stack.post("/dags/deploy_app/dagRuns", {"dag_run_id": deploy_run, "logical_date": None,
+                                                            "conf": conf}).status_code == 200
+    assert airflow_stack.wait_for_run("deploy_app", deploy_run, RUN_TIMEOUT)["state"] == "success"
+    migrate_run = run_id("again_migrate")
+    assert airflow_stack.post("/dags/migrate_app/dagRuns", {"dag_run_id": migrate_run, "logical_date": None, "conf": {
+        "release": "again", "node_label": {"demo": "node2"}}}).status_code == 200
+    assert airflow_stack.wait_for_run("migrate_app", migrate_run, RUN_TIMEOUT)["state"] == "success"
+    report_path = airflow_stack.report_dir / f"migrate_app__{migrate_run}.json"
+    first = json.loads(report_path.read_text())
+    assert first["outcome"] == "moved", first
+    placed, written = pods_by_component(kube_client, "again"), generations(kube_client)
+
+    cleared = airflow_stack.post(f"/dags/migrate_app/dagRuns/{migrate_run}/clear", {"dry_run": False})
+    assert cleared.status_code == 200, cleared.text
+    run = airflow_stack.wait_for_run("migrate_app", migrate_run, RUN_TIMEOUT)
+    tis = airflow_stack.task_instances("migrate_app", migrate_run)
+    assert run["state"] == "success", ({t: ti["state"] for t, ti in tis.items()}, airflow_stack.logs_tail())
+    # each ran again (move once more if Airflow's deferral race failed a resumed try: it retries)
+    tries = {t: ti["try_number"] for t, ti in tis.items() if ti["state"] != "skipped"}
+    assert set(tries) == {"preflight", "start_probe", "move", "stop_probe", "report"}, tis
+    assert all(n == 2 for t, n in tries.items() if t != "move") and tries["move"] >= 2, tries
+    second = json.loads(report_path.read_text())
+    assert second["outcome"] == "unchanged", (second["outcome"], second["reason"])
+    assert second["probe"]["failed"] == 0 and second["db"]["rows_lost"] == 0, second
+    assert pods_by_component(kube_client, "again") == placed == {"app": ["node2"], "db": ["node2"]}
+    assert generations(kube_client) == written          # not one Deployment written by the second run
+    assert lock.current(kube_client, "default", "again") is None
+    probes = CoreV1Api(kube_client).list_namespaced_pod("default", label_selector="k8smove.io/probe-of=again").items
+    assert [p.metadata.name for p in probes] == []
 
 
 @pytest.mark.parametrize("conf,message", [
