@@ -8,7 +8,7 @@ import traceback
 from .common import machine_facts, save
 
 BENCHMARKS = ("api", "controllers", "dataplane", "evict_vs_surge", "dag_package", "maintenance", "evacuation",
-              "move_latency", "controlplane", "pod_lifecycle", "db_switchover", "executors")
+              "move_latency", "controlplane", "pod_lifecycle", "db_switchover", "executors", "reliability")
 
 
 def main(argv: list[str]) -> int:

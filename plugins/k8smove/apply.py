@@ -13,6 +13,8 @@ from kubernetes.client.exceptions import ApiException
 from k8smove import kube
 from k8smove.render import GENERATE_KEYS_ANNOTATION, redact
 
+DELETION_WAIT_SECONDS = 120   # an object being deleted is waited for before it is created anew
+
 log = logging.getLogger(__name__)
 
 
@@ -105,6 +107,12 @@ def apply_manifests(api: ApiClient, manifests: list[dict], dry_run: bool = False
     for manifest in manifests:
         live = kube.get(api, manifest)
         name = kube.ref(manifest)
+        if live is not None and live["metadata"].get("deletionTimestamp") and not dry_run:
+            # being deleted (a finalizer waits for its last user, e.g. a claim's pod): an apply now would only
+            # update the dying object, and what needs it would wait for it forever
+            kube.wait_for(lambda: True if kube.get(api, manifest) is None else None, DELETION_WAIT_SECONDS,
+                          f"{name} is being deleted and was not gone")
+            live = None
         if _generated_keys(manifest):
             if live is not None:
                 results.append({"object": name, "result": "unchanged (create-only)"})

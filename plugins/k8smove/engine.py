@@ -36,6 +36,9 @@ FIXED_ON_REDEPLOY = {
     "storage": "the DB volume's class and size are fixed once it is created",
 }
 ENDPOINT_DEADLINE_SECONDS = 30
+# On the release record: the holder whose move it commits, and that move's outcome (JSON), so a try of the same
+# run that starts after an earlier try committed (Airflow's stale-event retry) returns it instead of moving again.
+ANNOTATION_COMMITTED = "k8smove.io/committed"
 
 
 def release_ref(namespace: str, release: str) -> str:
@@ -158,7 +161,7 @@ def _current_sources(api: ApiClient, plan: dict) -> dict:
 
 def _switched_already(api: ApiClient, plan: dict) -> bool:
     """A re-run of a move whose switchover was committed: the release record names the new instance."""
-    record = kube.get(api, next(m for m in plan["manifests"] if is_release_record(m)))
+    record = kube.get(api, _release_record(plan))
     values = json.loads(record["data"]["values.json"]) if record else {}
     return int(values.get("db_instance", 0)) == plan["db_switch"]["to"]
 
@@ -171,6 +174,23 @@ def _check_unchanged_since_plan(api: ApiClient, plan: dict) -> None:
                            f"planned (placement then {plan['sources'] or 'none'}, now {now or 'none'}); run again")
 
 
+def _release_record(plan: dict) -> dict:
+    return next(m for m in plan["manifests"] if is_release_record(m))
+
+
+def committed_outcome(api: ApiClient, plan: dict, holder: str) -> dict | None:
+    """The outcome of this very move if ``holder`` committed it already (an earlier try of the run finished it),
+    else None: the record carries the holder's mark for this target and exactly the values this plan records, and
+    the lock is no longer the holder's."""
+    planned = _release_record(plan)
+    record = kube.get(api, planned)
+    mark = json.loads(((record or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_COMMITTED) or "{}")
+    if (mark.get("holder"), mark.get("target")) != (holder, plan["target"]) or record.get("data") != planned.get("data"):
+        return None
+    lease = lock.current(api, plan["namespace"], plan["release"])
+    return None if lease and lease["spec"].get("holderIdentity") == holder else mark["outcome"]
+
+
 def lease_seconds(timeout_seconds: int) -> int:
     return int(timeout_seconds) + lock.LEASE_MARGIN_SECONDS
 
@@ -181,9 +201,12 @@ def begin(api: ApiClient, plan: dict, holder: str, timeout_seconds: int, on_secr
     A DB switchover (``plan["db_switch"]``) applies the Secrets, prepares the primary for a standby, then the rest
     but the DB Service, which ``commit`` switches. Safe to run again for the same holder: the prior state recorded
     first is kept, the apply changes nothing, a switchover's phase is kept.
-    Returns {"applied": [{object, result}], "recovered": [...]} (recovered: an expired holder's move undone).
+    Returns {"applied": [{object, result}], "recovered": [...]} (recovered: an expired holder's move undone), or
+    {"committed": outcome} when an earlier try of this holder committed the move already (nothing is written).
     """
     namespace, release = plan["namespace"], plan["release"]
+    if (done := committed_outcome(api, plan, holder)) is not None:
+        return {"applied": [], "recovered": [], "committed": done}
     duration = lease_seconds(timeout_seconds)
     lease, orphan = lock.acquire(api, namespace, release, holder, duration)
     recovered = []
@@ -242,9 +265,15 @@ def commit(api: ApiClient, plan: dict, holder: str) -> dict:
     answer = verify_endpoint(plan["service_url"], deadline_seconds=ENDPOINT_DEADLINE_SECONDS)
     if switch:
         switchover.retire(api, plan["namespace"], plan["release"], switch["from"])
-    recorded = apply_manifests(api, [m for m in plan["manifests"] if is_release_record(m)])
+    outcome = {"answered": answer["body"], "db_switchover": figures}
+    record = _release_record(plan)
+    marked = {**record, "metadata": {**record["metadata"], "annotations": {
+        **(record["metadata"].get("annotations") or {}),
+        ANNOTATION_COMMITTED: json.dumps({"holder": holder, "target": plan["target"], "outcome": outcome},
+                                         sort_keys=True)}}}
+    recorded = apply_manifests(api, [marked])
     lock.release_lock(api, plan["namespace"], plan["release"], holder)
-    return {"endpoint": answer, "recorded": recorded, "db_switchover": figures}
+    return {"endpoint": answer, "recorded": recorded, "db_switchover": figures, "outcome": outcome}
 
 
 def roll_back(api: ApiClient, namespace: str, release: str, holder: str) -> dict | None:

@@ -115,6 +115,10 @@ class MoveReleases(RolloutWaitOperator):
                 outcomes[ref] = {"outcome": "refused", "reason": str(started)}
                 self.log.error("%s: %s", ref, started)
                 continue
+            if "committed" in started:   # Airflow ran this try after an earlier one had finished the move
+                outcomes[ref] = {"outcome": "moved", **started["committed"]}
+                self.log.warning("%s: an earlier try of this run committed the move already; nothing to do", ref)
+                continue
             self.log.info("%s: %s%s", ref, started["applied"],
                           f"; undid an expired holder's move first: {started['recovered']}" if started["recovered"]
                           else "")
@@ -140,7 +144,7 @@ class MoveReleases(RolloutWaitOperator):
             except K8sMoveError as err:
                 return {"outcome": "failed", "reason": str(err)}
             self.log.info("%s: moved; %s answered %s", ref, plans[ref]["service_url"], done["endpoint"]["body"])
-            return {"outcome": "moved", "answered": done["endpoint"]["body"], "db_switchover": done["db_switchover"]}
+            return {"outcome": "moved", **done["outcome"]}
         for group, outcome in zip(event["groups"], in_parallel(finish, event["groups"])):
             outcomes[release_ref(group["namespace"], group["release"])] = outcome
         context["ti"].xcom_push(key="releases", value=outcomes)

@@ -159,6 +159,33 @@ def test_apply_creates_then_a_second_identical_apply_changes_nothing(cluster, ku
     assert live_versions(kube_client, manifests) == before
 
 
+def test_an_object_still_being_deleted_is_waited_for_then_created_anew(cluster, kube_client):
+    """A rollback or a takeover deletes a claim its pod still uses (pvc-protection keeps it, terminating); the
+    next move's apply must create the claim anew, not update the dying one its new pod would wait for forever."""
+    import threading
+
+    core = CoreV1Api(kube_client)
+    held = {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "dying", "namespace": "default", "finalizers": ["example.com/in-use"]},
+            "data": {"generation": "old"}}
+    core.create_namespaced_config_map("default", held)
+    core.delete_namespaced_config_map("dying", "default")
+    assert core.read_namespaced_config_map("dying", "default").metadata.deletion_timestamp is not None
+    # its last user lets go a second later, as the claim's pod ends
+    release = threading.Timer(1.0, core.patch_namespaced_config_map, ("dying", "default",
+                                                                      {"metadata": {"finalizers": None}}))
+    release.start()
+    started = time.monotonic()
+    fresh = {**held, "metadata": {"name": "dying", "namespace": "default"}, "data": {"generation": "new"}}
+    try:
+        assert apply_manifests(kube_client, [fresh]) == [{"object": "ConfigMap default/dying", "result": "created"}]
+    finally:
+        release.join()
+    assert time.monotonic() - started >= 0.9
+    live = core.read_namespaced_config_map("dying", "default")
+    assert live.metadata.deletion_timestamp is None and live.data == {"generation": "new"}
+
+
 def test_secret_is_generated_once_and_never_rotated(cluster, kube_client):
     manifests = render_manifests(deploy_values(), ["db"])
     masked = []
