@@ -68,7 +68,10 @@ def migrate_once(stack, release: str, node: str) -> dict:
     return {"state": run["state"], "seconds": took, "outcome": report["outcome"],
             "failed": report["probe"]["failed"], "sent": report["probe"]["sent"],
             "rows_lost": report["db"]["rows_lost"], "rollback": stack.task_states("migrate_app", run_id).get("rollback"),
-            "retried": retried_tasks(stack, "migrate_app", run_id)}
+            "retried": retried_tasks(stack, "migrate_app", run_id),
+            # why a run did not end moved: kept, since the stack's reports go with it
+            **({"reason": report.get("reason"), "probe_errors": report["probe"].get("errors"),
+                "writes": report["probe"].get("writes")} if report["outcome"] != "moved" else {})}
 
 
 def maintenance_window(c, stack, source: str, target: str) -> dict:
@@ -84,6 +87,7 @@ def maintenance_window(c, stack, source: str, target: str) -> dict:
     ended, end_took, _ = trigger(stack, "end_maintenance", {})
     node = core.read_node(source)
     return {"state": run["state"], "seconds": took, "outcomes": sorted({r.get("outcome") for r in releases.values()}),
+            **({"reason": report.get("reason")} if run["state"] != "success" else {}),
             "releases": len(releases),
             "failed": sum((r.get("probe") or {}).get("failed", 0) for r in releases.values()),
             "sent": sum((r.get("probe") or {}).get("sent", 0) for r in releases.values()),
