@@ -138,7 +138,7 @@ def test_deploy_by_cli_then_migrate_by_rest_api(cluster, kube_client, airflow_st
 def test_a_finished_move_cleared_and_run_again_by_the_scheduler_changes_nothing(cluster, kube_client, airflow_stack):
     """Every task of a migrate_app run executed a second time, by the scheduler (what a retry after Airflow failed
     a resumed task, apache/airflow#71580, or a lost worker does): the release stays where the first run put it, no
-    Deployment is written, nothing is left behind, and the report says what the second run did."""
+    Deployment is written, nothing is left behind, and the report gives the run's result again."""
     from kubernetes.client import CoreV1Api
 
     from k8smove import lock
@@ -167,8 +167,10 @@ def test_a_finished_move_cleared_and_run_again_by_the_scheduler_changes_nothing(
     tries = {t: ti["try_number"] for t, ti in tis.items() if ti["state"] != "skipped"}
     assert set(tries) == {"preflight", "start_probe", "move", "stop_probe", "report"}, tis
     assert all(n == 2 for t, n in tries.items() if t != "move") and tries["move"] >= 2, tries
+    # the run's result again: its move was committed by the first execution (the mark on the release record)
     second = json.loads(report_path.read_text())
-    assert second["outcome"] == "unchanged", (second["outcome"], second["reason"])
+    assert second["outcome"] == "moved" and second["db_switchover"] == first["db_switchover"], (
+        second["outcome"], second["reason"])
     assert second["probe"]["failed"] == 0 and second["db"]["rows_lost"] == 0, second
     assert pods_by_component(kube_client, "again") == placed == {"app": ["node2"], "db": ["node2"]}
     assert generations(kube_client) == written          # not one Deployment written by the second run
