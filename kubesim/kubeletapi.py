@@ -258,13 +258,40 @@ def serve_attach(handler: BaseHTTPRequestHandler, supervisor, container: str, qu
     return 101
 
 
-class _AttachSession:
+class _ChannelSession:
+    """What attach and exec share over an upgraded connection: a channel's data as binary frames (one sender at a
+    time), and the end: a Status on channel 3, a close frame, the write side shut."""
+
+    def __init__(self, sock, rfile) -> None:
+        self.sock, self.rfile = sock, rfile
+        self._send_lock = threading.Lock()
+
+    def _send(self, channel: int, data: bytes) -> None:
+        self._frame(0x2, bytes([channel]) + data)
+
+    def _frame(self, opcode: int, payload: bytes) -> None:
+        with self._send_lock:
+            try:
+                self.sock.sendall(_ws_frame(opcode, payload))
+            except OSError:
+                pass
+
+    def _finish(self, status: dict) -> None:
+        self._send(ERROR, json.dumps(status).encode())
+        self._frame(0x8, struct.pack("!H", 1000))
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+class _AttachSession(_ChannelSession):
     """One attach over an upgraded connection: the container's new output to channels 1/2 while it runs (or until
     the client leaves), then a Success Status on channel 3 and a close frame."""
 
     def __init__(self, sock, rfile, path: str, running, channels: dict) -> None:
-        self.sock, self.rfile, self.path, self.running, self.channels = sock, rfile, path, running, channels
-        self._send_lock = threading.Lock()
+        super().__init__(sock, rfile)
+        self.path, self.running, self.channels = path, running, channels
         self._client_gone = threading.Event()
 
     def run(self) -> None:
@@ -272,12 +299,7 @@ class _AttachSession:
         for stream, text in follow_output(self.path, lambda: self.running() and not self._client_gone.is_set()):
             if self.channels.get(stream) is not None:
                 self._send(self.channels[stream], text)
-        self._send(ERROR, json.dumps({"metadata": {}, "status": "Success"}).encode())
-        self._send_frame(0x8, struct.pack("!H", 1000))
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        self._finish({"metadata": {}, "status": "Success"})
 
     def _read_client(self) -> None:
         try:
@@ -286,29 +308,19 @@ class _AttachSession:
                 if opcode == 0x8:
                     break
                 if opcode == 0x9:
-                    self._send_frame(0xA, payload)
+                    self._frame(0xA, payload)
         except (OSError, ValueError, EOFError):
             pass
         self._client_gone.set()
 
-    def _send(self, channel: int, data: bytes) -> None:
-        self._send_frame(0x2, bytes([channel]) + data)
 
-    def _send_frame(self, opcode: int, payload: bytes) -> None:
-        with self._send_lock:
-            try:
-                self.sock.sendall(_ws_frame(opcode, payload))
-            except OSError:
-                pass
-
-
-class _ExecSession:
+class _ExecSession(_ChannelSession):
     """One exec over an upgraded connection: stdin from channel 0, stdout/stderr to channels 1/2, the exit
     status as a Status on channel 3, then a close frame."""
 
     def __init__(self, sock, rfile, launch, command: list[str], stdin: bool, v5: bool) -> None:
-        self.sock, self.rfile, self.command, self.v5 = sock, rfile, command, v5
-        self._send_lock = threading.Lock()
+        super().__init__(sock, rfile)
+        self.command, self.v5 = command, v5
         self.proc = subprocess.Popen(launch.argv, env=launch.env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
@@ -322,12 +334,7 @@ class _ExecSession:
         code = self.proc.wait()
         for pump in pumps:
             pump.join()
-        self._send(ERROR, json.dumps(_status(code, self.command)).encode())
-        self._frame(0x8, struct.pack("!H", 1000))
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        self._finish(_status(code, self.command))
 
     def _pump(self, stream, channel: int) -> None:
         for chunk in iter(lambda: stream.read1(32768), b""):
@@ -359,15 +366,6 @@ class _ExecSession:
             except OSError:
                 pass
 
-    def _send(self, channel: int, data: bytes) -> None:
-        self._frame(0x2, bytes([channel]) + data)
-
-    def _frame(self, opcode: int, payload: bytes) -> None:
-        with self._send_lock:
-            try:
-                self.sock.sendall(_ws_frame(opcode, payload))
-            except OSError:
-                pass
 
 
 def _ws_frame(opcode: int, payload: bytes) -> bytes:

@@ -8,6 +8,8 @@ import re
 import subprocess
 import time
 
+import pytest
+
 
 def kubectl_runner(kubeconfig: str, home: str, default_timeout: float = 90):
     """kubectl (the one on PATH, as make test puts .venv/bin first) with this kubeconfig and its own HOME (its own
@@ -237,7 +239,7 @@ def check_port_forward(kubectl) -> None:
                 failed = f"GET {path}: {error!r}"
                 break
             assert body == {"pod": "forwarded", "node": node, "image": "nginx", "path": path, "simulated": True}
-        with pytest_raises_oserror():
+        with pytest.raises(OSError):   # the pod side refused: the connection ends without an answer
             urllib.request.urlopen(f"http://127.0.0.1:{local[9999]}/", timeout=10).read()
         assert forward.poll() is None   # one failed connection does not end the forward
     finally:
@@ -251,17 +253,6 @@ def check_port_forward(kubectl) -> None:
 
 def answer_node(kubectl) -> str:
     return kubectl.json("get", "pod", "forwarded")["spec"]["nodeName"]
-
-
-class pytest_raises_oserror:
-    """The client of a forwarded port whose pod side refused: its connection ends without an answer."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        assert kind is not None and issubclass(kind, OSError), f"expected OSError, got {kind}"
-        return True
 
 
 ATTACH_POD = """
