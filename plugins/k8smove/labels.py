@@ -9,10 +9,18 @@ from k8smove import K8sMoveError
 # preflight-time validation agree.
 _NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
 _DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-LABEL_KEY_PATTERN = rf"^({_DNS_SUBDOMAIN}/)?{_NAME}$"
-LABEL_KEY_OR_REMOVAL_PATTERN = rf"^({_DNS_SUBDOMAIN}/)?{_NAME}-?$"
-LABEL_VALUE_PATTERN = rf"^({_NAME})?$"
-NODE_NAME_PATTERN = rf"^{_DNS_SUBDOMAIN}$"
+
+
+def whole(body: str) -> str:
+    """A pattern matching all of a string: ``$`` alone (Python's re, jsonschema) also matches before a final
+    newline, so the lookahead refuses one; valid in ECMAScript too, which the trigger form's regexes are."""
+    return rf"^{body}$(?!\n)"
+
+
+LABEL_KEY_PATTERN = whole(rf"({_DNS_SUBDOMAIN}/)?{_NAME}")
+LABEL_KEY_OR_REMOVAL_PATTERN = whole(rf"({_DNS_SUBDOMAIN}/)?{_NAME}-?")
+LABEL_VALUE_PATTERN = whole(rf"({_NAME})?")
+NODE_NAME_PATTERN = whole(_DNS_SUBDOMAIN)
 
 
 def label_problem(key: str, value: str | None) -> str | None:

@@ -11,6 +11,7 @@ from k8smove.labels import (
     LABEL_KEY_PATTERN,
     LABEL_VALUE_PATTERN,
     NODE_NAME_PATTERN,
+    whole,
 )
 
 DEFAULT_IMAGES = {"app": "kubesim-demo-app:1.0", "db": "postgres:16"}
@@ -24,14 +25,14 @@ _SELECTOR = {
     "additionalProperties": _LABEL_VALUE,
 }
 _OPTIONAL_SELECTOR = {**_SELECTOR, "type": ["object", "null"], "default": None}
-_IMAGE = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._/:@-]*$", "maxLength": 255}
+_IMAGE = {"type": "string", "pattern": whole(r"[a-z0-9][a-z0-9._/:@-]*"), "maxLength": 255}
 
 NAMESPACE = {
     "default": "default",
     "title": "Namespace",
     "description": "Namespace of the release's objects.",
     "type": "string",
-    "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    "pattern": whole(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"),
     "maxLength": 63,
 }
 RELEASE = {
@@ -39,7 +40,7 @@ RELEASE = {
     "title": "Release",
     "description": "Release name: prefix of every object name and app.kubernetes.io/instance.",
     "type": "string",
-    "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+    "pattern": whole(r"[a-z]([-a-z0-9]*[a-z0-9])?"),
     "maxLength": 40,
 }
 TIMEOUT_SECONDS = {
@@ -116,8 +117,8 @@ DEPLOY_PARAMS = {
         "description": "StorageClass (network-attached, so data follows the pod) and size of the DB volume.",
         "type": "object",
         "properties": {
-            "class": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253},
-            "size": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"},
+            "class": {"type": "string", "pattern": whole(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"), "maxLength": 253},
+            "size": {"type": "string", "pattern": whole(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?")},
         },
         "required": ["class", "size"],
         "additionalProperties": False,
@@ -192,7 +193,8 @@ NODE_MAINTENANCE_PARAMS = {
         "description": 'Per release ("namespace/release") the node_label it moves to, e.g. {"default/demo": '
                        '{"demo": "node2"}}; releases not named here get their node_label with target_selector\'s '
                        'keys replaced.',
-        "propertyNames": {"pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z]([-a-z0-9]*[a-z0-9])?$", "maxLength": 104},
+        "propertyNames": {"pattern": whole(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z]([-a-z0-9]*[a-z0-9])?"),
+                          "maxLength": 104},
         "additionalProperties": _SELECTOR,
     },
     "extra_selector": {

@@ -75,6 +75,9 @@ def taint(kube_client, node):
     (taint, {}, LABEL_NODES, "node1: taint dedicated=db:NoSchedule not tolerated"),
     (None, {"replicas": 1, "images": {"app": "kubesim-demo-app:1.0", "db": "postgres:16"}},
      {"node1": {"demo": "x\n  hostNetwork: true"}}, "label_nodes.node1: invalid label value"),
+    # valid but for a trailing newline
+    (None, {"node_label": {"demo": "node1\n"}}, LABEL_NODES, r"node_label: invalid label value 'node1\\n'"),
+    (None, {}, {"node1": {"demo\n": "node1"}}, r"label_nodes.node1: invalid label key 'demo\\n'"),
 ])
 def test_preflight_refuses_and_writes_nothing(cluster, kube_client, prepare, values, label_changes, message):
     if prepare:

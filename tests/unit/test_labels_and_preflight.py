@@ -31,6 +31,7 @@ def workload(name="demo-app", cpu="100m", memory="64Mi", tolerations=None):
     ("demo", "node1", True), ("example.com/zone", "a-b_c.d", True), ("demo", "", True),
     ("demo", "x\n  hostNetwork: true", False), ("-bad", "v", False), ("a/b/c", "v", False),
     ("demo", "a" * 64, False), ("demo", "{{ 7 }}", False), ("Example.com/zone", "v", False),
+    ("demo", "node1\n", False), ("demo\n", "node1", False),   # valid but for a trailing newline
 ])
 def test_label_syntax(key, value, ok):
     assert (label_problem(key, value) is None) is ok
