@@ -52,16 +52,32 @@ def _ready(node: dict) -> bool:
                for c in node.get("status", {}).get("conditions") or [])
 
 
-def select_nodes(nodes: list[dict], maintenance_label: dict, target_selector: dict | None) -> tuple[list, list]:
-    """(names of the nodes marked for maintenance, names of the Ready, schedulable nodes they may move to)."""
+def select_nodes(nodes: list[dict], maintenance_label: dict, target_selector: dict | None,
+                 label_given: bool = False) -> tuple[list, list]:
+    """(names of the nodes marked for maintenance, names of the Ready, schedulable nodes they may move to).
+
+    ``label_given``: the run's conf names maintenance_label, so a label that marks no node is a mistake to refuse;
+    otherwise (a scheduled run, the default label) no node marked means nothing to do."""
+    names = sorted(n["metadata"]["name"] for n in nodes)
     marked = sorted(n["metadata"]["name"] for n in nodes if matches(maintenance_label, n["metadata"].get("labels")))
+    if label_given and not marked:
+        raise K8sMoveError(f"maintenance_label {selector_string(maintenance_label)} matches no node (nodes: "
+                           f"{', '.join(names)}): nothing to take into maintenance; label the nodes first")
+    if marked and marked == names:
+        raise K8sMoveError(f"maintenance_label {selector_string(maintenance_label)} matches every node "
+                           f"({', '.join(names)}): none would be left to move the workloads to")
     pool = sorted(n["metadata"]["name"] for n in nodes
                   if n["metadata"]["name"] not in marked and _ready(n) and not n.get("spec", {}).get("unschedulable")
                   and matches(target_selector or {}, n["metadata"].get("labels")))
-    if marked and not pool:
-        wanted = f" labelled {selector_string(target_selector)}" if target_selector else ""
-        raise K8sMoveError(f"no Ready, schedulable node{wanted} outside maintenance ({', '.join(marked)}) "
-                           f"to move the workloads to")
+    # a target_selector given must leave somewhere to go, even when no node is marked yet
+    if (marked or target_selector) and not pool:
+        key, wanted = f"maintenance_label {selector_string(maintenance_label)}", ""
+        if target_selector:
+            wanted = f" labelled {selector_string(target_selector)}"
+            unmatched = not any(matches(target_selector, n["metadata"].get("labels")) for n in nodes)
+            key = f"target_selector {selector_string(target_selector)}{' matches no node' if unmatched else ''}"
+        raise K8sMoveError(f"{key}: no Ready, schedulable node{wanted} outside maintenance "
+                           f"({', '.join(marked) or 'none marked'}) to move the workloads to")
     return marked, pool
 
 
@@ -276,10 +292,12 @@ def _workloads(api: ApiClient, extra_selector: dict | None) -> list[dict]:
 
 def plan_maintenance(api: ApiClient, maintenance_label: dict, target_selector: dict | None,
                      extra_selector: dict | None, ready_label: dict, allow_local_storage: bool,
-                     release_targets: dict | None = None, db_strategy: str = "switchover") -> dict:
-    """``make_plan`` over the cluster as it is now, k8smove's releases planned by the move engine (reads only)."""
+                     release_targets: dict | None = None, db_strategy: str = "switchover",
+                     label_given: bool = False) -> dict:
+    """``make_plan`` over the cluster as it is now, k8smove's releases planned by the move engine (reads only);
+    ``label_given``: see ``select_nodes``."""
     nodes, pods = kube.list_objects(api, "v1", "Node"), kube.list_objects(api, "v1", "Pod")
-    marked, _ = select_nodes(nodes, maintenance_label, target_selector)
+    marked, _ = select_nodes(nodes, maintenance_label, target_selector, label_given)
     releases = plan_releases(api, marked, target_selector, release_targets, nodes, pods,
                              db_strategy) if marked else None
     return make_plan(

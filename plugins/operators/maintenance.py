@@ -17,10 +17,10 @@ class MaintenanceOperator(KubernetesOperator):
         super().__init__(**kwargs)
         self.selection = selection
 
-    def plan(self) -> dict:
+    def plan(self, label_given: bool = False) -> dict:
         from k8smove.maintenance import plan_maintenance
 
-        return plan_maintenance(self.api, **self.selection)
+        return plan_maintenance(self.api, **self.selection, label_given=label_given)
 
 
 class PlanMaintenance(MaintenanceOperator):
@@ -37,7 +37,8 @@ class PlanMaintenance(MaintenanceOperator):
         from k8smove.preflight import check_conf_keys
 
         check_conf_keys(context["dag_run"].conf or {}, self.dag.params.keys())
-        plan = self.plan()
+        # a maintenance_label a person gave must mark a node; the scheduled run's default may mark none
+        plan = self.plan(label_given="maintenance_label" in (context["dag_run"].conf or {}))
         self.log.info("Plan:\n%s", "\n".join(describe_plan(plan)))
         if problems := blocking(plan):   # before any write, and a dry run ends red too
             raise AirflowFailException(f"The plan cannot empty {', '.join(plan['nodes'])}: " + " | ".join(problems))

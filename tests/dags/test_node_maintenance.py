@@ -215,6 +215,27 @@ def test_what_cannot_leave_is_refused_by_the_plan_before_any_write(cluster, kube
     assert not CoreV1Api(kube_client).read_node("node1").spec.unschedulable
 
 
+def test_selectors_that_select_no_node_or_every_node_are_refused_by_the_plan_before_any_write(cluster, kube_client,
+                                                                                               dags_test):
+    set_node(kube_client, "node1", labels={"demo": "node1"})
+    set_node(kube_client, "node2", labels={"demo": "node2"})
+    CoreV1Api(kube_client).read_namespace("default")   # kubesim logs a request after answering it
+    cluster.clear_request_log()
+    for conf, message in (
+            ({"maintenance_label": {"maintenance": "now"}},
+             "maintenance_label maintenance=now matches no node (nodes: node1, node2): nothing to take into "
+             "maintenance"),
+            ({"maintenance_label": {"kubernetes.io/os": "linux"}},
+             "maintenance_label kubernetes.io/os=linux matches every node (node1, node2): none would be left to "
+             "move the workloads to"),
+            ({"maintenance_label": {"demo": "node1"}, "target_selector": {"demo": "node3"}},
+             "target_selector demo=node3 matches no node: no Ready, schedulable node labelled demo=node3 outside "
+             "maintenance (node1)")):
+        result = dags_test("node_maintenance", conf)
+        assert result.returncode != 0 and message in result.stdout, result.stdout[-8000:]
+    assert cluster.writes() == []
+
+
 def test_what_a_budget_protects_is_reported_not_forced_and_the_run_fails(cluster, kube_client, dags_test):
     start_on_node1(kube_client, lambda: (create_deployment(kube_client, "guarded", 1, labels={"team": "other"}),
                                          create_pdb(kube_client, "guarded", 1)))

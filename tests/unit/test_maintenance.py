@@ -12,6 +12,7 @@ from k8smove.maintenance import (
     exclusion_manifest,
     make_plan,
     release_patch,
+    select_nodes,
     what_is_left,
 )
 from k8smove.rollout import RolloutTracker
@@ -68,6 +69,22 @@ def test_nothing_marked_plans_nothing():
     plan = plan_of([pod("a")], [], [node("node1"), node("node2")])
     assert plan["nodes"] == [] and plan["moves"] == [] and plan["evict"] == []
     assert describe_plan(plan) == ["No node is marked for maintenance: nothing to do"]
+
+
+@pytest.mark.parametrize("marks,target,label_given,message", [
+    ({"node1": {"maintenance": "scheduled"}, "node2": {"maintenance": "scheduled"}}, None, False,
+     r"maintenance_label maintenance=scheduled matches every node \(node1, node2\): none would be left"),
+    ({"node1": {}, "node2": {}}, None, True,
+     r"maintenance_label maintenance=scheduled matches no node \(nodes: node1, node2\): nothing to take"),
+    ({"node1": {}, "node2": {}}, {"pool": "b"}, False,
+     r"target_selector pool=b matches no node: no Ready, schedulable node labelled pool=b outside maintenance "
+     r"\(none marked\)"),
+])
+def test_selectors_that_select_nothing_or_every_node_are_refused_naming_the_key(marks, target, label_given,
+                                                                                message):
+    nodes = [node(name, labels) for name, labels in marks.items()]
+    with pytest.raises(K8sMoveError, match=message):
+        select_nodes(nodes, {"maintenance": "scheduled"}, target, label_given)
 
 
 def test_no_pool_is_refused():
