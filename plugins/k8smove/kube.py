@@ -20,6 +20,7 @@ KINDS = {
     "Service": ("services", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
     "PersistentVolume": ("persistentvolumes", False),
+    "StorageClass": ("storageclasses", False),
     "Deployment": ("deployments", True),
     "StatefulSet": ("statefulsets", True),
     "Node": ("nodes", False),

@@ -15,6 +15,7 @@ from k8smove.labels import check_selector, matches, node_selector_matches, selec
 from k8smove.switchover import is_serving_db
 
 BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
+DEFAULT_STORAGE_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 
 
 def check_conf_keys(conf: dict, allowed) -> None:
@@ -155,6 +156,26 @@ def check_volumes(api: ApiClient, manifests: list[dict], target_nodes: list[str]
         raise K8sMoveError("; ".join(problems))
 
 
+def check_storage_classes(api: ApiClient, manifests: list[dict]) -> None:
+    """Raises when a claim still to be created names a StorageClass the cluster does not have, or names none and
+    the cluster has no default one: the API server accepts such a claim, and the DB pod would stay Pending."""
+    claims = [m for m in manifests if m["kind"] == "PersistentVolumeClaim" and kube.get(api, m) is None]
+    if not claims:
+        return   # existing claims keep the volume they have
+    classes = kube.list_objects(api, "storage.k8s.io/v1", "StorageClass")
+    names = sorted(c["metadata"]["name"] for c in classes)
+    has_default = any((c["metadata"].get("annotations") or {}).get(DEFAULT_STORAGE_CLASS_ANNOTATION) == "true"
+                      for c in classes)
+    for claim in claims:
+        wanted = claim["spec"].get("storageClassName")
+        if wanted is None and not has_default:
+            raise K8sMoveError(f"storage.class: none named and the cluster has no default StorageClass (it has: "
+                               f"{', '.join(names) or 'none'}); name one")
+        if wanted and wanted not in names:
+            raise K8sMoveError(f"storage.class {wanted!r}: the cluster has no StorageClass of that name (it has: "
+                               f"{', '.join(names) or 'none'}); the DB volume could never be provisioned")
+
+
 def _nodes_matching(selector: dict, node_labels: dict[str, dict]) -> set[str]:
     return {name for name, labels in node_labels.items() if matches(selector, labels)}
 
@@ -213,4 +234,5 @@ def check_placement(api: ApiClient, manifests: list[dict], values: dict, sources
     target_nodes = check_targets(candidates, node_labels, pods, values["release"], values["node_label"], manifests)
     check_source_and_target(sources, values["node_label"], node_labels)
     check_volumes(api, manifests, target_nodes, node_labels)
+    check_storage_classes(api, manifests)
     return target_nodes

@@ -7,13 +7,13 @@ import time
 import urllib.request
 
 import pytest
-from kubernetes.client import AppsV1Api, CoreV1Api
+from kubernetes.client import AppsV1Api, CoreV1Api, StorageV1Api
 
 from k8smove import K8sMoveError
 from k8smove.apply import apply_manifests, record_prior_state, restore_prior_state
 from k8smove.nodes import label_nodes
 from k8smove.engine import plan_release
-from k8smove.preflight import recorded_release
+from k8smove.preflight import check_storage_classes, recorded_release
 from k8smove.render import render_manifests
 from k8smove.rollout import RolloutTracker, workloads_in
 from k8smove.verify import pods_left_on_sources, verify_endpoint, verify_source_empty
@@ -75,6 +75,8 @@ def taint(kube_client, node):
     (taint, {}, LABEL_NODES, "node1: taint dedicated=db:NoSchedule not tolerated"),
     (None, {"replicas": 1, "images": {"app": "kubesim-demo-app:1.0", "db": "postgres:16"}},
      {"node1": {"demo": "x\n  hostNetwork: true"}}, "label_nodes.node1: invalid label value"),
+    (None, {"storage": {"class": "fast", "size": "1Gi"}}, LABEL_NODES,
+     r"storage.class 'fast': the cluster has no StorageClass of that name \(it has: local-path, standard\)"),
     # valid but for a trailing newline
     (None, {"node_label": {"demo": "node1\n"}}, LABEL_NODES, r"node_label: invalid label value 'node1\\n'"),
     (None, {}, {"node1": {"demo\n": "node1"}}, r"label_nodes.node1: invalid label key 'demo\\n'"),
@@ -98,6 +100,19 @@ def test_what_the_api_server_would_refuse_is_refused_before_any_write(cluster, k
     with pytest.raises(K8sMoveError, match=message):
         plan_deploy(kube_client, deploy_values(**values), LABEL_NODES)
     assert cluster.writes(dry_runs=False) == []
+
+
+def test_a_claim_without_a_class_needs_a_default_storage_class(cluster, kube_client):
+    claim = next(m for m in render_manifests(deploy_values(), ["db"]) if m["kind"] == "PersistentVolumeClaim")
+    unnamed = {**claim, "spec": {k: v for k, v in claim["spec"].items() if k != "storageClassName"}}
+    check_storage_classes(kube_client, [unnamed])   # kubesim's "standard" is the default
+    StorageV1Api(kube_client).patch_storage_class("standard", {"metadata": {"annotations": {
+        "storageclass.kubernetes.io/is-default-class": None}}})
+    clear_request_log(cluster, kube_client)
+    with pytest.raises(K8sMoveError, match=r"storage.class: none named and the cluster has no default StorageClass "
+                                           r"\(it has: local-path, standard\)"):
+        check_storage_classes(kube_client, [unnamed])
+    assert cluster.writes() == []
 
 
 def plan_deploy(kube_client, values, label_changes):
