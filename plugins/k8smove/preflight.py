@@ -124,7 +124,50 @@ def check_targets(nodes: list[dict], node_labels: dict[str, dict], pods: list[di
                             "; ".join(f"{node}: {', '.join(p)}" for node, p in verdicts.items()))
     if problems:
         raise K8sMoveError("; ".join(problems))
+    left_over, placed = pack(selected, used, manifests)
+    if left_over:
+        wanted = {"cpu": 0, "memory": 0}
+        for count, requests in left_over.values():
+            for resource in wanted:
+                wanted[resource] += count * requests[resource]
+        free = {n["metadata"]["name"]: {r: parse_quantity(q) - placed[n["metadata"]["name"]].get(r, 0)
+                                        for r, q in (n.get("status", {}).get("allocatable") or {}).items()
+                                        if r in wanted} for n in selected}
+        raise K8sMoveError(
+            f"replicas: the pods do not all fit on the nodes node_label {selector_string(target)} selects "
+            f"({', '.join(sorted(free))}), though each fits alone: " +
+            ", ".join(f"{count} pod(s) of {ref}" for ref, (count, _) in left_over.items()) +
+            f" find no room once the others are placed (they request {_amounts(wanted)}; free then: " +
+            "; ".join(f"{node} {_amounts(amounts)}" for node, amounts in sorted(free.items())) +
+            "); lower replicas or select more nodes")
     return sorted(n["metadata"]["name"] for n in selected)
+
+
+def pack(nodes: list[dict], used: dict, manifests: list[dict]) -> tuple[dict, dict[str, dict]]:
+    """First-fit packing of every replica of the workloads in ``manifests`` onto ``nodes``, on top of ``used``:
+    ({workload: (replicas that find no room, one pod's requests)}, {node: requests in all once packed})."""
+    placed = {n["metadata"]["name"]: dict(used.get(n["metadata"]["name"], {})) for n in nodes}
+    left_over = {}
+    for manifest in manifests:
+        if manifest["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod_spec, ref = manifest["spec"]["template"]["spec"], f"{manifest['kind']} {manifest['metadata']['name']}"
+        requests = _requests(pod_spec)
+        for _ in range(int(manifest["spec"].get("replicas", 1))):
+            node = next((n["metadata"]["name"] for n in nodes
+                         if not node_problems(n, pod_spec, placed[n["metadata"]["name"]])), None)
+            if node is None:
+                left_over[ref] = (left_over.get(ref, (0, requests))[0] + 1, requests)
+                continue
+            for resource, amount in requests.items():
+                placed[node][resource] = placed[node].get(resource, 0) + amount
+    return left_over, placed
+
+
+def _amounts(amounts: dict) -> str:
+    """{"cpu": 0.35, "memory": 335544320} -> "cpu 350m, memory 320Mi": as a manifest writes them."""
+    written = {"cpu": lambda cores: f"{int(cores * 1000)}m", "memory": lambda size: f"{int(size / 2 ** 20)}Mi"}
+    return ", ".join(f"{resource} {written[resource](amount)}" for resource, amount in sorted(amounts.items()))
 
 
 def check_volumes(api: ApiClient, manifests: list[dict], target_nodes: list[str],

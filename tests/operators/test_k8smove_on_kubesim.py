@@ -68,6 +68,13 @@ def taint(kube_client, node):
         {"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}})
 
 
+def fill(kube_client, node):
+    """A pod of another app taking all but 400m of the node's 4 cpus: one DB and one App pod still fit."""
+    CoreV1Api(kube_client).create_namespaced_pod("default", {"metadata": {"name": "filler"}, "spec": {
+        "nodeName": node, "containers": [{"name": "c", "image": "nginx",
+                                          "resources": {"requests": {"cpu": "3600m"}}}]}})
+
+
 @pytest.mark.parametrize("prepare,values,label_changes,message", [
     (None, {}, {"node7": {"demo": "x"}}, "label_nodes: node 'node7' not found"),
     (None, {"node_label": {"demo": "node3"}}, LABEL_NODES, "node_label demo=node3 matches no node"),
@@ -75,6 +82,10 @@ def taint(kube_client, node):
     (taint, {}, LABEL_NODES, "node1: taint dedicated=db:NoSchedule not tolerated"),
     (None, {"replicas": 1, "images": {"app": "kubesim-demo-app:1.0", "db": "postgres:16"}},
      {"node1": {"demo": "x\n  hostNetwork: true"}}, "label_nodes.node1: invalid label value"),
+    (fill, {"replicas": 3}, LABEL_NODES,
+     r"replicas: the pods do not all fit on the nodes node_label demo=node1 selects \(node1\), though each fits "
+     r"alone: 2 pod\(s\) of Deployment demo-app find no room once the others are placed \(they request cpu "
+     r"200m, memory 128Mi; free then: node1 cpu 50m, "),
     (None, {"storage": {"class": "fast", "size": "1Gi"}}, LABEL_NODES,
      r"storage.class 'fast': the cluster has no StorageClass of that name \(it has: local-path, standard\)"),
     # valid but for a trailing newline

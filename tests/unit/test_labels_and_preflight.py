@@ -1,6 +1,8 @@
 """Label syntax, selector matching and the node checks Preflight makes (pure functions)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from k8smove import K8sMoveError
@@ -118,6 +120,22 @@ def test_check_targets_counts_other_pods_but_not_the_release():
         check_targets(nodes, labels, [other], "demo", {"demo": "node1"}, [workload()])
     with pytest.raises(K8sMoveError, match="node_label demo=node9 matches no node"):
         check_targets(nodes, labels, [], "demo", {"demo": "node9"}, [workload()])
+
+
+def test_check_targets_packs_every_replica_together():
+    """Each pod fits on node1 alone; three App replicas and the DB together do not."""
+    nodes, labels = [node("node1", {"demo": "node1"}, cpu="500m", memory="1Gi")], {"node1": {"demo": "node1"}}
+    app, db = {**workload(), "spec": {**workload()["spec"], "replicas": 3}}, workload("demo-db", cpu="250m")
+    assert check_targets(nodes, labels, [], "demo", {"demo": "node1"}, [db, workload()]) == ["node1"]
+    with pytest.raises(K8sMoveError, match=re.escape(
+            "replicas: the pods do not all fit on the nodes node_label demo=node1 selects (node1), though each fits "
+            "alone: 1 pod(s) of Deployment demo-app find no room once the others are placed (they request cpu "
+            "100m, memory 64Mi; free then: node1 cpu 50m, memory 832Mi); lower replicas or select more nodes")):
+        check_targets(nodes, labels, [], "demo", {"demo": "node1"}, [db, app])
+    # two nodes have room for all of them: first fit spreads what one cannot hold
+    nodes.append(node("node2", {"demo": "node1"}, cpu="500m", memory="1Gi"))
+    labels["node2"] = {"demo": "node1"}
+    assert check_targets(nodes, labels, [], "demo", {"demo": "node1"}, [db, app]) == ["node1", "node2"]
 
 
 def test_source_and_target():
