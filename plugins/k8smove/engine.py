@@ -22,7 +22,7 @@ from kubernetes.client import ApiClient
 from k8smove import COMPONENTS, LABEL_COMPONENT, K8sMoveError, kube, lock, release_selector, switchover
 from k8smove.apply import apply_manifests, record_prior_state, refusals_on_server, restore_prior_state
 from k8smove.labels import selector_string
-from k8smove.preflight import check_external_ip, check_placement, recorded_release
+from k8smove.preflight import check_db_secret, check_external_ip, check_placement, recorded_release
 from k8smove.render import render_manifests
 from k8smove.rollout import workloads_in
 from k8smove.verify import verify_endpoint, verify_source_empty
@@ -90,6 +90,8 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
     if settings is not None and recorded is not None:
         if problems := _redeploy_problems(recorded, settings):
             raise K8sMoveError(f"release {release_ref(namespace, release)} exists: " + "; ".join(problems))
+    if recorded is not None:
+        check_db_secret(api, namespace, release, int(recorded.get("db_instance", 0)))
     values = {**(recorded or {}), **(settings or {}), "namespace": namespace, "release": release,
               "node_label": target}
     serving = int(values.get("db_instance", 0))

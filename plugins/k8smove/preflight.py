@@ -12,7 +12,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from k8smove import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, K8sMoveError, kube, release_selector
 from k8smove.labels import check_selector, matches, node_selector_matches, selector_string, split_label_changes
-from k8smove.switchover import is_serving_db
+from k8smove.switchover import instance_name, is_serving_db
 
 BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
 DEFAULT_STORAGE_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
@@ -259,6 +259,21 @@ def recorded_release(api: ApiClient, namespace: str, release: str, components,
     if missing := sorted(set(components) - set(sources)):
         raise K8sMoveError(f"release {release!r}: component(s) {', '.join(missing)} not found")
     return values, sources
+
+
+def check_db_secret(api: ApiClient, namespace: str, release: str, db_instance: int) -> None:
+    """An existing release's DB password is in its Secret and in the database's data only: the apply re-creates a
+    missing Secret with a new password, which the data does not know, so the App would be locked out."""
+    name = f"{release}-db"
+    if kube.get(api, {"apiVersion": "v1", "kind": "Secret", "metadata": {"namespace": namespace, "name": name}}):
+        return
+    raise K8sMoveError(
+        f"release {namespace}/{release}: its DB Secret {namespace}/{name} is missing (deleted by hand?); a move would "
+        f"create it with a new password the database does not know, locking the App out of its data. Restore it "
+        f"first: from a backup (kubectl apply -f), or with the password the database still has (kubectl -n "
+        f"{namespace} create secret generic {name} --from-literal=password=<password>); if that is lost, set a new "
+        f"one in the database (kubectl -n {namespace} exec deploy/{instance_name(release, db_instance)} -- psql -U "
+        f"demo -d demo -c \"ALTER ROLE demo PASSWORD '<password>'\") and create the Secret with it")
 
 
 def check_placement(api: ApiClient, manifests: list[dict], values: dict, sources: dict[str, dict],

@@ -163,6 +163,23 @@ def test_preflight_of_a_migration(cluster, kube_client):
     assert cluster.writes(dry_runs=False) == []   # plans ask the API server with dry runs only
 
 
+def test_a_release_whose_db_secret_was_deleted_is_refused_before_any_write(cluster, kube_client):
+    """Re-created, the Secret would hold a new password the database does not know."""
+    values = deploy_values()
+    deploy(cluster, kube_client, values)
+    CoreV1Api(kube_client).delete_namespaced_secret("demo-db", "default")
+    clear_request_log(cluster, kube_client)
+    for plan in (lambda: plan_release(kube_client, "default", "demo", {"demo": "node2"}),
+                 lambda: plan_release(kube_client, "default", "demo", {"demo": "node2"}, components=["app"]),
+                 lambda: plan_deploy(kube_client, values, LABEL_NODES)):
+        with pytest.raises(K8sMoveError, match=r"release default/demo: its DB Secret default/demo-db is missing "
+                                               r"\(deleted by hand\?\); a move would create it with a new password "
+                                               r".*\(kubectl -n default create secret generic demo-db "
+                                               r"--from-literal=password=<password>"):
+            plan()
+    assert cluster.writes(dry_runs=False) == []
+
+
 # ---- ApplyResources ------------------------------------------------------------------------------------
 
 def live_versions(kube_client, manifests):
