@@ -22,7 +22,14 @@ from kubernetes.client import ApiClient
 from k8smove import COMPONENTS, LABEL_COMPONENT, K8sMoveError, kube, lock, release_selector, switchover
 from k8smove.apply import apply_manifests, record_prior_state, refusals_on_server, restore_prior_state
 from k8smove.labels import selector_string
-from k8smove.preflight import check_db_secret, check_external_ip, check_placement, recorded_release
+from k8smove.preflight import (
+    EXTERNAL_IP_RANGES,
+    check_db_secret,
+    check_external_ip,
+    check_placement,
+    check_service_address,
+    recorded_release,
+)
 from k8smove.render import render_manifests
 from k8smove.rollout import workloads_in
 from k8smove.verify import verify_endpoint, verify_source_empty
@@ -64,7 +71,8 @@ def probe_target(plan: dict) -> dict:
 
 def plan_release(api: ApiClient, namespace: str, release: str, target: dict, components=COMPONENTS,
                  settings: dict | None = None, label_nodes: dict | None = None, avoid_nodes=(),
-                 snapshot: tuple[list, list] | None = None, db_strategy: str = "switchover") -> dict:
+                 snapshot: tuple[list, list] | None = None, db_strategy: str = "switchover",
+                 external_ip_ranges: str = EXTERNAL_IP_RANGES) -> dict:
     """What a move of one release does, checked against the cluster; raises K8sMoveError naming the problem.
 
     ``target``: the node selector to place the release on; None (deploy_app without node_label) keeps an existing
@@ -73,7 +81,8 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
     (migrate_app, maintenance) the release's recorded values are used. ``avoid_nodes``: nodes no pod may go to.
     ``snapshot``: (nodes, pods) the caller listed already (see ``check_placement``). ``db_strategy``: how a DB
     that changes nodes moves: ``switchover`` (a streaming standby on the target, then promoted; k8smove.switchover)
-    or ``recreate`` (stopped, then started on the target with its volume).
+    or ``recreate`` (stopped, then started on the target with its volume). ``external_ip_ranges``: where, besides
+    the nodes' own addresses, a new release's external_ip may be (``preflight.check_cluster_address``).
     """
     if db_strategy not in switchover.STRATEGIES:
         raise K8sMoveError(f"db_strategy: {json.dumps(db_strategy)} is not one of {', '.join(switchover.STRATEGIES)}")
@@ -92,6 +101,8 @@ def plan_release(api: ApiClient, namespace: str, release: str, target: dict, com
             raise K8sMoveError(f"release {release_ref(namespace, release)} exists: " + "; ".join(problems))
     if recorded is not None:
         check_db_secret(api, namespace, release, int(recorded.get("db_instance", 0)))
+    elif settings is not None and "external_ip" in settings:   # an existing release keeps its address
+        check_service_address(api, namespace, release, settings["external_ip"], settings["port"], external_ip_ranges)
     values = {**(recorded or {}), **(settings or {}), "namespace": namespace, "release": release,
               "node_label": target}
     serving = int(values.get("db_instance", 0))

@@ -36,6 +36,70 @@ def check_external_ip(value) -> None:
                                f"use an address of the nodes or of a load balancer")
 
 
+# Where a Service's external address is routed to the cluster besides its nodes' own addresses, unless the operator
+# declares otherwise ([k8smove] external_ip_ranges): kubesim's external range (kubesim.addresses.EXTERNAL_RANGE),
+# the demo cluster's, as external_ip's default is.
+EXTERNAL_IP_RANGES = "10.192.0.0/12"
+
+
+def external_ip_ranges(declared: str) -> list:
+    """``"10.192.0.0/12, 192.0.2.0/24"`` -> the networks; raises naming the setting when one is not a CIDR."""
+    networks = []
+    for text in filter(None, (part.strip() for part in (declared or "").split(","))):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise K8sMoveError(f"[k8smove] external_ip_ranges: {text!r} is not an address range such as "
+                               f"10.192.0.0/12") from None
+    return networks
+
+
+def node_addresses(nodes: list[dict]) -> dict[str, str]:
+    """Address -> node name, of every address a node reports (InternalIP, ExternalIP) in its status."""
+    return {a["address"]: n["metadata"]["name"] for n in nodes for a in n.get("status", {}).get("addresses") or []
+            if a.get("type") in ("InternalIP", "ExternalIP")}
+
+
+def check_cluster_address(value: str, nodes: list[dict], ranges: str) -> None:
+    """external_ip must reach the cluster: a node's own address (kube-proxy there serves a Service's externalIPs)
+    or one in a range the operator declares routed to the nodes or a load balancer; any other is never answered."""
+    ip, networks, owners = ipaddress.ip_address(value), external_ip_ranges(ranges), node_addresses(nodes)
+    if value in owners or any(ip in network for network in networks):
+        return
+    addresses = ", ".join(f"{node} {address}" for address, node in sorted(owners.items()))
+    raise K8sMoveError(
+        f"external_ip {value}: not an address of this cluster, so nothing would ever answer on it: neither a "
+        f"node's address ({addresses or 'none'}) nor in the ranges declared routed to it ([k8smove] "
+        f"external_ip_ranges: {', '.join(map(str, networks)) or 'none'}); use one of those, or declare its range "
+        f"there (AIRFLOW__K8SMOVE__EXTERNAL_IP_RANGES)")
+
+
+def service_addresses(service: dict) -> set[str]:
+    """The addresses a Service claims beyond its cluster IP: spec.externalIPs and its load balancer's."""
+    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return set(service.get("spec", {}).get("externalIPs") or []) | {i["ip"] for i in ingress if i.get("ip")}
+
+
+def check_address_free(value: str, port: int, services: list[dict], namespace: str, release: str) -> None:
+    """No other Service may claim external_ip:port: kube-proxy would send the connections to either of them."""
+    for service in services:
+        meta = service["metadata"]
+        if meta["namespace"] == namespace and matches({LABEL_INSTANCE: release, LABEL_MANAGED_BY: MANAGED_BY},
+                                                      meta.get("labels")):
+            continue   # this release's own
+        ports = service["spec"].get("ports") or []
+        if value in service_addresses(service) and any(p.get("port") == port and p.get("protocol", "TCP") == "TCP"
+                                                       for p in ports):
+            raise K8sMoveError(f"external_ip {value} port {port}: already claimed by Service "
+                               f"{meta['namespace']}/{meta['name']}; choose another external_ip or port")
+
+
+def check_service_address(api: ApiClient, namespace: str, release: str, value: str, port: int, ranges: str) -> None:
+    """A new release's external_ip: an address of the cluster, and no other Service's at the same port."""
+    check_cluster_address(value, kube.list_objects(api, "v1", "Node"), ranges)
+    check_address_free(value, int(port), kube.list_objects(api, "v1", "Service"), namespace, release)
+
+
 def labels_after_changes(nodes: list[dict], label_nodes: dict) -> dict[str, dict]:
     """Node name -> labels as they will be once LabelNodes has run; raises naming an unknown node."""
     labels = {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in nodes}

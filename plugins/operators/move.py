@@ -43,13 +43,18 @@ class PlanRelease(KubernetesOperator):
         self.label_nodes = label_nodes
 
     def execute(self, context):
+        from airflow.sdk.configuration import conf
+
         from k8smove.engine import describe, plan_release, probe_target
-        from k8smove.preflight import check_conf_keys
+        from k8smove.preflight import EXTERNAL_IP_RANGES, check_conf_keys
 
         # The DAG's declared params: context["params"] also holds whatever keys the conf added.
         check_conf_keys(context["dag_run"].conf or {}, self.dag.params.keys())
+        # [k8smove] external_ip_ranges (AIRFLOW__K8SMOVE__EXTERNAL_IP_RANGES): where a Service's address may be
+        ranges = conf.get("k8smove", "external_ip_ranges", fallback=EXTERNAL_IP_RANGES)
         plan = plan_release(self.api, self.namespace, self.release, self.node_label, self.components,
-                            settings=self.settings, label_nodes=self.label_nodes, db_strategy=self.db_strategy)
+                            settings=self.settings, label_nodes=self.label_nodes, db_strategy=self.db_strategy,
+                            external_ip_ranges=ranges)
         self.log.info("Plan: %s", describe(plan))
         ti = context["ti"]
         ti.xcom_push(key="service_url", value=plan["service_url"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import urllib.request
 
@@ -86,6 +87,11 @@ def fill(kube_client, node):
      r"replicas: the pods do not all fit on the nodes node_label demo=node1 selects \(node1\), though each fits "
      r"alone: 2 pod\(s\) of Deployment demo-app find no room once the others are placed \(they request cpu "
      r"200m, memory 128Mi; free then: node1 cpu 50m, "),
+    # valid, but not routed to this cluster (kubesim: neither a node's address nor in 10.192.0.0/12)
+    (None, {"external_ip": "192.0.2.10"}, LABEL_NODES,
+     r"external_ip 192.0.2.10: not an address of this cluster, so nothing would ever answer on it: neither a "
+     r"node's address \(node1 127\.0\.\d+\.1, node2 127\.0\.\d+\.2\) nor in the ranges declared routed to it "
+     r"\(\[k8smove\] external_ip_ranges: 10\.192\.0\.0/12\)"),
     (None, {"storage": {"class": "fast", "size": "1Gi"}}, LABEL_NODES,
      r"storage.class 'fast': the cluster has no StorageClass of that name \(it has: local-path, standard\)"),
     # valid but for a trailing newline
@@ -111,6 +117,18 @@ def test_what_the_api_server_would_refuse_is_refused_before_any_write(cluster, k
     with pytest.raises(K8sMoveError, match=message):
         plan_deploy(kube_client, deploy_values(**values), LABEL_NODES)
     assert cluster.writes(dry_runs=False) == []
+
+
+def test_a_second_release_on_the_same_address_and_port_is_refused_before_any_write(cluster, kube_client):
+    values = deploy_values()
+    CoreV1Api(kube_client).create_namespaced_service("kube-public", {"metadata": {"name": "other"}, "spec": {
+        "externalIPs": [values["external_ip"]], "ports": [{"port": 8080}], "selector": {"app": "other"}}})
+    clear_request_log(cluster, kube_client)
+    with pytest.raises(K8sMoveError, match=rf"external_ip {re.escape(values['external_ip'])} port 8080: already "
+                                           rf"claimed by Service kube-public/other; choose another external_ip or port"):
+        plan_deploy(kube_client, values, LABEL_NODES)
+    assert cluster.writes(dry_runs=False) == []
+    assert plan_deploy(kube_client, {**values, "port": 8081}, LABEL_NODES)["existing"] is False   # another port
 
 
 def test_a_claim_without_a_class_needs_a_default_storage_class(cluster, kube_client):

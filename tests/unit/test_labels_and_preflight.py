@@ -8,9 +8,12 @@ import pytest
 from k8smove import K8sMoveError
 from k8smove.labels import check_selector, label_problem, matches, node_selector_matches, split_label_changes
 from k8smove.preflight import (
+    check_address_free,
+    check_cluster_address,
     check_conf_keys,
     check_source_and_target,
     check_targets,
+    external_ip_ranges,
     labels_after_changes,
     node_problems,
 )
@@ -136,6 +139,49 @@ def test_check_targets_packs_every_replica_together():
     nodes.append(node("node2", {"demo": "node1"}, cpu="500m", memory="1Gi"))
     labels["node2"] = {"demo": "node1"}
     assert check_targets(nodes, labels, [], "demo", {"demo": "node1"}, [db, app]) == ["node1", "node2"]
+
+
+@pytest.mark.parametrize("address,ranges,ok", [
+    ("192.0.2.7", "", True),                     # a node's InternalIP
+    ("198.51.100.9", "", True),                  # a node's ExternalIP
+    ("10.192.3.4", "10.192.0.0/12", True),       # in a declared range
+    ("10.200.0.1", " 203.0.113.0/24 , 10.192.0.0/12", True),
+    ("10.208.0.1", "10.192.0.0/12", False),      # neither
+    ("203.0.113.5", "", False),
+])
+def test_an_external_ip_must_be_an_address_of_the_cluster(address, ranges, ok):
+    nodes = [{**node("node1"), "status": {"addresses": [
+        {"type": "InternalIP", "address": "192.0.2.7"}, {"type": "ExternalIP", "address": "198.51.100.9"},
+        {"type": "Hostname", "address": "203.0.113.5"}]}}]
+    if ok:
+        check_cluster_address(address, nodes, ranges)
+    else:
+        with pytest.raises(K8sMoveError, match=rf"external_ip {re.escape(address)}: not an address of this cluster"):
+            check_cluster_address(address, nodes, ranges)
+
+
+def test_external_ip_ranges_must_be_cidrs():
+    with pytest.raises(K8sMoveError, match=r"\[k8smove\] external_ip_ranges: '10.192.0.0/33' is not an address "
+                                           r"range"):
+        external_ip_ranges("10.192.0.0/12,10.192.0.0/33")
+
+
+def test_an_address_and_port_another_service_claims_is_refused():
+    def service(namespace, name, labels, ip, port, protocol="TCP", ingress=False):
+        where = {"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}} if ingress else {}
+        return {"metadata": {"namespace": namespace, "name": name, "labels": labels},
+                "spec": {"externalIPs": [] if ingress else [ip], "ports": [{"port": port, "protocol": protocol}]},
+                **where}
+    ours = {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/managed-by": "k8smove"}
+    check_address_free("10.192.0.1", 8080, [service("default", "demo", ours, "10.192.0.1", 8080),   # its own
+                                            service("other", "x", {}, "10.192.0.1", 8081),
+                                            service("other", "u", {}, "10.192.0.1", 8080, protocol="UDP")],
+                       "default", "demo")
+    for claimant in (service("default", "demo", ours, "10.192.0.1", 8080), service("b", "lb", {}, "10.192.0.1", 8080,
+                                                                                  ingress=True)):
+        ref = f"{claimant['metadata']['namespace']}/{claimant['metadata']['name']}"
+        with pytest.raises(K8sMoveError, match=f"external_ip 10.192.0.1 port 8080: already claimed by Service {ref}"):
+            check_address_free("10.192.0.1", 8080, [claimant], "default", "demo2")
 
 
 def test_source_and_target():
