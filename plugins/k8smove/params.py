@@ -79,7 +79,8 @@ DEPLOY_PARAMS = {
     "external_ip": {
         "default": "10.192.0.1",
         "title": "External IP",
-        "description": "Address the Service is exposed on: one of the nodes' or the load balancer's (not a "
+        "description": "Address the Service is exposed on: one of the nodes' or in a range declared routed to "
+                       "the cluster ([k8smove] external_ip_ranges), not one another Service uses at this port (nor a "
                        "loopback, link-local or unspecified address, which Kubernetes refuses). The default is "
                        "the demo cluster's.",
         "type": "string",

@@ -171,7 +171,8 @@ def used_by_node(pods: list[dict], release: str | None = None) -> dict[str, dict
 
 def check_targets(nodes: list[dict], node_labels: dict[str, dict], pods: list[dict], release: str,
                   target: dict, manifests: list[dict]) -> list[str]:
-    """Names of the nodes ``target`` selects; raises unless every workload fits on at least one of them."""
+    """Names of the nodes ``target`` selects; raises unless every workload fits on at least one of them, and all
+    their replicas together (``pack``)."""
     selected = [n for n in nodes if matches(target, node_labels[n["metadata"]["name"]])]
     if not selected:
         raise K8sMoveError(f"node_label {selector_string(target)} matches no node")
@@ -188,23 +189,28 @@ def check_targets(nodes: list[dict], node_labels: dict[str, dict], pods: list[di
                             "; ".join(f"{node}: {', '.join(p)}" for node, p in verdicts.items()))
     if problems:
         raise K8sMoveError("; ".join(problems))
+    # each pod fitting somewhere is not enough: all the replicas must fit at once
     left_over, placed = pack(selected, used, manifests)
     if left_over:
-        wanted = {"cpu": 0, "memory": 0}
-        for count, requests in left_over.values():
-            for resource in wanted:
-                wanted[resource] += count * requests[resource]
-        free = {n["metadata"]["name"]: {r: parse_quantity(q) - placed[n["metadata"]["name"]].get(r, 0)
-                                        for r, q in (n.get("status", {}).get("allocatable") or {}).items()
-                                        if r in wanted} for n in selected}
-        raise K8sMoveError(
-            f"replicas: the pods do not all fit on the nodes node_label {selector_string(target)} selects "
+        raise K8sMoveError(_shortfall(target, selected, left_over, placed))
+    return sorted(n["metadata"]["name"] for n in selected)
+
+
+def _shortfall(target: dict, nodes: list[dict], left_over: dict, placed: dict[str, dict]) -> str:
+    """What ``pack`` could not place, in words: the pods, their requests, and the room left on each node."""
+    wanted = {"cpu": 0, "memory": 0}
+    for count, requests in left_over.values():
+        for resource in wanted:
+            wanted[resource] += count * requests[resource]
+    free = {n["metadata"]["name"]: {r: parse_quantity(q) - placed[n["metadata"]["name"]].get(r, 0)
+                                    for r, q in (n.get("status", {}).get("allocatable") or {}).items()
+                                    if r in wanted} for n in nodes}
+    return (f"replicas: the pods do not all fit on the nodes node_label {selector_string(target)} selects "
             f"({', '.join(sorted(free))}), though each fits alone: " +
             ", ".join(f"{count} pod(s) of {ref}" for ref, (count, _) in left_over.items()) +
             f" find no room once the others are placed (they request {_amounts(wanted)}; free then: " +
             "; ".join(f"{node} {_amounts(amounts)}" for node, amounts in sorted(free.items())) +
             "); lower replicas or select more nodes")
-    return sorted(n["metadata"]["name"] for n in selected)
 
 
 def pack(nodes: list[dict], used: dict, manifests: list[dict]) -> tuple[dict, dict[str, dict]]:
