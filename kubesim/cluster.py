@@ -1,4 +1,5 @@
-"""A whole simulated cluster in this process: store, API server, controllers and data plane."""
+"""A whole simulated cluster: kubesim's own store, API server, controllers and data plane in this process
+(control_plane="kubesim"), or the real control plane with kubesim's nodes (control_plane="real")."""
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,11 @@ class Cluster:
     """Start with ``with Cluster(nodes=["node1", "node2"]) as cluster:``; stops everything on exit."""
 
     def __init__(self, config: ClusterConfig | None = None, kubeconfig_path: str | None = None,
-                 **overrides):
+                 shared_control_plane=None, **overrides):
         self.config = dataclasses.replace(config or ClusterConfig(), **overrides)
+        # control_plane="real" on a ControlPlane already running (tests): stop() resets it to the state this
+        # cluster found (kubesim.controlplane.etcdreset) instead of stopping it.
+        self.shared_control_plane = shared_control_plane
         self._own_work_dir = self.config.work_dir is None
         if self._own_work_dir:
             self.config.work_dir = tempfile.mkdtemp(prefix="kubesim-")
@@ -116,14 +120,23 @@ class Cluster:
 
         ensure_local_routes()
         try:
-            self.control_plane = ControlPlane(
-                work_dir=os.path.join(self.config.work_dir, "controlplane"), kubeconfig_path=self.kubeconfig_path,
-                node_monitor_grace_seconds=self.config.node_monitor_grace_seconds,
-                service_cidr=service_cidr(self.config.network_id)).start()
+            if self.shared_control_plane is None:
+                self.control_plane = ControlPlane(
+                    work_dir=os.path.join(self.config.work_dir, "controlplane"), kubeconfig_path=self.kubeconfig_path,
+                    node_monitor_grace_seconds=self.config.node_monitor_grace_seconds,
+                    service_cidr=service_cidr(self.config.network_id)).start()
+            else:
+                self.control_plane = self.shared_control_plane
+                os.makedirs(os.path.dirname(os.path.abspath(self.kubeconfig_path)), exist_ok=True)
+                shutil.copyfile(self.control_plane.kubeconfig_path, self.kubeconfig_path)
             self.url = self.control_plane.url
             self.admin = RemoteStore.from_kubeconfig(self.kubeconfig_path, user_agent="kubesim-admin")
             self._seed_real()
-            self.faults = FaultRegistry()
+            if self.shared_control_plane is not None and not self.control_plane.etcd.keys:
+                self.control_plane.wait_settled()
+                self.control_plane.etcd.record()
+            self.control_plane.audit.clear()
+            self.faults = FaultRegistry(api_faults=False)
             self.nodes = RealNodes(self.control_plane, self.config, self.faults)
             self.nodes.start()
         except BaseException:
@@ -161,7 +174,9 @@ class Cluster:
             self.nodes.stop()
         if self.admin is not None:
             self.admin.close()
-        if self.control_plane is not None:
+        if self.control_plane is not None and self.shared_control_plane is not None:
+            self.control_plane.etcd.reset()
+        elif self.control_plane is not None:
             self.control_plane.stop()
         self.nodes = self.admin = self.control_plane = None
         for part in (self.controllers, self.dataplane, self.api):
@@ -181,10 +196,14 @@ class Cluster:
     # ---- helpers for tests and the CLI ------------------------------------------------------------------
     @property
     def request_log(self) -> list[dict]:
-        return self.api.request_log
+        """What clients asked of the API server since the last clear (on the real one, from its audit log)."""
+        return self.control_plane.audit.entries() if self.control_plane is not None else self.api.request_log
 
     def clear_request_log(self) -> None:
-        self.api.clear_request_log()
+        if self.control_plane is not None:
+            self.control_plane.audit.clear()
+        else:
+            self.api.clear_request_log()
 
     def writes(self, dry_runs: bool = True) -> list[dict]:
         """Write requests (anything but reads), as the request log saw them; ``dry_runs=False``: only the ones

@@ -108,7 +108,9 @@ def parse_params(kind: str, given: dict) -> dict:
 
 
 class FaultRegistry:
-    def __init__(self, seed: int | None = None):
+    def __init__(self, seed: int | None = None, api_faults: bool = True):
+        # False on the real control plane: no kubesim API server there to act on api-* faults.
+        self.api_faults = api_faults
         self._lock = threading.Lock()
         self._faults: dict[str, Fault] = {}
         self._ids = itertools.count(1)
@@ -116,6 +118,9 @@ class FaultRegistry:
 
     # ---- managing faults ------------------------------------------------------------------------
     def add(self, kind: str, **params) -> Fault:
+        if kind.startswith("api-") and not self.api_faults:
+            raise ValueError(f"{kind}: API faults are injected by kubesim's own API server; this cluster runs the "
+                             "real control plane (control_plane='real'), which has none")
         fault = Fault("", kind, parse_params(kind, params))
         with self._lock:
             fault.id = f"f{next(self._ids)}"

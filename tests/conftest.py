@@ -11,12 +11,34 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "plugins"))
 
 
+@pytest.fixture(scope="session")
+def shared_control_plane(tmp_path_factory):
+    """One real control plane for the session (≈ 10 s to start); each `cluster` resets it to fresh."""
+    import random
+
+    from kubesim.addresses import service_cidr
+    from kubesim.controlplane import ControlPlane
+
+    with ControlPlane(work_dir=str(tmp_path_factory.mktemp("controlplane")),
+                      service_cidr=service_cidr(random.randint(2, 254))) as control_plane:
+        yield control_plane
+
+
 @pytest.fixture
-def cluster(tmp_path):
+def control_plane_kind():
+    """The API server under the `cluster` fixture: the real control plane (kubesim's kubelets as its nodes), as
+    users run; tests/kubesim, which tests kubesim's own API server and controllers, overrides it."""
+    return "real"
+
+
+@pytest.fixture
+def cluster(tmp_path, control_plane_kind, request):
     """A fresh two-node cluster with fast pod startup, real processes and real service proxies."""
     from kubesim.cluster import Cluster
 
+    shared = request.getfixturevalue("shared_control_plane") if control_plane_kind == "real" else None
     with Cluster(nodes=["node1", "node2"], pod_startup_seconds=0.2, max_grace_seconds=1.0,
+                 control_plane=control_plane_kind, shared_control_plane=shared,
                  work_dir=str(tmp_path / "kubesim"), kubeconfig_path=str(tmp_path / "kubeconfig")) as c:
         yield c
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..dataplane import processes
+from . import audit
+from .etcdreset import TXN_OPS, EtcdBaseline
 from .pki import CertFiles, Pki
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -133,6 +135,8 @@ class ControlPlane:
         self._spawner: concurrent.futures.ThreadPoolExecutor | None = None
         self._ssl: ssl.SSLContext | None = None
         self.pki: Pki | None = None
+        self.audit: audit.AuditLog | None = None      # what clients asked (the audit log), as a request log
+        self.etcd: EtcdBaseline | None = None         # record() the state, reset() back to it
 
     @property
     def service_ip(self) -> str:
@@ -208,11 +212,13 @@ class ControlPlane:
             f"--trusted-ca-file={ca}", f"--peer-cert-file={etcd_server.cert}", f"--peer-key-file={etcd_server.key}",
             "--peer-client-cert-auth", f"--peer-trusted-ca-file={ca}",
             # A throwaway cluster: no fsync (as envtest does) keeps etcd from stalling on a busy disk.
-            "--unsafe-no-fsync", "--log-level=warn"])
+            "--unsafe-no-fsync", "--log-level=warn",
+            f"--max-txn-ops={TXN_OPS * 2}"])   # EtcdBaseline.reset's transactions
         self.etcd_url, self.etcd_client = etcd_url, etcd_client   # for tests that act on etcd (compaction)
         etcd_ssl = ssl.create_default_context(cafile=ca)
         etcd_ssl.load_cert_chain(etcd_client.cert, etcd_client.key)
         self._wait_http(etcd, f"{etcd_url}/health", deadline, context=etcd_ssl, expect=b'"health":"true"')
+        self.etcd = EtcdBaseline(etcd_url, etcd_ssl)
         self.times.etcd_healthy = time.monotonic() - t0
 
         api = self._spawn("kube-apiserver", [
@@ -237,7 +243,8 @@ class ControlPlane:
             # Endpoints may not hold loopback addresses, so the `kubernetes` Service gets none (the API server
             # would retry and log that every 10 s); clients reach the API server at 127.0.0.1 directly.
             "--endpoint-reconciler-type=none",
-            "--profiling=false", *self.apiserver_args])
+            "--profiling=false", *audit.apiserver_args(wd), *self.apiserver_args])
+        self.audit = audit.AuditLog(os.path.join(wd, "audit.log"), self.url, self._ssl)
         self._wait_http(api, f"{self.url}/readyz", deadline)
         self.times.apiserver_ready = time.monotonic() - t0
         write_kubeconfig(self.kubeconfig_path, self.url, ca, admin, "kubesim-admin")
@@ -279,6 +286,15 @@ class ControlPlane:
         if self._own_work_dir and self.work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
             self._own_work_dir = False
+
+    def wait_settled(self, timeout: float = 30.0) -> None:
+        """Until the controller-manager has given every system namespace its `default` ServiceAccount and
+        `kube-root-ca.crt`: what a fresh cluster has before anyone uses it (etcd.record() keeps it)."""
+        deadline = time.monotonic() + timeout
+        for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            for path in ("serviceaccounts/default", "configmaps/kube-root-ca.crt"):
+                proc = next(p for p in self._procs if p.name == "kube-controller-manager")
+                self._wait_http(proc, f"{self.url}/api/v1/namespaces/{namespace}/{path}", deadline)
 
     # -- identities --------------------------------------------------------------------------------------------
     def node_credentials(self, node: str) -> CertFiles:

@@ -1,6 +1,6 @@
 """The real scheduler path: Airflow's api-server, scheduler, dag-processor and triggerer as separate processes
-(scripts/airflow_stack.py: LocalExecutor, SQLite metadata DB in a throw-away AIRFLOW_HOME) against one kubesim
-cluster per module.
+(scripts/airflow_stack.py: LocalExecutor, SQLite metadata DB in a throw-away AIRFLOW_HOME) against one cluster
+per module: the real control plane with kubesim's nodes.
 
 The components need ``kubernetes_default`` (the cluster's kubeconfig) in their environment when they start,
 so the cluster is module-scoped here too (``cluster`` and ``kube_client`` override the function-scoped ones of
@@ -24,12 +24,14 @@ sys.path.insert(0, str(ROOT))
 from scripts.airflow_stack import _group_alive, leftovers, start_stack  # noqa: E402
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """One two-node cluster for the module: the Airflow components are started pointing at its kubeconfig."""
+def cluster(tmp_path_factory, shared_control_plane):
+    """One two-node cluster for the module, on the real control plane: the Airflow components are started
+    pointing at its kubeconfig."""
     from kubesim.cluster import Cluster
 
     work = tmp_path_factory.mktemp("kubesim")
-    with Cluster(nodes=["node1", "node2"], pod_startup_seconds=0.2, max_grace_seconds=1.0,
+    with Cluster(nodes=["node1", "node2"], pod_startup_seconds=0.2, max_grace_seconds=1.0, control_plane="real",
+                 shared_control_plane=shared_control_plane,
                  work_dir=str(work / "cluster"), kubeconfig_path=str(work / "kubeconfig")) as c:
         yield c
 

@@ -282,6 +282,8 @@ def test_dry_run_applies_nothing_and_logs_the_diff(cluster, kube_client, caplog)
 
 # ---- WaitReady -----------------------------------------------------------------------------------------
 
+# It times the wait against the moment kubesim's in-process store holds the complete state: its own API server.
+@pytest.mark.parametrize("control_plane_kind", ["kubesim"])
 def test_wait_notices_ready_within_100ms(cluster, kube_client):
     """Time from the cluster state being complete (seen in the store) to the watch-driven wait returning."""
     seen = []
@@ -388,6 +390,7 @@ def test_rollback_restores_the_prior_state(cluster, kube_client):
     assert pods_by_component(kube_client)["app"] == ["node1"]
 
 
+@pytest.mark.parametrize("control_plane_kind", ["kubesim"])   # API faults are kubesim's API server's
 @pytest.mark.parametrize("fault", [
     {"kind": "api-error", "verb": "watch", "resource": "pods", "code": "500", "count": 3},
     {"kind": "api-error", "verb": "watch", "resource": "apps/deployments", "code": "429", "count": 2},
