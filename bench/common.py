@@ -101,8 +101,14 @@ def cluster(**overrides) -> Iterator[Cluster]:
     import logging
     logging.getLogger("kubesim").setLevel(logging.ERROR)
     with Cluster(**overrides) as c:
-        wait_for(lambda: len(c.store.snapshot(NODES)[0]) == len(c.config.nodes), 30, what="nodes")
+        wait_for(lambda: len(store(c).snapshot(NODES)[0]) == len(c.config.nodes), 120, 0.2, what="nodes")
         yield c
+
+
+def store(c: Cluster):
+    """The cluster's objects: kubesim's in-process store, or on the real control plane the admin's RemoteStore
+    (the same calls, over HTTPS)."""
+    return c.store if c.store is not None else c.admin
 
 
 def api_client(c: Cluster):
@@ -187,7 +193,7 @@ def rolled_out(d: dict) -> bool:
 
 
 def all_rolled_out(c: Cluster, namespace: str | None = None) -> bool:
-    return all(rolled_out(d) for d in c.store.snapshot(DEPLOYMENTS, namespace)[0])
+    return all(rolled_out(d) for d in store(c).snapshot(DEPLOYMENTS, namespace)[0])
 
 
 def pod_ready(pod: dict) -> bool:
@@ -196,7 +202,7 @@ def pod_ready(pod: dict) -> bool:
 
 
 def pods(c: Cluster, namespace: str | None = None) -> list[dict]:
-    return c.store.snapshot(PODS, namespace)[0]
+    return store(c).snapshot(PODS, namespace)[0]
 
 
 # ---- results ---------------------------------------------------------------------------------------------

@@ -94,13 +94,13 @@ def _handler(api: KubeletApi):
             if len(parts) == 4 and parts[0] == "containerLogs":
                 return self._logs(*parts[1:], query)
             if len(parts) == 3 and parts[0] == "portForward":
-                supervisor = api.runtime.find_pod(parts[1], parts[2])
+                supervisor = self._supervisor(parts[1], parts[2])
                 if supervisor is None:
                     return self._reply(404, "pod does not exist", "text/plain")
                 serve_portforward(self, supervisor, api.runtime.network)
                 return None
             if len(parts) == 4 and parts[0] in ("exec", "attach"):
-                supervisor = api.runtime.find_pod(parts[1], parts[2])
+                supervisor = self._supervisor(parts[1], parts[2])
                 if supervisor is None:
                     return self._reply(404, f'pod "{parts[2]}" not found on node {api.node}', "text/plain")
                 if parts[3] not in supervisor.container_names():
@@ -110,6 +110,12 @@ def _handler(api: KubeletApi):
                     return None
                 return self._exec(supervisor, parts[3], query)
             self._reply(404, "404 page not found", "text/plain")
+
+        @staticmethod
+        def _supervisor(namespace: str, name: str):
+            """The pod's supervisor here, found by the uid of the pod now under that name."""
+            pod = api.pods(namespace, name)
+            return api.runtime.supervisor(pod["metadata"]["uid"]) if pod is not None else None
 
         def _reply(self, code: int, body: str, content_type: str) -> None:
             data = body.encode()

@@ -613,8 +613,7 @@ class ResourceHandlers:
         from ..kubeletapi import serve_attach, serve_exec
 
         pod, container = self._pod_container(request)
-        supervisor = getattr(self.runtime, "find_pod", lambda *_: None)(pod["metadata"]["namespace"],
-                                                                         pod["metadata"]["name"])
+        supervisor = getattr(self.runtime, "supervisor", lambda _: None)(pod["metadata"]["uid"])
         if supervisor is None or not supervisor.running(container):
             raise errors.bad_request(f'unable to upgrade connection: container not found ("{container}")')
         if request.route.subresource == "attach":
@@ -628,8 +627,8 @@ class ResourceHandlers:
 
         route = request.route
         pod = self.store.get(PODS, route.namespace, route.name)
-        supervisor = getattr(self.runtime, "find_pod", lambda *_: None)(route.namespace, route.name)
-        if supervisor is None or supervisor.uid != pod["metadata"]["uid"]:
+        supervisor = getattr(self.runtime, "supervisor", lambda _: None)(pod["metadata"]["uid"])
+        if supervisor is None:
             raise errors.bad_request("unable to upgrade connection: pod does not exist")
         return lambda http: serve_portforward(http, supervisor, self.runtime.network)
 

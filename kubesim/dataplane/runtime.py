@@ -167,11 +167,11 @@ class ProcessRuntime:
         return self.volumes.attach_problem(pod, node)
 
     # ---- shared by the supervisors --------------------------------------------------------------
-    def find_pod(self, namespace: str, name: str) -> "PodSupervisor | None":
-        """The supervisor of the pod ``namespace/name`` running here (the kubelet API's lookup)."""
+    def supervisor(self, pod_uid: str) -> "PodSupervisor | None":
+        """The supervisor of the pod running here with this uid (the kubelet API's lookup, by the uid of the pod
+        the name stands for now: a pod re-created under the same name is another pod)."""
         with self._lock:
-            return next((s for s in self._pods.values() if s.pod["metadata"]["namespace"] == namespace
-                         and s.pod["metadata"]["name"] == name), None)
+            return self._pods.get(pod_uid)
 
     def log_path(self, pod_uid: str, container: str, instance: int | None = None) -> str | None:
         """logs/<container>/<instance>.log in the pod's directory, CRI lines (kubesim/containerlogs.py); the
