@@ -119,7 +119,8 @@ class Cluster:
             self.control_plane = ControlPlane(
                 work_dir=os.path.join(self.config.work_dir, "controlplane"), kubeconfig_path=self.kubeconfig_path,
                 node_monitor_grace_seconds=self.config.node_monitor_grace_seconds,
-                service_cidr=service_cidr(self.config.network_id)).start()
+                service_cidr=service_cidr(self.config.network_id),
+                apiserver_args=tuple(self.config.apiserver_args)).start()
             self.url = self.control_plane.url
             self.admin = RemoteStore.from_kubeconfig(self.kubeconfig_path, user_agent="kubesim-admin")
             self._seed_real()

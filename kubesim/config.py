@@ -35,6 +35,7 @@ class ClusterConfig:
     # controller-manager and scheduler (kubesim.controlplane, built by `make controlplane`) with kubesim's
     # kubelets as the nodes (kubesim.realnodes).
     control_plane: str = "kubesim"
+    apiserver_args: tuple[str, ...] = ()   # control_plane="real": extra kube-apiserver flags (tests: an audit log)
 
     def __post_init__(self) -> None:
         # the simulated storage backend, shared by the cluster's nodes: the node each network volume is attached to

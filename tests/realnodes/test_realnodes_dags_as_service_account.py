@@ -2,10 +2,12 @@
 include/rbac/ applied: the proof that the rules suffice, made by the DAGs themselves rather than derived from a
 request log (tests/deploy/test_rbac.py) or asked of the authorizer (tests/controlplane/test_controlplane_rbac.py).
 
+The API server keeps an audit log of the service account's requests (the runs' identity and what was answered).
 As admin: include/rbac/ applied, a token of airflow/k8smove requested (TokenRequest) and written into a kubeconfig
-of the same server and CA; node2 labelled for maintenance. With that kubeconfig, through ``airflow dags test``:
-deploy_app on node1, migrate_app to node2 (the DB by switchover), node_maintenance of node2 moving the release back
-to node1, end_maintenance."""
+of the same server and CA; workloads the DAGs did not deploy started on node2 in another namespace (OTHER_NS);
+node2 labelled for maintenance. With that kubeconfig, through ``airflow dags test``: deploy_app on node1,
+migrate_app to node2 (the DB by switchover), node_maintenance of node2 moving the release back to node1 with
+OTHER_NS's workloads (moved, or evicted), end_maintenance."""
 from __future__ import annotations
 
 import json
@@ -18,13 +20,86 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operators"))   # k
 
 from airflow_env import airflow_home  # noqa: E402,F401  (fixture)
 from kubectl_support import kubectl_runner  # noqa: E402
+from realnodes_support import REAL  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 RBAC_DIR = ROOT / "include" / "rbac"
 SERVICE_ACCOUNT = "system:serviceaccount:airflow:k8smove"
+OTHER_NS = "shop"   # not the release's namespace: the maintenance DAGs act wherever the node's pods are
+MANAGED = {"app.kubernetes.io/managed-by": "k8smove"}
+EXCLUSION = "k8smove.io/maintenance-exclusion"
 RUNS = ("deploy_app", "migrate_app", "node_maintenance", "end_maintenance")
+# Every request of the service account, at Metadata level (who, what, the authorizer's decision, the answer).
+AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+                "rules": [{"level": "Metadata", "users": [SERVICE_ACCOUNT]}, {"level": "None"}]}
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory):
+    """conftest's cluster, its API server writing the service account's requests to an audit log."""
+    from kubesim.cluster import Cluster
+
+    work = tmp_path_factory.mktemp("realnodes")
+    (work / "audit-policy.json").write_text(json.dumps(AUDIT_POLICY))
+    audit = ("--audit-log-mode=blocking", f"--audit-policy-file={work / 'audit-policy.json'}",
+             f"--audit-log-path={work / 'audit.log'}")
+    with Cluster(work_dir=str(work / "kubesim"), kubeconfig_path=str(work / "admin.kubeconfig"),
+                 apiserver_args=audit, **REAL) as cluster:
+        cluster.audit_log = work / "audit.log"
+        yield cluster
+
+
+def workload(kind: str, name: str, labels: dict, **spec) -> dict:
+    template = {"metadata": {"labels": {"app": name, **labels}}, "spec": {
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]}]}}
+    if kind == "StatefulSet":
+        template["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": OTHER_NS, "labels": labels},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": template, **spec}}
+
+
+OTHER_WORKLOADS = [
+    workload("Deployment", "web", MANAGED),              # labelled as k8smove's: moved whole
+    workload("Deployment", "extra", {"team": "extra"}),  # not k8smove's, named by extra_selector: only its
+                                                         # placement changed (guard.yaml's policy applies)
+    workload("StatefulSet", "db", MANAGED, serviceName="db", volumeClaimTemplates=[{
+        "metadata": {"name": "data"}, "spec": {"storageClassName": "standard", "accessModes": ["ReadWriteOnce"],
+                                               "resources": {"requests": {"storage": "1Gi"}}}}]),
+    workload("Deployment", "other", {"team": "other"}),  # neither: its pod is evicted
+]
+
+
+def pods_by_node(kubectl, namespace: str) -> dict[str, str]:
+    return {p["metadata"]["name"]: p["spec"].get("nodeName") for p in kubectl.json("-n", namespace, "get", "pods")["items"]
+            if not p["metadata"].get("deletionTimestamp")}
+
+
+def start_other_workloads_on_node2(kubectl) -> None:
+    """As admin, OTHER_WORKLOADS Ready on node2 (node1 cordoned meanwhile)."""
+    kubectl("cordon", "node1")
+    kubectl("create", "namespace", OTHER_NS)
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": OTHER_WORKLOADS}))
+    for item in OTHER_WORKLOADS:
+        kubectl("-n", OTHER_NS, "rollout", "status", f"{item['kind'].lower()}/{item['metadata']['name']}",
+                "--timeout=120s", timeout=150)
+    placed = pods_by_node(kubectl, OTHER_NS)
+    assert len(placed) == len(OTHER_WORKLOADS) and set(placed.values()) == {"node2"}, placed
+    kubectl("uncordon", "node1")
+
+
+def audit_events(path: Path, start: int, end: int | None = None) -> list[dict]:
+    """The audit events written between byte offsets ``start`` and ``end``, each request once (its last stage)."""
+    with path.open("rb") as f:
+        f.seek(start)
+        text = f.read(None if end is None else end - start).decode()
+    events = {}
+    for line in text.splitlines():
+        event = json.loads(line)
+        events[event["auditID"]] = event   # a watch's or an exec's ResponseStarted, then its ResponseComplete
+    return list(events.values())
 
 
 def service_account_kubeconfig(admin_kubeconfig: str, token: str, path: Path) -> str:
@@ -71,23 +146,33 @@ def runs(real_cluster, kubectl, sa_kubeconfig, airflow_home, tmp_path_factory): 
     from scripts import local_airflow
 
     reports = tmp_path_factory.mktemp("reports")
-    env = local_airflow.airflow_environ(airflow_home, sa_kubeconfig, reports)
-    outputs = {}
+    # kubernetes_default names the kubeconfig, and KUBECONFIG too (any client that loads the default one gets the
+    # service account as well); every rollout wait defers at once, so WaitReadyTrigger (the triggerer's code, run
+    # inline by `dags test`) makes its calls as the service account as well
+    env = {**local_airflow.airflow_environ(airflow_home, sa_kubeconfig, reports), "KUBECONFIG": sa_kubeconfig,
+           "AIRFLOW__K8SMOVE__WAIT_IN_WORKER_SECONDS": "0"}
+    outputs, audited = {}, {}
 
     def dags_test(dag_id: str, conf: dict) -> str:
+        start = real_cluster.audit_log.stat().st_size
         result = local_airflow.run_airflow(env, "dags", "test", dag_id, "--conf", json.dumps(conf), timeout=600)
         (reports / f"{dag_id}.out").write_text(result.stdout)   # the whole output, for a failure's reader
         assert result.returncode == 0, f"{dag_id} as {SERVICE_ACCOUNT} failed:\n{result.stdout[-8000:]}"
         outputs[dag_id] = result.stdout
+        audited[dag_id] = audit_events(real_cluster.audit_log, start, real_cluster.audit_log.stat().st_size)
         return result.stdout
 
     dags_test("deploy_app", {"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
                              "node_label": {"demo": "node1"}, "external_ip": unique_external_ip(), "port": 8080})
     dags_test("migrate_app", {"node_label": {"demo": "node2"}})   # db_strategy switchover, the default
+    start_other_workloads_on_node2(kubectl)
     kubectl("label", "node", "node2", "maintenance=scheduled")    # the README's flow, as the cluster's admin
-    dags_test("node_maintenance", {"target_selector": {"demo": "node1"}})
+    dags_test("node_maintenance", {"target_selector": {"demo": "node1"}, "extra_selector": {"team": "extra"}})
+    during = {"pods": {ns: pods_by_node(kubectl, ns) for ns in ("default", OTHER_NS)},
+              "node2": kubectl.json("get", "node", "node2"),
+              "extra": kubectl.json("-n", OTHER_NS, "get", "deployment", "extra")}
     dags_test("end_maintenance", {})
-    return {"outputs": outputs, "reports": reports}
+    return {"outputs": outputs, "reports": reports, "audited": audited, "during": during}
 
 
 def test_each_dag_run_as_the_service_account_did_its_work(runs, kubectl):
@@ -105,15 +190,38 @@ def test_each_dag_run_as_the_service_account_did_its_work(runs, kubectl):
     assert set(release["pods_after"]) == {"node1"}, release["pods_after"]
     assert release["probe"]["sent"] >= 20 and release["probe"]["failed"] == 0, release["probe"]
     assert release["db"]["rows_acknowledged"] > 0 and release["db"]["rows_lost"] == 0, release["db"]
-    # end_maintenance brought node2 back: schedulable, its maintenance label gone
+    # node_maintenance emptied node2: the release and OTHER_NS's workloads (the evicted pod recreated) on node1
+    during = runs["during"]
+    for namespace, placed in during["pods"].items():
+        assert placed and set(placed.values()) == {"node1"}, (namespace, placed)
+    assert len(during["pods"][OTHER_NS]) == len(OTHER_WORKLOADS), during["pods"]
+    assert during["node2"]["spec"]["unschedulable"] and during["node2"]["metadata"]["labels"]["maintenance"] == "ready"
+    assert EXCLUSION in during["extra"]["metadata"]["annotations"], during["extra"]["metadata"]
+    assert during["extra"]["spec"]["template"]["spec"]["affinity"]["nodeAffinity"], during["extra"]["spec"]
+    # end_maintenance brought node2 back: schedulable, its maintenance label gone, the exclusions lifted
     node2 = kubectl.json("get", "node", "node2")
     assert not node2["spec"].get("unschedulable") and "maintenance" not in node2["metadata"]["labels"], node2
+    for name in ("web", "extra"):
+        deployment = kubectl.json("-n", OTHER_NS, "get", "deployment", name)
+        assert EXCLUSION not in (deployment["metadata"].get("annotations") or {}), deployment["metadata"]
+        assert "affinity" not in deployment["spec"]["template"]["spec"], deployment["spec"]
 
 
 def test_no_call_of_the_runs_was_forbidden(runs):
+    """The API server's own account of each run: the service account made its calls, every one was allowed
+    by RBAC and none refused (403) or denied by guard.yaml's policies (422); and no task logged a refusal."""
     for dag_id in RUNS:
         output = runs["outputs"][dag_id]
         assert "Forbidden" not in output and "forbidden" not in output, (dag_id, output[-8000:])
+        if dag_id != "end_maintenance":   # the one without a rollout wait
+            assert "[DAG TEST] Trigger completed" in output, (dag_id, output[-8000:])
+        events = runs["audited"][dag_id]
+        assert len(events) >= 5 and {e["user"]["username"] for e in events} == {SERVICE_ACCOUNT}, (dag_id, events)
+        denied = [e for e in events if e["annotations"].get("authorization.k8s.io/decision") != "allow"]
+        assert denied == [], (dag_id, denied)
+        failed = sorted({(e["verb"], e["objectRef"].get("resource"), e["responseStatus"]["code"]) for e in events
+                         if e["responseStatus"]["code"] in (401, 403, 422)})
+        assert failed == [], (dag_id, failed)
 
 
 def test_the_service_account_is_refused_outside_its_rules(runs, kubectl, sa_kubeconfig):
