@@ -6,8 +6,8 @@ The API server keeps an audit log of the service account's requests (the runs' i
 As admin: include/rbac/ applied, a token of airflow/k8smove requested (TokenRequest) and written into a kubeconfig
 of the same server and CA; workloads the DAGs did not deploy started on node2 in another namespace (OTHER_NS);
 node2 labelled for maintenance. With that kubeconfig, through ``airflow dags test``: deploy_app on node1,
-migrate_app to node2 (the DB by switchover), node_maintenance of node2 moving the release back to node1 with
-OTHER_NS's workloads (moved, or evicted), end_maintenance."""
+migrate_app to node2 (the DB by switchover), a migrate_app back that times out and rolls back, node_maintenance
+of node2 moving the release back to node1 with OTHER_NS's workloads (moved, or evicted), end_maintenance."""
 from __future__ import annotations
 
 import json
@@ -30,7 +30,7 @@ SERVICE_ACCOUNT = "system:serviceaccount:airflow:k8smove"
 OTHER_NS = "shop"   # not the release's namespace: the maintenance DAGs act wherever the node's pods are
 MANAGED = {"app.kubernetes.io/managed-by": "k8smove"}
 EXCLUSION = "k8smove.io/maintenance-exclusion"
-RUNS = ("deploy_app", "migrate_app", "node_maintenance", "end_maintenance")
+RUNS = ("deploy_app", "migrate_app", "migrate_app rolled back", "node_maintenance", "end_maintenance")
 # Every request of the service account, at Metadata level (who, what, the authorizer's decision, the answer).
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
                 "rules": [{"level": "Metadata", "users": [SERVICE_ACCOUNT]}, {"level": "None"}]}
@@ -73,7 +73,8 @@ OTHER_WORKLOADS = [
 
 
 def pods_by_node(kubectl, namespace: str) -> dict[str, str]:
-    return {p["metadata"]["name"]: p["spec"].get("nodeName") for p in kubectl.json("-n", namespace, "get", "pods")["items"]
+    pods = kubectl.json("-n", namespace, "get", "pods")["items"]
+    return {p["metadata"]["name"]: p["spec"].get("nodeName") for p in pods
             if not p["metadata"].get("deletionTimestamp")}
 
 
@@ -90,16 +91,18 @@ def start_other_workloads_on_node2(kubectl) -> None:
     kubectl("uncordon", "node1")
 
 
-def audit_events(path: Path, start: int, end: int | None = None) -> list[dict]:
-    """The audit events written between byte offsets ``start`` and ``end``, each request once (its last stage)."""
+def audit_events(path: Path, start: int) -> tuple[list[dict], int]:
+    """The audit events written from byte offset ``start`` on, each request once (its last stage), and the offset
+    after the last whole line (where the next reading starts)."""
     with path.open("rb") as f:
         f.seek(start)
-        text = f.read(None if end is None else end - start).decode()
+        text = f.read()
+    whole = text[:text.rfind(b"\n") + 1]
     events = {}
-    for line in text.splitlines():
+    for line in whole.decode().splitlines():
         event = json.loads(line)
         events[event["auditID"]] = event   # a watch's or an exec's ResponseStarted, then its ResponseComplete
-    return list(events.values())
+    return list(events.values()), start + len(whole)
 
 
 def service_account_kubeconfig(admin_kubeconfig: str, token: str, path: Path) -> str:
@@ -140,8 +143,9 @@ def sa_kubeconfig(real_cluster, kubectl, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def runs(real_cluster, kubectl, sa_kubeconfig, airflow_home, tmp_path_factory):  # noqa: F811
-    """Each DAG's ``airflow dags test`` output (stdout and stderr) and the report directory, the DAGs
-    authenticating as the service account; every run must succeed for the next to mean anything."""
+    """Per run (RUNS): its ``airflow dags test`` output (stdout and stderr), its report and the service account's
+    requests the audit log recorded meanwhile, the DAGs authenticating as the service account; each run must end
+    as planned for the next to mean anything."""
     from kubesim_release import unique_external_ip
     from scripts import local_airflow
 
@@ -151,20 +155,29 @@ def runs(real_cluster, kubectl, sa_kubeconfig, airflow_home, tmp_path_factory): 
     # inline by `dags test`) makes its calls as the service account as well
     env = {**local_airflow.airflow_environ(airflow_home, sa_kubeconfig, reports), "KUBECONFIG": sa_kubeconfig,
            "AIRFLOW__K8SMOVE__WAIT_IN_WORKER_SECONDS": "0"}
-    outputs, audited = {}, {}
+    outputs, reported, audited = {}, {}, {}
+    _, audit_offset = audit_events(real_cluster.audit_log, 0)
 
-    def dags_test(dag_id: str, conf: dict) -> str:
-        start = real_cluster.audit_log.stat().st_size
+    def dags_test(run: str, conf: dict, succeeds: bool = True) -> None:
+        nonlocal audit_offset
+        dag_id = run.split()[0]
         result = local_airflow.run_airflow(env, "dags", "test", dag_id, "--conf", json.dumps(conf), timeout=600)
-        (reports / f"{dag_id}.out").write_text(result.stdout)   # the whole output, for a failure's reader
-        assert result.returncode == 0, f"{dag_id} as {SERVICE_ACCOUNT} failed:\n{result.stdout[-8000:]}"
-        outputs[dag_id] = result.stdout
-        audited[dag_id] = audit_events(real_cluster.audit_log, start, real_cluster.audit_log.stat().st_size)
-        return result.stdout
+        (reports / f"{run.replace(' ', '_')}.out").write_text(result.stdout)   # the whole output, for a reader
+        assert (result.returncode == 0) == succeeds, f"{run} as {SERVICE_ACCOUNT}:\n{result.stdout[-8000:]}"
+        outputs[run] = result.stdout
+        audited[run], audit_offset = audit_events(real_cluster.audit_log, audit_offset)
+        if dag_id != "end_maintenance":   # the one without a report
+            reported[run] = newest_report(reports, dag_id)
 
     dags_test("deploy_app", {"label_nodes": {"node1": {"demo": "node1"}, "node2": {"demo": "node2"}},
                              "node_label": {"demo": "node1"}, "external_ip": unique_external_ip(), "port": 8080})
     dags_test("migrate_app", {"node_label": {"demo": "node2"}})   # db_strategy switchover, the default
+    # back to node1 stop-and-start (the claim bound: preflight reads its volume), on a node1 that starts no pod in
+    # time: the wait times out, reads the cluster's events, and the move is rolled back
+    real_cluster.faults.add("slow-startup", node="node1", seconds=120)
+    dags_test("migrate_app rolled back", {"node_label": {"demo": "node1"}, "db_strategy": "recreate",
+                                          "timeout_seconds": 10}, succeeds=False)
+    real_cluster.faults.clear(kind="slow-startup")
     start_other_workloads_on_node2(kubectl)
     kubectl("label", "node", "node2", "maintenance=scheduled")    # the README's flow, as the cluster's admin
     dags_test("node_maintenance", {"target_selector": {"demo": "node1"}, "extra_selector": {"team": "extra"}})
@@ -172,18 +185,22 @@ def runs(real_cluster, kubectl, sa_kubeconfig, airflow_home, tmp_path_factory): 
               "node2": kubectl.json("get", "node", "node2"),
               "extra": kubectl.json("-n", OTHER_NS, "get", "deployment", "extra")}
     dags_test("end_maintenance", {})
-    return {"outputs": outputs, "reports": reports, "audited": audited, "during": during}
+    return {"outputs": outputs, "reports": reported, "audited": audited, "during": during}
 
 
 def test_each_dag_run_as_the_service_account_did_its_work(runs, kubectl):
     reports = runs["reports"]
-    assert newest_report(reports, "deploy_app")["outcome"] == "deployed"
-    migrated = newest_report(reports, "migrate_app")
+    assert reports["deploy_app"]["outcome"] == "deployed", reports["deploy_app"]
+    migrated = reports["migrate_app"]
     assert migrated["outcome"] == "moved", migrated
     assert set(migrated["pods_after"]) == {"node2"}, migrated["pods_after"]
     assert migrated["probe"]["sent"] >= 20 and migrated["probe"]["failed"] == 0, migrated["probe"]
     assert migrated["db"]["rows_acknowledged"] > 0 and migrated["db"]["rows_lost"] == 0, migrated["db"]
-    maintenance = newest_report(reports, "node_maintenance")
+    rolled_back = reports["migrate_app rolled back"]
+    assert rolled_back["outcome"] == "rolled_back" and "Rollout not complete after 10s" in rolled_back["reason"], \
+        rolled_back
+    assert rolled_back["probe"]["failed"] == 0 and set(rolled_back["pods_after"]) == {"node2"}, rolled_back
+    maintenance = reports["node_maintenance"]
     assert maintenance["outcome"] == "done", maintenance
     release = maintenance["releases"]["default/demo"]
     assert release["outcome"] == "moved", release
@@ -210,18 +227,18 @@ def test_each_dag_run_as_the_service_account_did_its_work(runs, kubectl):
 def test_no_call_of_the_runs_was_forbidden(runs):
     """The API server's own account of each run: the service account made its calls, every one was allowed
     by RBAC and none refused (403) or denied by guard.yaml's policies (422); and no task logged a refusal."""
-    for dag_id in RUNS:
-        output = runs["outputs"][dag_id]
-        assert "Forbidden" not in output and "forbidden" not in output, (dag_id, output[-8000:])
-        if dag_id != "end_maintenance":   # the one without a rollout wait
-            assert "[DAG TEST] Trigger completed" in output, (dag_id, output[-8000:])
-        events = runs["audited"][dag_id]
-        assert len(events) >= 5 and {e["user"]["username"] for e in events} == {SERVICE_ACCOUNT}, (dag_id, events)
+    for run in RUNS:
+        output = runs["outputs"][run]
+        assert "Forbidden" not in output and "forbidden" not in output, (run, output[-8000:])
+        if run != "end_maintenance":   # the one without a rollout wait
+            assert "[DAG TEST] Trigger completed" in output, (run, output[-8000:])
+        events = runs["audited"][run]
+        assert len(events) >= 5 and {e["user"]["username"] for e in events} == {SERVICE_ACCOUNT}, (run, events)
         denied = [e for e in events if e["annotations"].get("authorization.k8s.io/decision") != "allow"]
-        assert denied == [], (dag_id, denied)
+        assert denied == [], (run, denied)
         failed = sorted({(e["verb"], e["objectRef"].get("resource"), e["responseStatus"]["code"]) for e in events
                          if e["responseStatus"]["code"] in (401, 403, 422)})
-        assert failed == [], (dag_id, failed)
+        assert failed == [], (run, failed)
 
 
 def test_the_service_account_is_refused_outside_its_rules(runs, kubectl, sa_kubeconfig):
