@@ -7,7 +7,8 @@ As admin: include/rbac/ applied, a token of airflow/k8smove requested (TokenRequ
 of the same server and CA; workloads the DAGs did not deploy started on node2 in another namespace (OTHER_NS);
 node2 labelled for maintenance. With that kubeconfig, through ``airflow dags test``: deploy_app on node1,
 migrate_app to node2 (the DB by switchover), a migrate_app back that times out and rolls back, node_maintenance
-of node2 moving the release back to node1 with OTHER_NS's workloads (moved, or evicted), end_maintenance."""
+of node2 moving the release back to node1 with OTHER_NS's workloads (moved, or evicted), end_maintenance; then a
+node_maintenance of node1 whose moves time out and roll back."""
 from __future__ import annotations
 
 import json
@@ -30,7 +31,8 @@ SERVICE_ACCOUNT = "system:serviceaccount:airflow:k8smove"
 OTHER_NS = "shop"   # not the release's namespace: the maintenance DAGs act wherever the node's pods are
 MANAGED = {"app.kubernetes.io/managed-by": "k8smove"}
 EXCLUSION = "k8smove.io/maintenance-exclusion"
-RUNS = ("deploy_app", "migrate_app", "migrate_app rolled back", "node_maintenance", "end_maintenance")
+RUNS = ("deploy_app", "migrate_app", "migrate_app rolled back", "node_maintenance", "end_maintenance",
+        "node_maintenance timed out")
 # Every request of the service account, at Metadata level (who, what, the authorizer's decision, the answer).
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
                 "rules": [{"level": "Metadata", "users": [SERVICE_ACCOUNT]}, {"level": "None"}]}
@@ -185,10 +187,19 @@ def runs(real_cluster, kubectl, sa_kubeconfig, airflow_home, tmp_path_factory): 
               "node2": kubectl.json("get", "node", "node2"),
               "extra": kubectl.json("-n", OTHER_NS, "get", "deployment", "extra")}
     dags_test("end_maintenance", {})
-    return {"outputs": outputs, "reports": reported, "audited": audited, "during": during}
+    ended = {"node2": kubectl.json("get", "node", "node2"),
+             **{name: kubectl.json("-n", OTHER_NS, "get", "deployment", name) for name in ("web", "extra")}}
+    # node1 marked now, node2 starting no pod in time: every move times out (the wait reads the events of each
+    # namespace) and is rolled back
+    real_cluster.faults.add("slow-startup", node="node2", seconds=120)
+    kubectl("label", "node", "node1", "maintenance=scheduled")
+    dags_test("node_maintenance timed out", {"target_selector": {"demo": "node2"}, "timeout_seconds": 10,
+                                             "extra_selector": {"team": "extra"}}, succeeds=False)
+    real_cluster.faults.clear(kind="slow-startup")
+    return {"outputs": outputs, "reports": reported, "audited": audited, "during": during, "ended": ended}
 
 
-def test_each_dag_run_as_the_service_account_did_its_work(runs, kubectl):
+def test_each_dag_run_as_the_service_account_did_its_work(runs):
     reports = runs["reports"]
     assert reports["deploy_app"]["outcome"] == "deployed", reports["deploy_app"]
     migrated = reports["migrate_app"]
@@ -207,6 +218,11 @@ def test_each_dag_run_as_the_service_account_did_its_work(runs, kubectl):
     assert set(release["pods_after"]) == {"node1"}, release["pods_after"]
     assert release["probe"]["sent"] >= 20 and release["probe"]["failed"] == 0, release["probe"]
     assert release["db"]["rows_acknowledged"] > 0 and release["db"]["rows_lost"] == 0, release["db"]
+    timed_out = reports["node_maintenance timed out"]
+    assert timed_out["outcome"] == "failed", timed_out
+    release = timed_out["releases"]["default/demo"]
+    assert release["outcome"] == "rolled_back" and "Rollout not complete after 10s" in release["reason"], release
+    assert release["probe"]["failed"] == 0, release["probe"]
     # node_maintenance emptied node2: the release and OTHER_NS's workloads (the evicted pod recreated) on node1
     during = runs["during"]
     for namespace, placed in during["pods"].items():
@@ -216,10 +232,11 @@ def test_each_dag_run_as_the_service_account_did_its_work(runs, kubectl):
     assert EXCLUSION in during["extra"]["metadata"]["annotations"], during["extra"]["metadata"]
     assert during["extra"]["spec"]["template"]["spec"]["affinity"]["nodeAffinity"], during["extra"]["spec"]
     # end_maintenance brought node2 back: schedulable, its maintenance label gone, the exclusions lifted
-    node2 = kubectl.json("get", "node", "node2")
+    ended = runs["ended"]
+    node2 = ended["node2"]
     assert not node2["spec"].get("unschedulable") and "maintenance" not in node2["metadata"]["labels"], node2
     for name in ("web", "extra"):
-        deployment = kubectl.json("-n", OTHER_NS, "get", "deployment", name)
+        deployment = ended[name]
         assert EXCLUSION not in (deployment["metadata"].get("annotations") or {}), deployment["metadata"]
         assert "affinity" not in deployment["spec"]["template"]["spec"], deployment["spec"]
 
