@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operators"))   # k
 
 from airflow_env import airflow_home  # noqa: E402,F401  (fixture)
 from kubectl_support import kubectl_runner  # noqa: E402
+from kubesim_release import workload_manifest  # noqa: E402
 from realnodes_support import REAL  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -53,24 +54,15 @@ def real_cluster(tmp_path_factory):
         yield cluster
 
 
-def workload(kind: str, name: str, labels: dict, **spec) -> dict:
-    template = {"metadata": {"labels": {"app": name, **labels}}, "spec": {
-        "terminationGracePeriodSeconds": 1,
-        "containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]}]}}
-    if kind == "StatefulSet":
-        template["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
-    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": OTHER_NS, "labels": labels},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": template, **spec}}
-
-
 OTHER_WORKLOADS = [
-    workload("Deployment", "web", MANAGED),              # labelled as k8smove's: moved whole
-    workload("Deployment", "extra", {"team": "extra"}),  # not k8smove's, named by extra_selector: only its
-                                                         # placement changed (guard.yaml's policy applies)
-    workload("StatefulSet", "db", MANAGED, serviceName="db", volumeClaimTemplates=[{
-        "metadata": {"name": "data"}, "spec": {"storageClassName": "standard", "accessModes": ["ReadWriteOnce"],
-                                               "resources": {"requests": {"storage": "1Gi"}}}}]),
-    workload("Deployment", "other", {"team": "other"}),  # neither: its pod is evicted
+    # labelled as k8smove's: moved whole
+    workload_manifest("Deployment", "web", MANAGED, OTHER_NS),
+    # not k8smove's, named by extra_selector: only its placement changed (guard.yaml's policy applies)
+    workload_manifest("Deployment", "extra", {"team": "extra"}, OTHER_NS),
+    # k8smove's, on a network-attached volume: stopped and started on the target
+    workload_manifest("StatefulSet", "db", MANAGED, OTHER_NS),
+    # neither: its pod is evicted
+    workload_manifest("Deployment", "other", {"team": "other"}, OTHER_NS),
 ]
 
 
