@@ -22,6 +22,8 @@ from kubesim.apiserver.routing import truthy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operators"))   # kubesim_release, as tests/dags do
 
+from kubesim_release import workload_manifest  # noqa: E402
+
 RBAC_DIR = Path(__file__).resolve().parents[2] / "include" / "rbac"
 SERVICE_ACCOUNT = ("airflow", "k8smove")           # (namespace, name) the bindings grant to
 MAINTENANCE_ROLE = "k8smove-node-maintenance"
@@ -175,16 +177,6 @@ MANAGED = {"app.kubernetes.io/managed-by": "k8smove"}
 MAINTENANCE_NAMESPACE = "shop"   # not the release namespace: the maintenance DAGs act wherever pods are
 
 
-def _workload(kind: str, name: str, labels: dict, **spec) -> dict:
-    template = {"metadata": {"labels": {"app": name, **labels}}, "spec": {
-        "terminationGracePeriodSeconds": 1,
-        "containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]}]}}
-    if kind == "StatefulSet":
-        template["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
-    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "labels": labels},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": template, **spec}}
-
-
 def _start_maintenance_workloads(kubeconfig: str) -> None:
     """In MAINTENANCE_NAMESPACE, all on node1 (node2 cordoned meanwhile): a k8smove Deployment, a k8smove
     StatefulSet on a network-attached volume and an unmanaged Deployment; then node1 is marked for maintenance."""
@@ -198,12 +190,9 @@ def _start_maintenance_workloads(kubeconfig: str) -> None:
     ns = MAINTENANCE_NAMESPACE
     core.patch_node("node2", {"spec": {"unschedulable": True}})
     core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    apps.create_namespaced_deployment(ns, _workload("Deployment", "web", MANAGED))
-    apps.create_namespaced_stateful_set(ns, _workload("StatefulSet", "db", MANAGED, serviceName="db",
-        volumeClaimTemplates=[{"metadata": {"name": "data"}, "spec": {
-            "storageClassName": "standard", "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": "1Gi"}}}}]))
-    apps.create_namespaced_deployment(ns, _workload("Deployment", "other", {"team": "other"}))
+    apps.create_namespaced_deployment(ns, workload_manifest("Deployment", "web", MANAGED))
+    apps.create_namespaced_stateful_set(ns, workload_manifest("StatefulSet", "db", MANAGED))
+    apps.create_namespaced_deployment(ns, workload_manifest("Deployment", "other", {"team": "other"}))
     deadline = time.monotonic() + 60
     while True:
         pods = core.list_namespaced_pod(ns).items

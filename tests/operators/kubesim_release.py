@@ -19,6 +19,22 @@ def unique_external_ip() -> str:
     return external_address((1000 + os.getpid() % 1000) * 256 + next(_addresses) % 250 + 1)
 
 
+def workload_manifest(kind: str, name: str, labels: dict, namespace: str | None = None, **spec) -> dict:
+    """A one-replica nginx Deployment or StatefulSet carrying ``labels``: a workload the maintenance DAGs find on a
+    node. The StatefulSet mounts its claim "data" (1Gi of the network-attached class "standard") at /data."""
+    template = {"metadata": {"labels": {"app": name, **labels}}, "spec": {
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]}]}}
+    if kind == "StatefulSet":
+        template["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+        spec = {"serviceName": name, "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+            "storageClassName": "standard", "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}}}], **spec}
+    metadata = {"name": name, "labels": labels, **({"namespace": namespace} if namespace else {})}
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": metadata,
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": template, **spec}}
+
+
 def deploy_values(**overrides) -> dict:
     values = {key: DEPLOY_PARAMS[key]["default"] for key in RENDER_KEYS}
     # node_label has no default (a re-deploy keeps its placement): these releases start on node1
