@@ -139,12 +139,31 @@ class Cluster:
             self.faults = FaultRegistry(api_faults=False)
             self.nodes = RealNodes(self.control_plane, self.config, self.faults)
             self.nodes.start()
+            self._wait_nodes_ready()
         except BaseException:
             self.stop()
             raise
         log.info("kubesim nodes %s on the real control plane %s; kubeconfig %s", ",".join(self.config.nodes),
                  self.url, self.kubeconfig_path)
         return self
+
+    def _wait_nodes_ready(self, timeout: float = 60.0) -> None:
+        """Until every node is registered and Ready, as on kubesim's API server, where they are from the start:
+        a client's first call must find them."""
+        import time
+
+        from .resources import NODES
+
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = {n["metadata"]["name"] for n in self.admin.list(NODES)
+                     if any(c["type"] == "Ready" and c["status"] == "True"
+                            for c in (n.get("status") or {}).get("conditions") or ())}
+            if set(self.config.nodes) <= ready:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nodes {sorted(set(self.config.nodes) - ready)} not Ready within {timeout:.0f} s")
+            time.sleep(0.05)
 
     def _seed_real(self) -> None:
         """The StorageClasses, their CSI driver and their provisioner's binding (the API server makes the system
