@@ -22,13 +22,15 @@ import shutil
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 from kubesim.addresses import external_address
 
 from .common import Kubectl, Result, api_client, cluster, pod_ready, pods, wait_for
 
-CASES = (10, 40)
+# BENCH_EVACUATION_CASES="10,40" (the default): the release counts to measure, in order.
+CASES = tuple(int(n) for n in os.environ.get("BENCH_EVACUATION_CASES", "10,40").split(",") if n.strip())
 PROBE_BUDGET = (100.0, 20.0)          # GET/s and writes/s for all releases together, as node_maintenance's
 SAMPLE_SECONDS = 0.2
 RUN_TIMEOUT = 900
@@ -111,18 +113,23 @@ def evacuate_with_k8smove(c, count: int) -> dict:
         stack.wait_for_run("node_maintenance", warm_up(stack), RUN_TIMEOUT)
         run_id = f"bench__{count}__{int(time.time())}"
         with InFlight(c) as in_flight:
-            started = time.monotonic()
+            started, triggered_at = time.monotonic(), time.time()
             response = stack.post("/dags/node_maintenance/dagRuns", {
                 "dag_run_id": run_id, "logical_date": None, "conf": {"target_selector": {"demo": "node2"}}})
             if response.status_code != 200:
                 raise RuntimeError(response.text)
             run = stack.wait_for_run("node_maintenance", run_id, RUN_TIMEOUT)
-            wall = time.monotonic() - started
+            polled = time.monotonic() - started
+        # trigger -> the run's end as the metadata DB has it: wait_for_run polls once a second
+        wall = datetime.fromisoformat(run["end_date"]).timestamp() - triggered_at
         tis = stack.task_instances("node_maintenance", run_id)
         report = json.loads((stack.report_dir / f"node_maintenance__{run_id}.json").read_text())
         releases = report["releases"]
         return {
-            "state": run["state"], "wall_s": round(wall, 2), "peak_in_flight": in_flight.peak,
+            "state": run["state"], "wall_s": round(wall, 2), "wall_polled_s": round(polled, 2),
+            "peak_in_flight": in_flight.peak,
+            # apache/airflow#71580's signature in the scheduler's log: a try failed on a stale executor event
+            "stale_event_failures": stack.log("scheduler").count("but the task instance's state attribute is"),
             "moved": sum(1 for r in releases.values() if r.get("outcome") == "moved"),
             "sent": sum((r.get("probe") or {}).get("sent", 0) for r in releases.values()),
             "failed": sum((r.get("probe") or {}).get("failed", 0) for r in releases.values()),
@@ -131,11 +138,60 @@ def evacuate_with_k8smove(c, count: int) -> dict:
             "errors": {ref: (r.get("probe") or {}).get("errors") for ref, r in releases.items()
                        if (r.get("probe") or {}).get("failed")},
             "move_releases_s": tis["move_releases"].get("duration"),
+            "failed_when": failed_when(releases, run),
+            "timeline": timeline(stack, run_id, tis, run),
             "on_node1_after": len([p for p in pods(c, "default") if p["spec"].get("nodeName") == "node1"]),
         }
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _seconds(stamp: str | None, origin) -> float | None:
+    return round((datetime.fromisoformat(stamp) - origin).total_seconds(), 2) if stamp else None
+
+
+MOVE_LOG_MARKS = ("Waiting up to", "Rollout wait ended", "deferring", ": moved;")
+
+
+def timeline(stack, run_id: str, tis: dict, run: dict) -> dict:
+    """Where the run's time went, in seconds from the run's start: each task's queued, start and end (from the
+    metadata DB, through the REST API), and inside move_releases the first and last log line of each mark
+    (the wait's start, its end, the first and last release committed)."""
+    origin = datetime.fromisoformat(run["start_date"])
+    tasks = {task_id: {"queued": _seconds(ti.get("queued_when"), origin), "start": _seconds(ti.get("start_date"), origin),
+                       "end": _seconds(ti.get("end_date"), origin), "state": ti.get("state"),
+                       "tries": ti.get("try_number")}
+             for task_id, ti in tis.items()}
+    marks: dict[str, list[float]] = {}
+    errors: list[str] = []
+    try:
+        for try_number in range(1, (tis["move_releases"].get("try_number") or 1) + 1):
+            for entry in stack.task_log("node_maintenance", run_id, "move_releases", try_number):
+                if str(entry.get("level", "")).lower() in ("error", "critical") and len(errors) < 10:
+                    errors.append(f"try {try_number}: {str(entry.get('event'))[:300]}")
+                mark = next((m for m in MOVE_LOG_MARKS if m in str(entry.get("event", ""))), None)
+                if mark and entry.get("timestamp"):
+                    marks.setdefault(mark, []).append(_seconds(entry["timestamp"], origin))
+    except Exception as err:   # the timeline is a diagnostic: a log that cannot be read leaves it out
+        marks["unreadable"] = [str(err)]
+    return {"tasks": dict(sorted(tasks.items(), key=lambda kv: kv[1]["start"] or 1e9)),
+            "move_releases": {m: [min(v), max(v)] if v and isinstance(v[0], float) else v for m, v in marks.items()},
+            "move_releases_errors": errors}
+
+
+def failed_when(releases: dict, run: dict) -> dict[int, int]:
+    """Failed GETs of all the releases' probes by the second (from the run's start) they were sent in."""
+    origin = datetime.fromisoformat(run["start_date"]).timestamp()
+    seconds: dict[int, int] = {}
+    for release in releases.values():
+        probe = release.get("probe") or {}
+        timeline = probe.get("timeline") or {}
+        for index, _, failed, *_ in timeline.get("buckets") or ():
+            if failed:
+                second = int(probe["started_at"] + index * timeline["bucket_s"] - origin)
+                seconds[second] = seconds.get(second, 0) + failed
+    return dict(sorted(seconds.items()))
 
 
 def warm_up(stack) -> str:

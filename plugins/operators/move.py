@@ -57,20 +57,6 @@ class PlanRelease(KubernetesOperator):
         return [plan]
 
 
-PARALLEL_RELEASES = 8   # releases locked/applied/committed at once: API round trips, not CPU
-
-
-def in_parallel(fn, items: list) -> list:
-    """``fn`` over ``items`` on a few threads, results in order; an exception other than the ones ``fn`` returns
-    is raised (the task then retries: every step is safe to run again)."""
-    if len(items) <= 1:
-        return [fn(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_RELEASES, len(items))) as pool:
-        return list(pool.map(fn, items))
-
-
 class MoveReleases(RolloutWaitOperator):
     """Move releases as their plans say: lock each, apply, wait for every rollout in one deferral, then prove
     each move and commit it (recorded values written, lock released).
@@ -98,6 +84,7 @@ class MoveReleases(RolloutWaitOperator):
         from k8smove import K8sMoveError
         from k8smove.apply import apply_manifests
         from k8smove.engine import begin, release_ref, wait_group
+        from k8smove.parallel import in_parallel
 
         if self.dry_run:
             return [result for plan in self.plans for result in
@@ -130,6 +117,7 @@ class MoveReleases(RolloutWaitOperator):
     def execute_complete(self, context, event: dict, outcomes: dict | None = None):
         from k8smove import K8sMoveError
         from k8smove.engine import commit, release_ref
+        from k8smove.parallel import in_parallel
 
         outcomes = dict(self.carried(event, "outcomes", outcomes) or {})
         plans = {release_ref(p["namespace"], p["release"]): p for p in self.plans}
