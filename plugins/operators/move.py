@@ -59,7 +59,8 @@ class PlanRelease(KubernetesOperator):
 
 class MoveReleases(RolloutWaitOperator):
     """Move releases as their plans say: lock each, apply, wait for every rollout in one deferral, then prove
-    each move and commit it (recorded values written, lock released).
+    each move and commit it (recorded values written, lock released); while the worker waits, each release is
+    proven and committed as soon as its own rollout completes.
 
     A release whose lock another run holds, or whose rollout or proof fails, ends this task failed (no retry:
     it would wait as long again) with each reason; the rollback task undoes what this run changed. Any other
@@ -112,28 +113,35 @@ class MoveReleases(RolloutWaitOperator):
             groups.append(wait_group(plan))
         if not groups:
             return self.execute_complete(context, {"groups": []}, outcomes)
-        return self.wait_for(context, groups, kwargs={"outcomes": outcomes})
 
-    def execute_complete(self, context, event: dict, outcomes: dict | None = None):
+        def commit_when_ready(group):   # each release's switchover and proof while the others still roll out
+            outcomes[release_ref(group["namespace"], group["release"])] = self.commit_release(context, group)
+        return self.wait_for(context, groups, kwargs={"outcomes": outcomes}, on_ready=commit_when_ready)
+
+    def commit_release(self, context, group: dict) -> dict:
+        """One release after its rollout wait: prove and commit the move (its DB switched over first), or why not."""
         from k8smove import K8sMoveError
         from k8smove.engine import commit, release_ref
+
+        ref = release_ref(group["namespace"], group["release"])
+        if group["status"] != "success":
+            return {"outcome": "failed", "reason": self.not_complete(group)}
+        plan = next(p for p in self.plans if release_ref(p["namespace"], p["release"]) == ref)
+        try:
+            done = commit(self.api, plan, holder_of(context))
+        except K8sMoveError as err:
+            return {"outcome": "failed", "reason": str(err)}
+        self.log.info("%s: moved; %s answered %s", ref, plan["service_url"], done["endpoint"]["body"])
+        return {"outcome": "moved", **done["outcome"]}
+
+    def execute_complete(self, context, event: dict, outcomes: dict | None = None):
+        from k8smove.engine import release_ref
         from k8smove.parallel import in_parallel
 
+        # the releases committed while the worker waited are carried in; the event holds the others
         outcomes = dict(self.carried(event, "outcomes", outcomes) or {})
-        plans = {release_ref(p["namespace"], p["release"]): p for p in self.plans}
-        holder = holder_of(context)
-
-        def finish(group):
-            ref = release_ref(group["namespace"], group["release"])
-            if group["status"] != "success":
-                return {"outcome": "failed", "reason": self.not_complete(group)}
-            try:
-                done = commit(self.api, plans[ref], holder)
-            except K8sMoveError as err:
-                return {"outcome": "failed", "reason": str(err)}
-            self.log.info("%s: moved; %s answered %s", ref, plans[ref]["service_url"], done["endpoint"]["body"])
-            return {"outcome": "moved", **done["outcome"]}
-        for group, outcome in zip(event["groups"], in_parallel(finish, event["groups"])):
+        committed = in_parallel(lambda group: self.commit_release(context, group), event["groups"])
+        for group, outcome in zip(event["groups"], committed):
             outcomes[release_ref(group["namespace"], group["release"])] = outcome
         context["ti"].xcom_push(key="releases", value=outcomes)
         if failed := {ref: o for ref, o in outcomes.items() if o["outcome"] != "moved"}:
