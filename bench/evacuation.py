@@ -28,6 +28,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from kubernetes.client import CoreV1Api
+
 from kubesim.addresses import external_address
 
 from .common import Kubectl, Result, api_client, cluster, pod_ready, pods, wait_for
@@ -151,10 +153,23 @@ def evacuate_with_k8smove(c, count: int) -> dict:
             "failed_when": failed_when(releases, run),
             "timeline": timeline(stack, run_id, tis, run),
             "on_node1_after": len([p for p in pods(c, "default") if p["spec"].get("nodeName") == "node1"]),
+            **cluster_trouble(c),
         }
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def cluster_trouble(c) -> dict:
+    """What slowed the rollouts down, as the cluster says: container restarts, Warning events by reason."""
+    restarts = sum(status.get("restartCount", 0) for p in pods(c, "default")
+                   for status in (p.get("status") or {}).get("initContainerStatuses", []) +
+                   (p.get("status") or {}).get("containerStatuses", []))
+    warnings: dict[str, int] = {}
+    for event in CoreV1Api(api_client(c)).list_namespaced_event("default").items:
+        if event.type == "Warning":
+            warnings[event.reason] = warnings.get(event.reason, 0) + (event.count or 1)
+    return {"container_restarts": restarts, "warning_events": warnings}
 
 
 def _seconds(stamp: str | None, origin) -> float | None:
@@ -177,7 +192,11 @@ def timeline(stack, run_id: str, tis: dict, run: dict) -> dict:
     errors: list[str] = []
     try:
         for try_number in range(1, (tis["move_releases"].get("try_number") or 1) + 1):
-            for entry in stack.task_log("node_maintenance", run_id, "move_releases", try_number):
+            entries = stack.task_log("node_maintenance", run_id, "move_releases", try_number)
+            # the whole log beside the raw results (git-ignored), for what the timeline only counts
+            (Path(__file__).parent / "results" / f"evacuation-move_releases-try{try_number}.log") \
+                .write_text("\n".join(json.dumps(e, default=str) for e in entries))
+            for entry in entries:
                 if str(entry.get("level", "")).lower() in ("error", "critical") and len(errors) < 10:
                     errors.append(f"try {try_number}: {str(entry.get('event'))[:300]}")
                 mark = next((m for m in MOVE_LOG_MARKS if m in str(entry.get("event", ""))), None)

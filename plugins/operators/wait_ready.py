@@ -72,9 +72,11 @@ class RolloutWaitOperator(KubernetesOperator):
             def ready(result: dict) -> None:   # in the event loop: hand the group over, never block
                 taken.append(pool.submit(on_ready, result))
             while True:
-                before = len(taken)
-                event = asyncio.run(wait_until_ready(**{**args, "groups": pending, "deadline": min(
-                    time.time() + seconds, args["deadline"])}, on_ready=ready if on_ready else None))
+                before, deadline = len(taken), min(time.time() + seconds, args["deadline"])
+                # the cluster's reasons only at the wait's own deadline: a round's end is no verdict
+                event = asyncio.run(wait_until_ready(**{**args, "groups": pending, "deadline": deadline},
+                                                     on_ready=ready if on_ready else None,
+                                                     diagnose_timeout=deadline >= args["deadline"]))
                 results = event["groups"]
                 pending = [g for g, r in zip(pending, results) if r["status"] != "success"]
                 if on_ready is None:
