@@ -146,6 +146,11 @@ def evacuate_with_k8smove(c, count: int) -> dict:
             "sent": sum((r.get("probe") or {}).get("sent", 0) for r in releases.values()),
             "failed": sum((r.get("probe") or {}).get("failed", 0) for r in releases.values()),
             "rows_lost": sum((r.get("db") or {}).get("rows_lost", 0) for r in releases.values()),
+            "writes_sent": sum(((r.get("probe") or {}).get("writes") or {}).get("sent", 0) for r in releases.values()),
+            "writes_failed": sum(((r.get("probe") or {}).get("writes") or {}).get("failed", 0)
+                                 for r in releases.values()),
+            "not_moved": {ref: f"{r.get('outcome')}: {str(r.get('reason'))[:300]}" for ref, r in releases.items()
+                          if r.get("outcome") != "moved"},
             "max_gap_ms": max(((r.get("probe") or {}).get("max_gap_ms") or 0) for r in releases.values()),
             "errors": {ref: (r.get("probe") or {}).get("errors") for ref, r in releases.items()
                        if (r.get("probe") or {}).get("failed")},
