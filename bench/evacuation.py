@@ -19,16 +19,30 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
+
+from kubernetes.client import CoreV1Api
 
 from kubesim.addresses import external_address
 
 from .common import Kubectl, Result, api_client, cluster, pod_ready, pods, wait_for
 
-CASES = (10, 40)
+# BENCH_EVACUATION_CASES="10,40" (the default): the release counts to measure, in order.
+# BENCH_EVACUATION_MODES="k8smove,drain" (the default): which of the two to run (drain does not use this package's
+# code, so an A/B of two versions of the package runs it once)
+MODES = tuple(m.strip() for m in os.environ.get("BENCH_EVACUATION_MODES", "k8smove,drain").split(",") if m.strip())
+# BENCH_EVACUATION_PROXY_PROCESS=1 (the default): kubesim's Service proxy in a process of its own (kube-proxy's
+# place), so the API server's load in this process does not hold up the requests the probes measure; 0: a thread
+# of this process, as before 2026-12-03 07:40 UTC.
+PROXY_PROCESS = os.environ.get("BENCH_EVACUATION_PROXY_PROCESS", "1") == "1"
+CASES = tuple(int(n) for n in os.environ.get("BENCH_EVACUATION_CASES", "10,40").split(",") if n.strip())
 PROBE_BUDGET = (100.0, 20.0)          # GET/s and writes/s for all releases together, as node_maintenance's
 SAMPLE_SECONDS = 0.2
 RUN_TIMEOUT = 900
@@ -111,31 +125,107 @@ def evacuate_with_k8smove(c, count: int) -> dict:
         stack.wait_for_run("node_maintenance", warm_up(stack), RUN_TIMEOUT)
         run_id = f"bench__{count}__{int(time.time())}"
         with InFlight(c) as in_flight:
-            started = time.monotonic()
+            started, triggered_at = time.monotonic(), time.time()
             response = stack.post("/dags/node_maintenance/dagRuns", {
                 "dag_run_id": run_id, "logical_date": None, "conf": {"target_selector": {"demo": "node2"}}})
             if response.status_code != 200:
                 raise RuntimeError(response.text)
             run = stack.wait_for_run("node_maintenance", run_id, RUN_TIMEOUT)
-            wall = time.monotonic() - started
+            polled = time.monotonic() - started
+        # trigger -> the run's end as the metadata DB has it: wait_for_run polls once a second
+        wall = datetime.fromisoformat(run["end_date"]).timestamp() - triggered_at
         tis = stack.task_instances("node_maintenance", run_id)
         report = json.loads((stack.report_dir / f"node_maintenance__{run_id}.json").read_text())
         releases = report["releases"]
         return {
-            "state": run["state"], "wall_s": round(wall, 2), "peak_in_flight": in_flight.peak,
+            "state": run["state"], "wall_s": round(wall, 2), "wall_polled_s": round(polled, 2),
+            "peak_in_flight": in_flight.peak,
+            # apache/airflow#71580's signature in the scheduler's log: a try failed on a stale executor event
+            "stale_event_failures": stack.log("scheduler").count("but the task instance's state attribute is"),
             "moved": sum(1 for r in releases.values() if r.get("outcome") == "moved"),
             "sent": sum((r.get("probe") or {}).get("sent", 0) for r in releases.values()),
             "failed": sum((r.get("probe") or {}).get("failed", 0) for r in releases.values()),
             "rows_lost": sum((r.get("db") or {}).get("rows_lost", 0) for r in releases.values()),
+            "writes_sent": sum(((r.get("probe") or {}).get("writes") or {}).get("sent", 0) for r in releases.values()),
+            "writes_failed": sum(((r.get("probe") or {}).get("writes") or {}).get("failed", 0)
+                                 for r in releases.values()),
+            "not_moved": {ref: f"{r.get('outcome')}: {str(r.get('reason'))[:300]}" for ref, r in releases.items()
+                          if r.get("outcome") != "moved"},
             "max_gap_ms": max(((r.get("probe") or {}).get("max_gap_ms") or 0) for r in releases.values()),
             "errors": {ref: (r.get("probe") or {}).get("errors") for ref, r in releases.items()
                        if (r.get("probe") or {}).get("failed")},
             "move_releases_s": tis["move_releases"].get("duration"),
+            "failed_when": failed_when(releases, run),
+            "timeline": timeline(stack, run_id, tis, run),
             "on_node1_after": len([p for p in pods(c, "default") if p["spec"].get("nodeName") == "node1"]),
+            **cluster_trouble(c),
         }
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def cluster_trouble(c) -> dict:
+    """What slowed the rollouts down, as the cluster says: container restarts, Warning events by reason."""
+    restarts = sum(status.get("restartCount", 0) for p in pods(c, "default")
+                   for status in (p.get("status") or {}).get("initContainerStatuses", []) +
+                   (p.get("status") or {}).get("containerStatuses", []))
+    warnings: dict[str, int] = {}
+    for event in CoreV1Api(api_client(c)).list_namespaced_event("default").items:
+        if event.type == "Warning":
+            warnings[event.reason] = warnings.get(event.reason, 0) + (event.count or 1)
+    return {"container_restarts": restarts, "warning_events": warnings}
+
+
+def _seconds(stamp: str | None, origin) -> float | None:
+    return round((datetime.fromisoformat(stamp) - origin).total_seconds(), 2) if stamp else None
+
+
+MOVE_LOG_MARKS = ("Waiting up to", "Rollout wait ended", "deferring", ": moved;")
+
+
+def timeline(stack, run_id: str, tis: dict, run: dict) -> dict:
+    """Where the run's time went, in seconds from the run's start: each task's queued, start and end (from the
+    metadata DB, through the REST API), and inside move_releases the first and last log line of each mark
+    (the wait's start, its end, the first and last release committed)."""
+    origin = datetime.fromisoformat(run["start_date"])
+    tasks = {task_id: {"queued": _seconds(ti.get("queued_when"), origin), "start": _seconds(ti.get("start_date"), origin),
+                       "end": _seconds(ti.get("end_date"), origin), "state": ti.get("state"),
+                       "tries": ti.get("try_number")}
+             for task_id, ti in tis.items()}
+    marks: dict[str, list[float]] = {}
+    errors: list[str] = []
+    try:
+        for try_number in range(1, (tis["move_releases"].get("try_number") or 1) + 1):
+            entries = stack.task_log("node_maintenance", run_id, "move_releases", try_number)
+            # the whole log beside the raw results (git-ignored), for what the timeline only counts
+            (Path(__file__).parent / "results" / f"evacuation-move_releases-try{try_number}.log") \
+                .write_text("\n".join(json.dumps(e, default=str) for e in entries))
+            for entry in entries:
+                if str(entry.get("level", "")).lower() in ("error", "critical") and len(errors) < 10:
+                    errors.append(f"try {try_number}: {str(entry.get('event'))[:300]}")
+                mark = next((m for m in MOVE_LOG_MARKS if m in str(entry.get("event", ""))), None)
+                if mark and entry.get("timestamp"):
+                    marks.setdefault(mark, []).append(_seconds(entry["timestamp"], origin))
+    except Exception as err:   # the timeline is a diagnostic: a log that cannot be read leaves it out
+        marks["unreadable"] = [str(err)]
+    return {"tasks": dict(sorted(tasks.items(), key=lambda kv: kv[1]["start"] or 1e9)),
+            "move_releases": {m: [min(v), max(v)] if v and isinstance(v[0], float) else v for m, v in marks.items()},
+            "move_releases_errors": errors}
+
+
+def failed_when(releases: dict, run: dict) -> dict[int, int]:
+    """Failed GETs of all the releases' probes by the second (from the run's start) they were sent in."""
+    origin = datetime.fromisoformat(run["start_date"]).timestamp()
+    seconds: dict[int, int] = {}
+    for release in releases.values():
+        probe = release.get("probe") or {}
+        timeline = probe.get("timeline") or {}
+        for index, _, failed, *_ in timeline.get("buckets") or ():
+            if failed:
+                second = int(probe["started_at"] + index * timeline["bucket_s"] - origin)
+                seconds[second] = seconds.get(second, 0) + failed
+    return dict(sorted(seconds.items()))
 
 
 def warm_up(stack) -> str:
@@ -154,12 +244,13 @@ def evacuate_with_drain(c, count: int) -> dict:
 
     CoreV1Api(api_client(c)).patch_node("node2", {"metadata": {"labels": {"demo": "node1"}}})
     rate = PROBE_BUDGET[0] / count
-    stop = threading.Event()
-    records = [availability.ProbeRecord() for _ in range(count)]
-    threads = [threading.Thread(target=availability.run, args=(f"http://{external_ip(i)}:8080/", rate, 0, stop,
-                                                               records[i]), daemon=True) for i in range(count)]
-    for t in threads:
-        t.start()
+    # one probe process per release, as k8smove's probe Pods: not threads of this process, which runs kubesim
+    probes = [subprocess.Popen([sys.executable, availability.__file__, "--url", f"http://{external_ip(i)}:8080/",
+                                "--rate", f"{rate:g}", "--write-rate", "0", "--max-seconds", str(RUN_TIMEOUT)],
+                               stdout=subprocess.PIPE, text=True) for i in range(count)]
+    for probe in probes:
+        if "started" not in probe.stdout.readline():
+            raise RuntimeError("a drain probe did not start")
     time.sleep(2)                         # a steady baseline before the drain
     kubectl = Kubectl(c)
     with InFlight(c) as in_flight:
@@ -171,10 +262,10 @@ def evacuate_with_drain(c, count: int) -> dict:
                  "every release Ready on node2")
         wall = time.monotonic() - started
     time.sleep(2)
-    stop.set()
-    for t in threads:
-        t.join(timeout=10)
-    summaries = [r.summary(time.monotonic()) for r in records]
+    for probe in probes:
+        probe.send_signal(signal.SIGTERM)
+    summaries = [next(json.loads(line)["summary"] for line in reversed(probe.communicate(timeout=60)[0].splitlines())
+                      if '"summary"' in line) for probe in probes]
     return {
         "state": "success" if drained.returncode == 0 else f"kubectl exit {drained.returncode}: {drained.stderr[-300:]}",
         "wall_s": round(wall, 2), "drain_returned_s": round(evicted, 2), "peak_in_flight": in_flight.peak,
@@ -192,12 +283,17 @@ def run() -> Result:
     for count in CASES:
         figures = {}
         for mode, evacuate in (("k8smove", evacuate_with_k8smove), ("drain", evacuate_with_drain)):
+            if mode not in MODES:
+                continue
             with cluster(nodes=["node1", "node2"], node_cpu="64", node_memory="256Gi", max_pods=500,
-                         pod_startup_seconds=0.5, max_grace_seconds=2.0) as c:
+                         pod_startup_seconds=0.5, max_grace_seconds=2.0, proxy_process=PROXY_PROCESS) as c:
                 setup = time.monotonic()
                 deploy_releases(c, count)
                 figures[mode] = {**evacuate(c, count), "setup_s": round(time.monotonic() - setup, 1)}
             print(f"{count} releases, {mode}: {figures[mode]}", flush=True)
+        result.raw[str(count)] = figures
+        if set(figures) != {"k8smove", "drain"}:
+            continue                      # one mode only: its figures are in the raw results
         k, d = figures["k8smove"], figures["drain"]
         ratio = k["wall_s"] / d["wall_s"]
         result.add(f"{count} releases: node_maintenance, trigger -> run done", f"{k['wall_s']} s ({k['state']}, "
@@ -215,10 +311,9 @@ def run() -> Result:
                    f"({d['releases_with_failures']} releases hit)", "0 for k8smove", k["failed"] == 0)
         result.add(f"{count} releases: longest gap, k8smove / drain", f"{k['max_gap_ms']} ms / {d['max_gap_ms']} ms")
         result.add(f"{count} releases: rows lost (k8smove)", k["rows_lost"], "0", k["rows_lost"] == 0)
-        result.raw[str(count)] = figures
     result.notes += [
-        "Each release is an App and a PostgreSQL DB (Recreate, network-attached volume); the DB moves stop-and-start "
-        "in both modes (issue 11's switchover is not built yet).",
+        "Each release is an App and a PostgreSQL DB (Recreate, network-attached volume); k8smove moves the DB by "
+        "switchover to a streaming standby (issue 11), drain stops it and starts it on node2.",
         "k8smove's figure includes Airflow's own hand-offs (plan, cordon, probes, one deferred wait for every "
         "release, evict, verify, report); drain's includes the replacements becoming Ready, which drain itself "
         "does not wait for.",

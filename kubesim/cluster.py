@@ -67,6 +67,7 @@ class Cluster:
         self.control_plane = None   # control_plane="real": the ControlPlane, its admin RemoteStore and the nodes
         self.admin = None
         self.nodes = None
+        self.proxy_process = None   # config.proxy_process: the proxy's process (kubesim.proxy_process)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> "Cluster":
@@ -91,10 +92,12 @@ class Cluster:
         self.controllers = ControllerManager(self.store, self.config, runtime, self.faults)
         self.api = ApiServer(self.store, self.config, faults=self.faults, runtime=runtime)
         self.url = self.api.start()
-        if self.dataplane:
+        if self.dataplane and not self.config.proxy_process:
             self.dataplane.start()
         self.controllers.start()
         self.write_kubeconfig(self.kubeconfig_path)
+        if self.dataplane and self.config.proxy_process:
+            self.proxy_process = start_proxy_process(self.kubeconfig_path, self.config.work_dir)
         log.info("kubesim serving %s with nodes %s; kubeconfig %s", self.url, ",".join(self.config.nodes),
                  self.kubeconfig_path)
         return self
@@ -198,6 +201,10 @@ class Cluster:
         elif self.control_plane is not None:
             self.control_plane.stop()
         self.nodes = self.admin = self.control_plane = None
+        if self.proxy_process is not None:
+            self.proxy_process.terminate()
+            self.proxy_process.wait(timeout=30)
+            self.proxy_process = None
         for part in (self.controllers, self.dataplane, self.api):
             if part is not None:
                 part.stop()
@@ -245,3 +252,21 @@ class Cluster:
         for sc in STORAGE_CLASSES:
             if self.store.find(STORAGECLASSES, None, sc["metadata"]["name"]) is None:
                 self.store.create(STORAGECLASSES, sc)
+
+
+def start_proxy_process(kubeconfig: str, work_dir: str):
+    """``python -m kubesim.proxy_process`` against the cluster; returns the Popen once it forwards."""
+    import subprocess
+    import sys
+
+    log_path = os.path.join(work_dir, "proxy.log")
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "kubesim.proxy_process", "--kubeconfig", kubeconfig],
+                                   stdout=subprocess.PIPE, stderr=log_file,
+                                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    line = process.stdout.readline()
+    if line.strip() != b"ready":
+        process.kill()
+        with open(log_path, errors="replace") as f:
+            raise RuntimeError(f"the proxy process did not start: {line!r}; {f.read()[-2000:]}")
+    return process

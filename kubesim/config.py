@@ -27,6 +27,9 @@ class ClusterConfig:
     probe_poll_seconds: float = 0.15    # how often the kubelet reads container states and probe verdicts
     kubernetes_version: str = "v1.32.4"
     run_processes: bool = True          # data plane: real processes for known images
+    # The Service proxy (kube-proxy's part) in a process of its own, a client of the API server like kube-proxy,
+    # instead of a thread of this one: a busy API server then does not hold up the requests it forwards.
+    proxy_process: bool = False
     images_file: str | None = None      # extra image table entries (YAML), merged over the built-in one
     # Third octet of node (127.0.N.n), pod (127.1xx.N.k) and ClusterIP (127.96-99.N.k) addresses; 0 picks
     # one at random so that two clusters on one machine do not answer on each other's addresses.

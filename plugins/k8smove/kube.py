@@ -110,14 +110,16 @@ def strip_server_fields(obj: dict) -> dict:
     return {k: v for k, v in obj.items() if k != "status"} | {"metadata": meta}
 
 
-def wait_for(condition, seconds: float, what: str, poll_seconds: float = 0.05):
+def wait_for(condition, seconds: float, what: str, poll_seconds: float = 0.05, max_poll_seconds: float | None = None):
     """Poll ``condition()`` until it returns something other than None, and return that; after ``seconds``
-    raise K8sMoveError "<what> within <seconds> s"."""
-    deadline = time.monotonic() + seconds
+    raise K8sMoveError "<what> within <seconds> s". ``max_poll_seconds``: the pause grows by half each poll up to
+    it (a wait many releases do at once must not flood the API server); by default it stays ``poll_seconds``."""
+    deadline, pause = time.monotonic() + seconds, poll_seconds
     while time.monotonic() < deadline:
         if (found := condition()) is not None:
             return found
-        time.sleep(poll_seconds)
+        time.sleep(pause)
+        pause = min(pause * 1.5, max(max_poll_seconds or poll_seconds, poll_seconds))
     raise K8sMoveError(f"{what} within {seconds:g} s")
 
 

@@ -30,6 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from k8smove import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, K8sMoveError, kube
 from k8smove.engine import describe, plan_release, probe_target, release_ref
 from k8smove.labels import matches, selector_string
+from k8smove.parallel import in_parallel
 from k8smove.preflight import node_problems, used_by_node
 
 log = logging.getLogger(__name__)
@@ -245,38 +246,46 @@ def _release_refusal(ref: str, pods: list[str], current: dict, reason: str) -> d
 def plan_releases(api: ApiClient, marked: list[str], target_selector: dict | None,
                   release_targets: dict | None, nodes: list[dict], all_pods: list[dict],
                   db_strategy: str = "switchover") -> dict:
-    """Plan, with the move engine, every k8smove release that has pods on the ``marked`` nodes; every release is
-    checked against the one listing of ``nodes`` and ``all_pods`` the maintenance plan made.
+    """Plan, with the move engine, every k8smove release that has pods on the ``marked`` nodes, the releases in
+    parallel; every release is checked against the one listing of ``nodes`` and ``all_pods`` the maintenance plan
+    made.
 
     Returns {"release_plans": [engine plans], "refused": [{workload, pods, reason}], "workloads": {refs}}.
     """
-    plans, refused, workloads = [], [], set()
     pods = [p for p in all_pods if (p["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
             and p["spec"].get("nodeName") in marked and not _finished(p)]
+    found = []
     for record in kube.list_objects(api, "v1", "ConfigMap", label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"):
         meta = record["metadata"]
         if not meta["name"].endswith("-k8smove") or LABEL_INSTANCE not in (meta.get("labels") or {}):
             continue
         namespace, release = meta["namespace"], meta["labels"][LABEL_INSTANCE]
-        ref = release_ref(namespace, release)
         its_pods = sorted(pod_ref(p) for p in pods if p["metadata"]["namespace"] == namespace
                           and (p["metadata"].get("labels") or {}).get(LABEL_INSTANCE) == release)
-        if not its_pods:
-            continue
+        if its_pods:
+            found.append((namespace, release, its_pods))
+
+    def plan_one(found_release) -> tuple[set, dict | None, dict | None]:
+        """(its Deployments' refs, its plan or None, its refusal or None): each release planned on its own."""
+        namespace, release, its_pods = found_release
+        ref = release_ref(namespace, release)
         deployments = kube.list_objects(api, "apps/v1", "Deployment", namespace,
                                         f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={release}")
-        workloads |= {kube.ref({**d, "kind": "Deployment"}) for d in deployments}
+        refs = {kube.ref({**d, "kind": "Deployment"}) for d in deployments}
         current = next((d["spec"]["template"]["spec"].get("nodeSelector") or {} for d in deployments), {})
         target = (release_targets or {}).get(ref) or release_target(current, target_selector)
         if target == current:
-            refused.append(_release_refusal(ref, its_pods, current, "no target outside maintenance given"))
-            continue
+            return refs, None, _release_refusal(ref, its_pods, current, "no target outside maintenance given")
         try:
-            plans.append({**plan_release(api, namespace, release, target, avoid_nodes=marked,
-                                         snapshot=(nodes, all_pods), db_strategy=db_strategy), "pods": its_pods})
+            return refs, {**plan_release(api, namespace, release, target, avoid_nodes=marked,
+                                         snapshot=(nodes, all_pods), db_strategy=db_strategy), "pods": its_pods}, None
         except K8sMoveError as err:
-            refused.append(_release_refusal(ref, its_pods, current, f"cannot move to {selector_string(target)}: {err}"))
-    return {"release_plans": plans, "refused": refused, "workloads": workloads}
+            return refs, None, _release_refusal(ref, its_pods, current,
+                                                f"cannot move to {selector_string(target)}: {err}")
+    planned = in_parallel(plan_one, found)   # each plan reads and dry-runs on its own: API round trips
+    return {"release_plans": [plan for _, plan, _ in planned if plan],
+            "refused": [refusal for _, _, refusal in planned if refusal],
+            "workloads": set().union(*(refs for refs, _, _ in planned))}
 
 
 def _workloads(api: ApiClient, extra_selector: dict | None) -> list[dict]:

@@ -39,6 +39,9 @@ MAX_LAG_BYTES = 16 * 1024 * 1024
 FENCE_SECONDS = 60             # the old primary's pod gone (terminationGracePeriodSeconds 10, plus the kubelet's)
 REPLAY_SECONDS = 60            # the standby has replayed what the old primary wrote
 PHASES = ("applied", "fencing", "promoted", "switched")
+# The fence's and the replay's polls start at 50 ms and back off to this: a batch switches over many DBs at once,
+# and each poll is an API call (a list, or an exec that runs psql in the pod)
+MAX_POLL_SECONDS = 0.25
 # One line on stdin (a v4 exec cannot close stdin), handed to psql by a shell builtin: SQL and any password in it
 # never appear in a process's arguments.
 PSQL = ["sh", "-c", 'IFS= read -r sql; printf "%s\\n" "$sql" | '
@@ -204,11 +207,13 @@ def switch_over(api: ApiClient, namespace: str, release: str, switch: dict, phas
     if phase == "fencing":
         _scale(api, namespace, instance_name(release, old), 0)
         kube.wait_for(lambda: True if not instance_pods(api, namespace, release, old) else None, FENCE_SECONDS,
-              f"the old primary {namespace}/{instance_name(release, old)} did not stop")
+                      f"the old primary {namespace}/{instance_name(release, old)} did not stop",
+                      max_poll_seconds=MAX_POLL_SECONDS)
         figures["fence_ms"] = round((time.monotonic() - fenced_at) * 1000)
         pod = _ready_pod(api, namespace, release, new)
         kube.wait_for(lambda: _standby_replayed(api, namespace, pod, switch["fence_lsn"]), REPLAY_SECONDS,
-              f"standby {namespace}/{standby} did not replay the old primary's last WAL ({switch['fence_lsn']})")
+                      f"standby {namespace}/{standby} did not replay the old primary's last WAL ({switch['fence_lsn']})",
+                      max_poll_seconds=MAX_POLL_SECONDS)
         promoted = psql(api, namespace, pod, "SELECT CASE WHEN pg_is_in_recovery() THEN pg_promote(true, 60) "
                                              "ELSE true END")
         if promoted != ["t"]:

@@ -98,10 +98,12 @@ class _Feed:
 
 
 async def wait_for_rollout(api: ApiClient, namespace: str, release: str | None, workloads: list[dict],
-                           timeout_seconds: float) -> dict:
+                           timeout_seconds: float, diagnose_timeout: bool = True) -> dict:
     """{"status": "success"} once done, else {"status": "timeout", "pending": [...], "reasons": [...]}.
 
     ``release`` None watches every workload and pod of the namespace (workloads k8smove did not deploy).
+    ``diagnose_timeout`` False: a timeout that only ends a round of waiting (the wait goes on) lists no Events
+    for its reasons: many releases' rounds ending at once would each list every Event of the namespace.
     """
     tracker = RolloutTracker(workloads)
     changed = asyncio.Event()
@@ -124,6 +126,8 @@ async def wait_for_rollout(api: ApiClient, namespace: str, release: str | None, 
                 if not tracker.pending():
                     return {"status": "success"}
     except TimeoutError:
+        if not diagnose_timeout:
+            return {"status": "timeout", "pending": tracker.pending(), "reasons": []}
         pods = [p for w in workloads for p in tracker.pods_of(w)]
         events = await core.list_namespaced_event(namespace, _preload_content=False)
         reasons = diagnose(pods, json.loads(await events.read())["items"])

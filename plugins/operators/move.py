@@ -62,23 +62,10 @@ class PlanRelease(KubernetesOperator):
         return [plan]
 
 
-PARALLEL_RELEASES = 8   # releases locked/applied/committed at once: API round trips, not CPU
-
-
-def in_parallel(fn, items: list) -> list:
-    """``fn`` over ``items`` on a few threads, results in order; an exception other than the ones ``fn`` returns
-    is raised (the task then retries: every step is safe to run again)."""
-    if len(items) <= 1:
-        return [fn(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_RELEASES, len(items))) as pool:
-        return list(pool.map(fn, items))
-
-
 class MoveReleases(RolloutWaitOperator):
     """Move releases as their plans say: lock each, apply, wait for every rollout in one deferral, then prove
-    each move and commit it (recorded values written, lock released).
+    each move and commit it (recorded values written, lock released); while the worker waits, each release is
+    proven and committed as soon as its own rollout completes.
 
     A release whose lock another run holds, or whose rollout or proof fails, ends this task failed (no retry:
     it would wait as long again) with each reason; the rollback task undoes what this run changed. Any other
@@ -103,6 +90,7 @@ class MoveReleases(RolloutWaitOperator):
         from k8smove import K8sMoveError
         from k8smove.apply import apply_manifests
         from k8smove.engine import begin, release_ref, wait_group
+        from k8smove.parallel import in_parallel
 
         if self.dry_run:
             return [result for plan in self.plans for result in
@@ -130,27 +118,35 @@ class MoveReleases(RolloutWaitOperator):
             groups.append(wait_group(plan))
         if not groups:
             return self.execute_complete(context, {"groups": []}, outcomes)
-        return self.wait_for(context, groups, kwargs={"outcomes": outcomes})
 
-    def execute_complete(self, context, event: dict, outcomes: dict | None = None):
+        def commit_when_ready(group):   # each release's switchover and proof while the others still roll out
+            outcomes[release_ref(group["namespace"], group["release"])] = self.commit_release(context, group)
+        return self.wait_for(context, groups, kwargs={"outcomes": outcomes}, on_ready=commit_when_ready)
+
+    def commit_release(self, context, group: dict) -> dict:
+        """One release after its rollout wait: prove and commit the move (its DB switched over first), or why not."""
         from k8smove import K8sMoveError
         from k8smove.engine import commit, release_ref
 
-        outcomes = dict(self.carried(event, "outcomes", outcomes) or {})
-        plans = {release_ref(p["namespace"], p["release"]): p for p in self.plans}
-        holder = holder_of(context)
+        ref = release_ref(group["namespace"], group["release"])
+        if group["status"] != "success":
+            return {"outcome": "failed", "reason": self.not_complete(group)}
+        plan = next(p for p in self.plans if release_ref(p["namespace"], p["release"]) == ref)
+        try:
+            done = commit(self.api, plan, holder_of(context))
+        except K8sMoveError as err:
+            return {"outcome": "failed", "reason": str(err)}
+        self.log.info("%s: moved; %s answered %s", ref, plan["service_url"], done["endpoint"]["body"])
+        return {"outcome": "moved", **done["outcome"]}
 
-        def finish(group):
-            ref = release_ref(group["namespace"], group["release"])
-            if group["status"] != "success":
-                return {"outcome": "failed", "reason": self.not_complete(group)}
-            try:
-                done = commit(self.api, plans[ref], holder)
-            except K8sMoveError as err:
-                return {"outcome": "failed", "reason": str(err)}
-            self.log.info("%s: moved; %s answered %s", ref, plans[ref]["service_url"], done["endpoint"]["body"])
-            return {"outcome": "moved", **done["outcome"]}
-        for group, outcome in zip(event["groups"], in_parallel(finish, event["groups"])):
+    def execute_complete(self, context, event: dict, outcomes: dict | None = None):
+        from k8smove.engine import release_ref
+        from k8smove.parallel import in_parallel
+
+        # the releases committed while the worker waited are carried in; the event holds the others
+        outcomes = dict(self.carried(event, "outcomes", outcomes) or {})
+        committed = in_parallel(lambda group: self.commit_release(context, group), event["groups"])
+        for group, outcome in zip(event["groups"], committed):
             outcomes[release_ref(group["namespace"], group["release"])] = outcome
         context["ti"].xcom_push(key="releases", value=outcomes)
         if failed := {ref: o for ref, o in outcomes.items() if o["outcome"] != "moved"}:

@@ -56,9 +56,8 @@ class StartProbe(KubernetesOperator):
     def execute(self, context):
         from k8smove import probe_pod
         from k8smove.engine import release_ref
+        from k8smove.parallel import in_parallel
         from k8smove.report import pods_by_node
-
-        from operators.move import in_parallel
 
         import threading
 
@@ -109,9 +108,8 @@ class StopProbe(KubernetesOperator):
     def execute(self, context):
         from k8smove import probe_pod
         from k8smove.availability import rows_present
+        from k8smove.parallel import in_parallel
         from k8smove.report import data_check
-
-        from operators.move import in_parallel
 
         def stop(ref):
             pods_before, handle = self.probe["pods_before"][ref], self.probe["probes"].get(ref)
@@ -203,6 +201,7 @@ class MaintenanceReport(KubernetesOperator):
         self.observed = observed
 
     def execute(self, context):
+        from k8smove.parallel import in_parallel
         from k8smove.report import pods_by_node, proof_problem, settle_retired_claims, write_report
 
         ti, run_id = context["ti"], context["run_id"]
@@ -210,8 +209,8 @@ class MaintenanceReport(KubernetesOperator):
         moved = ti.xcom_pull(task_ids="move_releases", key="releases") or {}
         undone = ti.xcom_pull(task_ids="rollback_releases", key="releases") or {}
         observed = (self.observed or {}).get("releases") or {}
-        releases = {}
-        for ref in sorted(set(moved) | set(undone) | set(observed)):
+
+        def settle(ref: str) -> dict:
             namespace, release = ref.split("/")
             outcome = {**moved.get(ref, {}), **undone.get(ref, {})}
             if outcome.get("outcome") == "rolled_back":
@@ -219,9 +218,10 @@ class MaintenanceReport(KubernetesOperator):
             seen = observed.get(ref, {})
             if outcome.get("outcome") == "moved" and (problem := proof_problem(seen.get("probe"), seen.get("db"))):
                 outcome["outcome"], outcome["reason"] = problem
-            releases[ref] = {**outcome, **seen, "pods_after": pods_by_node(self.api, namespace, release),
-                             "retired_claims": settle_retired_claims(self.api, namespace, release,
-                                                                     outcome.get("outcome"))}
+            return {**outcome, **seen, "pods_after": pods_by_node(self.api, namespace, release),
+                    "retired_claims": settle_retired_claims(self.api, namespace, release, outcome.get("outcome"))}
+        refs = sorted(set(moved) | set(undone) | set(observed))
+        releases = dict(zip(refs, in_parallel(settle, refs)))   # each release's reads and deletes on its own
         failed = [t for t in self.steps if states.get(t) in ("failed", "upstream_failed")]
         unproven = sorted(ref for ref, r in releases.items() if r.get("outcome") in ("disrupted", "data_lost"))
         reasons = ([f"failed: {', '.join(failed)}"] if failed else []) + [

@@ -9,18 +9,26 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
-async def wait_until_ready(kubernetes_conn_id: str, groups: list[dict], deadline: float) -> dict:
+async def wait_until_ready(kubernetes_conn_id: str, groups: list[dict], deadline: float, on_ready=None,
+                           diagnose_timeout: bool = True) -> dict:
     """k8smove.watching.wait_for_rollout for each group ({namespace, release, workloads}) at once, with the client
-    of the provider's AsyncKubernetesHook. {"status": "success" when every group is, "groups": [each result]}."""
+    of the provider's AsyncKubernetesHook. {"status": "success" when every group is, "groups": [each result]}.
+    ``on_ready(result)``, if given, is called in the event loop (it must not block) the moment a group succeeds;
+    ``diagnose_timeout`` False: ``deadline`` only ends a round of the wait, so no group lists Events for reasons."""
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
 
     from k8smove.watching import wait_for_rollout
 
+    async def wait_one(api, group: dict) -> dict:
+        result = await wait_for_rollout(api, group["namespace"], group["release"], group["workloads"],
+                                        max(deadline - time.time(), 0), diagnose_timeout)
+        if on_ready is not None and result["status"] == "success":
+            on_ready({"namespace": group["namespace"], "release": group["release"], **result})
+        return result
+
     hook = AsyncKubernetesHook(conn_id=kubernetes_conn_id)
     async with hook.get_conn() as api:
-        results = await asyncio.gather(*(
-            wait_for_rollout(api, group["namespace"], group["release"], group["workloads"],
-                             max(deadline - time.time(), 0)) for group in groups))
+        results = await asyncio.gather(*(wait_one(api, group) for group in groups))
     return {"status": "success" if all(r["status"] == "success" for r in results) else "timeout",
             "groups": [{"namespace": g["namespace"], "release": g["release"], **r} for g, r in zip(groups, results)]}
 

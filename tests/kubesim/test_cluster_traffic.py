@@ -68,7 +68,21 @@ class Probe:
         self.summary = self.record.summary(time.monotonic())
 
 
-def test_surge_first_move_loses_no_request(cluster):
+@pytest.fixture
+def proxy_process_cluster(tmp_path):
+    """The cluster fixture's, with the Service proxy as a process of its own (ClusterConfig.proxy_process)."""
+    from kubesim.cluster import Cluster
+
+    with Cluster(nodes=["node1", "node2"], pod_startup_seconds=0.2, max_grace_seconds=1.0, proxy_process=True,
+                 work_dir=str(tmp_path / "kubesim"), kubeconfig_path=str(tmp_path / "kubeconfig")) as c:
+        yield c
+
+
+@pytest.mark.parametrize("proxy", ["thread", "process"])
+def test_surge_first_move_loses_no_request(proxy, request):
+    cluster = request.getfixturevalue("cluster" if proxy == "thread" else "proxy_process_cluster")
+    if proxy == "process":
+        assert cluster.proxy_process.poll() is None       # the requests below go through that process
     kubectl(cluster, "apply", "-f", "-", input=dump(deployment("web", replicas=1, node="node1", strategy=SURGE)))
     wait_rolled_out(cluster, "web")
     url = expose(cluster, "web")
