@@ -127,12 +127,14 @@ def diagnose(pods: list[dict], events: list[dict]) -> list[str]:
                                f"{waiting.get('message', '')}".rstrip(": "))
             elif container.get("started") and not container.get("ready"):
                 reasons.append(f"pod {name} container {container['name']}: running but not Ready")
-    pod_names = {p["metadata"]["name"] for p in pods}
+    pod_uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in pods}
     seen = set()
     for event in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""):
         involved = event.get("involvedObject", {})
-        if event.get("type") != "Warning" or involved.get("name") not in pod_names:
+        if event.get("type") != "Warning" or involved.get("name") not in pod_uids:
             continue
+        if involved.get("uid") and pod_uids[involved["name"]] and involved["uid"] != pod_uids[involved["name"]]:
+            continue   # an earlier pod of the same name (a StatefulSet's, re-created): not this one's reason
         line = f"pod {involved['name']}: {event.get('reason')}: {event.get('message')}"
         if line not in seen:
             seen.add(line)

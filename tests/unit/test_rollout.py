@@ -101,3 +101,12 @@ def test_diagnose_reads_scheduling_pulls_and_warnings():
         "pod a: Unschedulable: 0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.",
         "pod b container app: ImagePullBackOff: Back-off pulling image",
         "pod b: Unhealthy: Readiness probe failed"]
+
+
+def test_diagnose_leaves_out_the_events_of_an_earlier_pod_of_the_same_name():
+    pending = {"metadata": {"name": "db-0", "uid": "new"}, "status": {}}
+    events = [{"type": "Warning", "reason": "FailedScheduling", "message": "0/2 nodes are available",
+               "involvedObject": {"name": "db-0", "uid": "old"}},
+              {"type": "Warning", "reason": "FailedMount", "message": "volume not attached",
+               "involvedObject": {"name": "db-0", "uid": "new"}}]
+    assert diagnose([pending], events) == ["pod db-0: FailedMount: volume not attached"]
