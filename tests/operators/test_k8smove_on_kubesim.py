@@ -269,7 +269,10 @@ def test_secret_is_generated_once_and_never_rotated(cluster, kube_client):
 def test_dry_run_applies_nothing_and_logs_the_diff(cluster, kube_client, caplog):
     values = deploy_values()
     label_nodes(kube_client, LABEL_NODES)
-    apply_manifests(kube_client, render_manifests(values, ["app"]))
+    applied = render_manifests(values, ["app", "db"])   # the App gets Ready only with its DB
+    apply_manifests(kube_client, applied)
+    # the rollout done first: until then the deployment controller writes the Deployment's status (a new version)
+    assert wait(cluster.kubeconfig_path, "default", "demo", workloads_in(applied), 60)["status"] == "success"
     moved = render_manifests({**values, "node_label": {"demo": "node2"}}, ["app"])
     before = live_versions(kube_client, moved)
     caplog.set_level("INFO", logger="k8smove.apply")
