@@ -155,13 +155,12 @@ class Cluster:
         a client's first call must find them."""
         import time
 
+        from .controllers.pods import is_ready
         from .resources import NODES
 
         deadline = time.monotonic() + timeout
         while True:
-            ready = {n["metadata"]["name"] for n in self.admin.list(NODES)
-                     if any(c["type"] == "Ready" and c["status"] == "True"
-                            for c in (n.get("status") or {}).get("conditions") or ())}
+            ready = {n["metadata"]["name"] for n in self.admin.list(NODES) if is_ready(n)}
             if set(self.config.nodes) <= ready:
                 return
             if time.monotonic() > deadline:

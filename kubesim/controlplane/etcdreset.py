@@ -65,13 +65,13 @@ class EtcdBaseline:
         for changed_passes in range(PASSES):
             now = self._read(keys_only=True)
             ops = [{"request_delete_range": {"key": _b64(key)}} for key in now if key not in self.keys]
-            for key in [key for key, (revision, _) in self.keys.items() if key in now and now[key][0] != revision
-                        and key in restored]:
-                # Restored once and rewritten again (aggregated ClusterRoles): the control plane's, not a test's.
-                self._adopt(key)
-            ops += [{"request_put": {"key": _b64(key), "value": value}} for key, (revision, value) in self.keys.items()
-                    if now.get(key, (None,))[0] != revision]
-            restored |= {key for key, (revision, _) in self.keys.items() if now.get(key, (None,))[0] != revision}
+            for key in [key for key, (revision, _) in self.keys.items() if now.get(key, (None,))[0] != revision]:
+                if key in now and key in restored:
+                    # Restored once and rewritten again (aggregated ClusterRoles): the control plane's, not a test's.
+                    self._adopt(key)
+                else:
+                    ops.append({"request_put": {"key": _b64(key), "value": self.keys[key][1]}})
+                    restored.add(key)
             if not ops:
                 return changed
             for start in range(0, len(ops), TXN_OPS):
