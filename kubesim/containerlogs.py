@@ -258,11 +258,16 @@ def read_log(path: str | None, options: LogOptions, running=lambda: False):
 
 
 def follow_output(path: str, running):
-    """A container's output from now on, (b"stdout" or b"stderr", text) while ``running()`` (kubectl attach)."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        for _, stream, text in _entries(f, True, running):
-            yield stream, text
+    """A container's output from now on, (b"stdout" or b"stderr", text) while ``running()`` (kubectl attach).
+    "Now" is this call, not the first read: what the container answers to an attach's stdin is not lost."""
+    f = open(path, "rb")
+    f.seek(0, os.SEEK_END)
+
+    def output():
+        with f:
+            for _, stream, text in _entries(f, True, running):
+                yield stream, text
+    return output()
 
 
 def _entries(f, follow: bool, running):

@@ -17,9 +17,10 @@ and `pods/portforward` to (https://<node InternalIP>:<daemonEndpoints.kubeletEnd
 TLS with a serving certificate for the node's IP from the cluster CA; a client must present a certificate of
 that CA (kube-apiserver's `--kubelet-client-certificate`), as the real kubelet's x509 authentication asks.
 * `/attach/<ns>/<pod>/<container>` over the same WebSocket channels: the running instance's output from now on
-  (its CRI log followed), until it stops; no stdin.
+  (its CRI log followed), until it stops; with `input=1`, channel 0 to its stdin when the container has
+  `stdin: true` (`stdinOnce`: closed when the first attach ends, as the CRI runtimes do); no TTY.
 
-Not served: attaching stdin, /pods, /stats.
+Not served: /pods, /stats; a TTY (`tty: true` containers get pipes, as if it were false).
 """
 from __future__ import annotations
 
@@ -249,18 +250,24 @@ def serve_exec(handler: BaseHTTPRequestHandler, supervisor, container: str, quer
 def serve_attach(handler: BaseHTTPRequestHandler, supervisor, container: str, query: dict) -> int:
     """Upgrade ``handler``'s request to a WebSocket attach to ``container``: its output from now on, on the
     channels asked for (kubelet names output/error, the API's stdout/stderr), until it stops; the HTTP status sent.
-    stdin is not attached: kubesim starts containers without one (as a pod without `stdin: true`)."""
+    With stdin asked for (`input`/`stdin`), channel 0 goes to the container's stdin if it has one (`stdin: true`);
+    without one the input is dropped, as a CRI runtime drops it for a container started without stdin."""
     protocol = next((p for p in PROTOCOLS if p in _websocket_protocols(handler)), None)
     if protocol is None:
         return _refuse(handler, "kubesim serves attach over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only")
     try:
-        path, running = supervisor.attach_output(container)
+        path, running, instance = supervisor.attach_output(container)
     except LookupError as error:
         return _refuse(handler, str(error))
+    stdin, detach = supervisor.attach_input(container, instance) if _flag(query, "input", "stdin") else (None, None)
     _accept_websocket(handler, protocol)
     channels = {b"stdout": STDOUT if _flag(query, "output", "stdout") else None,
                 b"stderr": STDERR if _flag(query, "error", "stderr") else None}
-    _AttachSession(handler.connection, handler.rfile, path, running, channels).run()
+    try:
+        _AttachSession(handler.connection, handler.rfile, path, running, channels, stdin, detach).run()
+    finally:
+        if detach is not None:
+            detach()
     return 101
 
 
@@ -295,19 +302,22 @@ class _AttachSession(_ChannelSession):
     """One attach over an upgraded connection: the container's new output to channels 1/2 while it runs (or until
     the client leaves), then a Success Status on channel 3 and a close frame."""
 
-    def __init__(self, sock, rfile, path: str, running, channels: dict) -> None:
+    def __init__(self, sock, rfile, path: str, running, channels: dict, stdin=None, detach=None) -> None:
         super().__init__(sock, rfile)
-        self.path, self.running, self.channels = path, running, channels
+        self.path, self.running, self.channels, self.stdin, self.detach = path, running, channels, stdin, detach
         self._client_gone = threading.Event()
 
     def run(self) -> None:
+        output = follow_output(self.path, lambda: self.running() and not self._client_gone.is_set())
         threading.Thread(target=self._read_client, daemon=True).start()
-        for stream, text in follow_output(self.path, lambda: self.running() and not self._client_gone.is_set()):
+        for stream, text in output:
             if self.channels.get(stream) is not None:
                 self._send(self.channels[stream], text)
         self._finish({"metadata": {}, "status": "Success"})
 
     def _read_client(self) -> None:
+        """Channel 0 to the container's stdin (when attached to it) until the client closes or leaves; v5's CLOSE(0)
+        ends this attach's stdin (stdinOnce: the container reads EOF)."""
         try:
             while True:
                 opcode, payload = _read_frame(self.rfile)
@@ -315,6 +325,12 @@ class _AttachSession(_ChannelSession):
                     break
                 if opcode == 0x9:
                     self._frame(0xA, payload)
+                elif opcode in (0x1, 0x2) and payload[:1] == bytes([STDIN]) and self.stdin is not None:
+                    self.stdin.write(payload[1:])
+                    self.stdin.flush()
+                elif opcode in (0x1, 0x2) and payload[:2] == bytes([CLOSE, STDIN]) and self.detach is not None:
+                    self.stdin = None
+                    self.detach()
         except (OSError, ValueError, EOFError):
             pass
         self._client_gone.set()

@@ -269,6 +269,17 @@ spec:
 """
 
 
+def check_run_interactive(kubectl) -> None:
+    """`kubectl run -i --rm`: kubectl makes the pod with `stdin: true, stdinOnce: true`, attaches to it, sends its
+    own stdin to the container's, and closes it at its EOF (the container reads EOF); then deletes the pod."""
+    run = kubectl("run", "reader", "-i", "--rm", "--restart=Never", "--image=busybox:1.36", "--",
+                  "sh", "-c", 'read line; echo "got $line"; if read more; then echo "more $more"; else echo eof; fi',
+                  input="hello\n", timeout=120)
+    assert "got hello\neof\n" in run.stdout, (run.stdout, run.stderr)
+    spec = kubectl("get", "pods", "-o", "json", check=False)
+    assert "reader" not in spec.stdout, spec.stdout
+
+
 def check_attach(kubectl) -> None:
     """`kubectl attach` shows the container's output from the moment it attaches, stdout and stderr apart, and ends
     (exit 0) when the container does."""

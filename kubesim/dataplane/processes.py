@@ -38,10 +38,12 @@ def spawn(argv: list[str], env: dict[str, str], log_path: str, cwd: str | None =
                                 preexec_fn=lambda: die_with_parent(parent_pid))
 
 
-def spawn_piped(argv: list[str], env: dict[str, str], cwd: str | None = None) -> subprocess.Popen:
-    """Start argv in its own session with stdout and stderr on pipes of their own (a container's, for its log)."""
+def spawn_piped(argv: list[str], env: dict[str, str], cwd: str | None = None, stdin: bool = False) -> subprocess.Popen:
+    """Start argv in its own session with stdout and stderr on pipes of their own (a container's, for its log), and
+    stdin on a pipe when asked (a container with `stdin: true`), else /dev/null."""
     parent_pid = os.getpid()
-    return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
                             preexec_fn=lambda: die_with_parent(parent_pid))
 

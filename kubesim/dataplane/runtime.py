@@ -95,6 +95,7 @@ class ContainerRun:
     instance: int = -1                  # the latest start of it (0, 1, ...): its log file and containerID
     log: LogSink | None = None          # where that instance's output goes
     done: bool = False                  # an init container that completed (a sidecar: that started)
+    stdin_attached: bool = False        # an attach has had this instance's stdin (stdinOnce: it is closed after)
 
     @property
     def sidecar(self) -> bool:
@@ -337,7 +338,9 @@ class PodSupervisor(threading.Thread):
         # the kubelet keeps the log of the previous instance (`kubectl logs --previous`), not older ones
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.runtime.log_path(self.uid, run.spec["name"], run.instance - 2))
-        run.proc = processes.spawn_piped(run.launch.argv, run.launch.env, run.launch.cwd)
+        run.proc = processes.spawn_piped(run.launch.argv, run.launch.env, run.launch.cwd,
+                                         stdin=bool(run.spec.get("stdin")))
+        run.stdin_attached = False
         run.log = LOG_PUMP.attach(run.proc.stdout, run.proc.stderr, log_path)
         run.started_at, run.started_stamp = now, now_rfc3339()
         run.probes = {kind: Prober(run.spec[f"{kind}Probe"], now) for kind in PROBE_KINDS
@@ -399,6 +402,9 @@ class PodSupervisor(threading.Thread):
 
     @staticmethod
     def _cleanup(run: ContainerRun) -> None:
+        if run.proc is not None and run.proc.stdin is not None:   # the runtime's end of a `stdin: true` pipe
+            with contextlib.suppress(OSError):
+                run.proc.stdin.close()
         for path in run.launch.scratch if run.launch else ():
             shutil.rmtree(path, ignore_errors=True)
 
@@ -492,13 +498,32 @@ class PodSupervisor(threading.Thread):
         return self._sandboxed(run, command, run.env or {}, run.sandbox_view.exec_env)
 
     def attach_output(self, container: str):
-        """`kubectl attach`: the log file of the container's running instance and what says it still runs.
-        LookupError: it is not running."""
+        """`kubectl attach`: the log file of the container's running instance, what says it still runs, and which
+        instance it is. LookupError: it is not running."""
         run = self._run_of(container)
         if run is None or not self.running(container):
             raise LookupError(f"container {container} is not running")
-        instance = run.instance
-        return self.runtime.log_path(self.uid, container, instance), lambda: self.running(container, instance)
+        instance, sink = run.instance, run.log
+        # until its last output is in the log: the pump writes it after the process has exited
+        return (self.runtime.log_path(self.uid, container, instance),
+                lambda: self.running(container, instance) or not sink.drained.is_set(), instance)
+
+    def attach_input(self, container: str, instance: int):
+        """`kubectl attach -i`: the stdin pipe of that instance of the container and what ends an attach's use of it
+        (stdinOnce: closes it, the container reads EOF, as the CRI runtimes do); (None, no-op) without `stdin: true`."""
+        run = self._run_of(container)
+        if run is None or not self.running(container, instance) or run.proc.stdin is None:
+            return None, lambda: None
+        proc, once = run.proc, bool(run.spec.get("stdinOnce"))
+        if once and run.stdin_attached:   # its one attach is over: stdin is closed
+            return None, lambda: None
+        run.stdin_attached = True
+
+        def detach() -> None:
+            if once:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        return proc.stdin, detach
 
     def container_names(self) -> list[str]:
         return [c.spec["name"] for c in self._init + self._containers]

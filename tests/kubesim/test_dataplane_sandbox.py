@@ -117,6 +117,12 @@ def test_port_forward_on_kubesims_own_api_server(cluster, tmp_path):
     check_port_forward(kubectl_runner(cluster.kubeconfig_path, str(tmp_path)))
 
 
+def test_run_interactive_on_kubesims_own_api_server(cluster, tmp_path):
+    from kubectl_support import check_run_interactive, kubectl_runner
+
+    check_run_interactive(kubectl_runner(cluster.kubeconfig_path, str(tmp_path)))
+
+
 def test_attach_on_kubesims_own_api_server(cluster, tmp_path):
     from kubectl_support import check_attach, kubectl_runner
 

@@ -377,6 +377,13 @@ def test_port_forward_through_the_real_api_server(kubectl):
     check_port_forward(kubectl)
 
 
+def test_run_interactive_through_the_real_api_server(kubectl):
+    """kubectl's attach with stdin, through the API server to the node's kubelet API, into the container's stdin."""
+    from kubectl_support import check_run_interactive
+
+    check_run_interactive(kubectl)
+
+
 def test_attach_through_the_real_api_server(kubectl):
     """The API server proxies kubectl's WebSocket attach to the node's kubelet API, which streams the container's
     output from its CRI log as it is written."""
