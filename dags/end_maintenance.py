@@ -3,7 +3,8 @@
 
 Bring back the nodes **node_maintenance** emptied (label `maintenance_label`, default `maintenance=ready`):
 
-1. **select_nodes** — the nodes carrying the label;
+1. **select_nodes** — the nodes carrying the label; refuses, before any write, when it may not lift an exclusion
+   of theirs in some namespace (in the cluster: apply `include/rbac/namespace/` there);
 2. **uncordon** them;
 3. **lift_exclusions** — remove them from the nodeAffinity exclusions node_maintenance applied (those
    Deployments roll out surge-first; pods do not move back by themselves, the scheduler may use the nodes again);

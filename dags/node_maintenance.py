@@ -24,7 +24,8 @@ env `K8SMOVE_MAINTENANCE_SCHEDULE` overrides the cron when the DAG is parsed) an
 
 The plan refuses, before any write (a dry run too ends failed), what cannot leave: a workload on a node-local
 volume, with nowhere to go, a release with no target, a pod with emptyDir data (unless `allow_local_storage`)
-or without a controller. A scheduled run that starts more than 120 minutes late (env
+or without a controller; and a namespace where it may not patch the Deployments or evict the pods it would (in
+the cluster: apply `include/rbac/namespace/` there, as the refusal says). A scheduled run that starts more than 120 minutes late (env
 `K8SMOVE_MAINTENANCE_WINDOW_MINUTES`) does nothing (**within_window**): a missed window is not caught up.
 
 A failed run leaves the nodes cordoned and labelled `maintenance=scheduled`: bring them back with

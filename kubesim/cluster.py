@@ -17,6 +17,8 @@ from .store import Store
 log = logging.getLogger("kubesim")
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# authorization.k8s.io's "may I?" questions (the request log's resource, without its group on the real API server)
+ACCESS_REVIEWS = ("selfsubjectaccessreviews", "selfsubjectrulesreviews")
 
 # The two kinds of storage a move has to reckon with: network-attached (data follows the pod) and
 # node-local (data stays on its node), like a cloud disk class and local-path on kind/k3s.
@@ -232,8 +234,10 @@ class Cluster:
 
     def writes(self, dry_runs: bool = True) -> list[dict]:
         """Write requests (anything but reads), as the request log saw them; ``dry_runs=False``: only the ones
-        that could change the cluster (not ``dryRun=All``)."""
+        that could change the cluster (not ``dryRun=All``). An access review is a POST that is answered, never
+        stored: not a write."""
         return [r for r in self.request_log if r["method"] in ("POST", "PUT", "PATCH", "DELETE")
+                and r["resource"].rpartition("/")[2] not in ACCESS_REVIEWS
                 and (dry_runs or r["query"].get("dryRun") != "All")]
 
     def write_kubeconfig(self, path: str) -> str:

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,22 @@ def kubectl_runner(kubeconfig: str, home: str, default_timeout: float = 90):
         ["kubectl", "--kubeconfig", kubeconfig, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={"HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     return run
+
+
+def service_account_kubeconfig(admin_kubeconfig: str, token: str, path: Path) -> str:
+    """The admin kubeconfig's server and CA, authenticating with ``token`` instead of a client certificate."""
+    admin = json.loads(Path(admin_kubeconfig).read_text())   # kubesim.controlplane writes it as JSON
+    [cluster] = admin["clusters"]
+    config = {"apiVersion": "v1", "kind": "Config", "preferences": {},
+              "clusters": [{"name": cluster["name"], "cluster": {
+                  "server": cluster["cluster"]["server"],
+                  "certificate-authority-data": cluster["cluster"]["certificate-authority-data"]}}],
+              "users": [{"name": "k8smove", "user": {"token": token}}],
+              "contexts": [{"name": "k8smove", "context": {"cluster": cluster["name"], "user": "k8smove"}}],
+              "current-context": "k8smove"}
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return str(path)
 
 
 EXEC_POD = """

@@ -3,7 +3,8 @@
 Here: the server's lifecycle, the request log, non-resource paths and fault injection. Elsewhere in
 this package: routing.py (URL -> verb/resource), handlers.py (REST semantics), discovery.py, openapi.py,
 watch.py, patch.py and managed.py (server-side apply), validation.py, defaults.py, tables.py,
-selectors.py, allocators.py (ClusterIPs, NodePorts), protobuf.py (kubectl's typed-client bodies).
+selectors.py, allocators.py (ClusterIPs, NodePorts), protobuf.py (kubectl's typed-client bodies),
+reviews.py (SelfSubjectAccessReview).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import errors
 from ..config import ClusterConfig
-from . import discovery, openapi
+from . import discovery, openapi, reviews
 from .handlers import Request, Response, ResourceHandlers
 from .routing import not_found, resolve, truthy
 from .watch import BOOKMARK_SECONDS
@@ -185,6 +186,10 @@ class ApiServer:
         if document is not None:
             return document
         group, version, rest = self._group_version(parts)
+        if reviews.is_review(group, version, rest):
+            entry.update(verb="create", resource=reviews.KEY)
+            code, review = reviews.self_subject_access_review(http.command, body)
+            return Response.json(review, code)
         if not rest:
             resource_list = discovery.api_resource_list(group, version)
             if resource_list is None:

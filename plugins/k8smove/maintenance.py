@@ -42,6 +42,11 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 REQUIRED_AFFINITY = "requiredDuringSchedulingIgnoredDuringExecution"
 FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 5.0
+# The writes maintenance makes in a workload's namespace, as (verb, group, resource, subresource): what ClusterRole
+# k8smove-node-maintenance-write (include/rbac/node-maintenance.yaml) grants where a RoleBinding gives it.
+PATCH_DEPLOYMENTS = ("patch", "apps", "deployments", "")
+EVICT_PODS = ("create", "", "pods", "eviction")
+WRITE_RIGHTS_RECIPE = "kubectl apply -n {namespace} -f include/rbac/namespace/"
 
 
 def pod_ref(pod: dict) -> str:
@@ -303,22 +308,64 @@ def plan_maintenance(api: ApiClient, maintenance_label: dict, target_selector: d
                      extra_selector: dict | None, ready_label: dict, allow_local_storage: bool,
                      release_targets: dict | None = None, db_strategy: str = "switchover",
                      label_given: bool = False) -> dict:
-    """``make_plan`` over the cluster as it is now, k8smove's releases planned by the move engine (reads only);
-    ``label_given``: see ``select_nodes``."""
+    """``make_plan`` over the cluster as it is now, k8smove's releases planned by the move engine, and
+    ``missing_rights``: the writes it needs that this run may not make (``missing_write_rights``). Reads only (and
+    access reviews); ``label_given``: see ``select_nodes``."""
     nodes, pods = kube.list_objects(api, "v1", "Node"), kube.list_objects(api, "v1", "Pod")
     marked, _ = select_nodes(nodes, maintenance_label, target_selector, label_given)
     releases = plan_releases(api, marked, target_selector, release_targets, nodes, pods,
                              db_strategy) if marked else None
-    return make_plan(
+    plan = make_plan(
         nodes, pods, _workloads(api, extra_selector), kube.list_objects(api, "v1", "PersistentVolumeClaim"),
         kube.list_objects(api, "v1", "PersistentVolume"), maintenance_label, target_selector, ready_label,
         allow_local_storage, releases=releases)
+    # rights are namespaced (include/rbac/namespace/): a namespace without them is refused here, not at its write
+    return {**plan, "missing_rights": missing_write_rights(api, writes_of(plan))}
+
+
+def writes_of(plan: dict) -> dict[tuple[str, tuple], list[str]]:
+    """{(namespace, write): [what needs it]} for every write the plan's moves and evictions make in a namespace
+    (a release moves through its own Role, release.yaml, and is not among them)."""
+    needed: dict[tuple[str, tuple], list[str]] = {}
+    for move in plan["moves"]:
+        write = PATCH_DEPLOYMENTS if move["mode"] == "surge" else EVICT_PODS
+        needed.setdefault((move["namespace"], write), []).append(f"{move['kind']} {move['namespace']}/{move['name']}")
+    for pod in plan["evict"]:
+        needed.setdefault((pod["namespace"], EVICT_PODS), []).append(f"pod {pod['namespace']}/{pod['name']}")
+    return needed
+
+
+def missing_write_rights(api: ApiClient, needed: dict[tuple[str, tuple], list[str]]) -> list[dict]:
+    """The writes of ``needed`` (``writes_of``) this run's identity may not make, each asked of the API server with a
+    SelfSubjectAccessReview (which every authenticated identity may create): [{namespace, verb, resource, for}], []
+    when it may make them all."""
+    missing = []
+    for (namespace, (verb, group, resource, subresource)), needed_for in sorted(needed.items()):
+        attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": resource,
+                      "subresource": subresource}
+        review = kube.call(api, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body={
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes}})
+        if not review["status"].get("allowed"):
+            missing.append({"namespace": namespace, "verb": verb,
+                            "resource": f"{resource}/{subresource}" if subresource else f"{resource}.{group}",
+                            "for": needed_for})
+    return missing
+
+
+def describe_missing_rights(missing: list[dict]) -> list[str]:
+    """Each missing write in words: the namespace, the verb and resource, what needs it, and how to grant it."""
+    return [f"namespace {m['namespace']}: not allowed to {m['verb']} {m['resource']} (needed for "
+            f"{', '.join(m['for'])}); grant k8smove's maintenance rights there: "
+            f"{WRITE_RIGHTS_RECIPE.format(namespace=m['namespace'])}" for m in missing]
 
 
 def blocking(plan: dict) -> list[str]:
-    """Why the plan cannot empty the nodes: refused workloads and pods nothing may evict ([] when it can)."""
+    """Why the plan cannot empty the nodes: refused workloads, pods nothing may evict and the writes this run may
+    not make ([] when it can)."""
     return ([f"{r['workload']} ({', '.join(r['pods'])}): {r['reason']}" for r in plan["refused"]] +
-            [f"pod {u['pod']} on {u['node']}: {u['reason']}" for u in plan["untouched"] if u["blocks"]])
+            [f"pod {u['pod']} on {u['node']}: {u['reason']}" for u in plan["untouched"] if u["blocks"]] +
+            describe_missing_rights(plan.get("missing_rights", [])))
 
 
 def describe_plan(plan: dict) -> list[str]:
@@ -332,6 +379,7 @@ def describe_plan(plan: dict) -> list[str]:
         lines.append(f"move {move['mode']:8} {move['kind']} {move['namespace']}/{move['name']} "
                      f"({', '.join(move['pods'])}) -> {where}")
     lines += [f"refuse   {r['workload']} ({', '.join(r['pods'])}): {r['reason']}" for r in plan["refused"]]
+    lines += [f"refuse   {line}" for line in describe_missing_rights(plan.get("missing_rights", []))]
     lines += [f"evict    pod {p['namespace']}/{p['name']} on {p['node']}" for p in plan["evict"]]
     lines += [f"{'keep' if u['blocks'] else 'ignore':8} pod {u['pod']} on {u['node']}: {u['reason']}"
               for u in plan["untouched"]]
@@ -428,13 +476,27 @@ def _lift(api: ApiClient, workload: dict, nodes: list[str]) -> None:
                                                field_manager=MAINTENANCE_FIELD_MANAGER)
 
 
+def excluding(api: ApiClient, nodes: list[str]) -> list[dict]:
+    """The Deployments whose exclusion names one of ``nodes``."""
+    return [w for w in kube.list_objects(api, "apps/v1", "Deployment") if _excludes(w, nodes)]
+
+
+def missing_lift_rights(api: ApiClient, nodes: list[str]) -> list[dict]:
+    """end_maintenance's ``missing_write_rights``: the namespaces where it could not lift an exclusion of ``nodes``."""
+    needed: dict[tuple[str, tuple], list[str]] = {}
+    for workload in excluding(api, nodes):
+        meta = workload["metadata"]
+        needed.setdefault((meta["namespace"], PATCH_DEPLOYMENTS), []).append(
+            f"Deployment {meta['namespace']}/{meta['name']}")
+    return missing_write_rights(api, needed)
+
+
 def lift_exclusions(api: ApiClient, nodes: list[str]) -> list[str]:
     """Let every Deployment whose exclusion names one of ``nodes`` use them again; returns those changed."""
     lifted = []
-    for workload in kube.list_objects(api, "apps/v1", "Deployment"):
-        if _excludes(workload, nodes):
-            _lift(api, workload, nodes)
-            lifted.append(f"Deployment {workload['metadata']['namespace']}/{workload['metadata']['name']}")
+    for workload in excluding(api, nodes):
+        _lift(api, workload, nodes)
+        lifted.append(f"Deployment {workload['metadata']['namespace']}/{workload['metadata']['name']}")
     return lifted
 
 

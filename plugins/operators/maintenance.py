@@ -133,9 +133,11 @@ class EvictPods(MaintenanceOperator):
         self.eviction_timeout_seconds = eviction_timeout_seconds
 
     def execute(self, context):
-        from k8smove.maintenance import evict_pods, wait_until_gone
+        from k8smove.maintenance import describe_missing_rights, evict_pods, wait_until_gone
 
         plan = self.plan()
+        if missing := describe_missing_rights(plan["missing_rights"]):   # a namespace new since the plan task
+            raise AirflowFailException("Not evicting: " + " | ".join(missing))
         result = evict_pods(self.api, plan["evict"], int(self.eviction_timeout_seconds))
         for pod, reason in result["blocked"].items():
             self.log.warning("Not evicted (not forced): %s: %s", pod, reason)
@@ -169,7 +171,8 @@ class VerifyNodesEmpty(MaintenanceOperator):
 
 
 class SelectMaintenanceNodes(KubernetesOperator):
-    """Nodes labelled ``maintenance_label``; XCom ``nodes`` and ``unlabel`` (node -> its removal, LabelNodes')."""
+    """Nodes labelled ``maintenance_label``; XCom ``nodes`` and ``unlabel`` (node -> its removal, LabelNodes').
+    Fails, before end_maintenance writes anything, when it may not lift an exclusion of those nodes somewhere."""
 
     template_fields = ("maintenance_label",)
     ui_color = "#fdebd0"
@@ -181,10 +184,13 @@ class SelectMaintenanceNodes(KubernetesOperator):
     def execute(self, context):
         from k8smove import kube
         from k8smove.labels import matches
+        from k8smove.maintenance import describe_missing_rights, missing_lift_rights
 
         nodes = sorted(n["metadata"]["name"] for n in kube.list_objects(self.api, "v1", "Node")
                        if matches(self.maintenance_label, n["metadata"].get("labels")))
         self.log.info("Nodes to bring back: %s", nodes or "none")
+        if missing := describe_missing_rights(missing_lift_rights(self.api, nodes) if nodes else []):
+            raise AirflowFailException(f"Cannot lift the exclusions of {', '.join(nodes)}: " + " | ".join(missing))
         ti = context["ti"]
         ti.xcom_push(key="nodes", value=nodes)
         ti.xcom_push(key="unlabel", value={n: {f"{key}-": None for key in self.maintenance_label} for n in nodes})

@@ -14,7 +14,8 @@ import pytest
 RBAC_DIR = Path(__file__).resolve().parents[2] / "include" / "rbac"
 AS = "--as=system:serviceaccount:airflow:k8smove"
 RELEASE_NS = "default"
-OTHER_NS = "shop"  # a namespace with pods on a node under maintenance, not the release's
+OTHER_NS = "shop"  # a namespace with pods on a node under maintenance, not the release's: include/rbac/namespace/ there
+UNBOUND_NS = "unbound"   # a namespace without include/rbac/namespace/: maintenance may read there, never write
 
 # (verb, resource, namespace): None = cluster-scoped, "*" = across all namespaces (-A).
 NEEDED = [
@@ -33,11 +34,15 @@ NEEDED = [
     ("watch", "pods", RELEASE_NS), ("list", "events", RELEASE_NS),
     # the availability probe's Pod: created, read, stopped by exec, its log read, deleted
     *[(verb, "pods", RELEASE_NS) for verb in ("get", "create", "delete")], ("get", "pods/log", RELEASE_NS),
-    # node-maintenance.yaml: wherever the node's pods are
-    ("create", "pods/eviction", OTHER_NS), ("watch", "pods", "*"), ("list", "events", "*"),
-    ("list", "persistentvolumeclaims", "*"), ("list", "persistentvolumes", None),
-    *[(verb, "deployments.apps", OTHER_NS) for verb in ("get", "list", "watch", "patch")],
-    ("list", "deployments.apps", "*"), ("list", "statefulsets.apps", "*"), ("watch", "statefulsets.apps", OTHER_NS),
+    # node-maintenance.yaml, k8smove-node-maintenance: the reads, wherever the node's pods are
+    ("watch", "pods", "*"), ("list", "events", "*"), ("list", "persistentvolumeclaims", "*"),
+    ("list", "persistentvolumes", None), ("list", "configmaps", "*"),
+    *[(verb, "deployments.apps", "*") for verb in ("get", "list", "watch")],
+    ("list", "statefulsets.apps", "*"), ("watch", "statefulsets.apps", "*"),
+    # k8smove-node-maintenance-write, bound by include/rbac/namespace/ in OTHER_NS: the writes, there only
+    ("create", "pods/eviction", OTHER_NS), ("patch", "deployments.apps", OTHER_NS),
+    # every authenticated identity's (system:basic-user): the maintenance plan asks before it writes
+    ("create", "selfsubjectaccessreviews.authorization.k8s.io", None),
 ]
 
 FORBIDDEN = [
@@ -60,6 +65,11 @@ FORBIDDEN = [
     ("create", "pods/exec", "kube-system"), ("get", "pods/log", "kube-system"),
     ("create", "pods/attach", RELEASE_NS), ("create", "pods/portforward", RELEASE_NS),
     ("delete", "pods", "kube-system"), ("delete", "deployments.apps", OTHER_NS),
+    # maintenance's writes outside the namespaces bound for them (no cluster-wide write to workloads)
+    ("patch", "deployments.apps", "kube-system"), ("patch", "deployments.apps", UNBOUND_NS),
+    ("patch", "deployments.apps", "*"), ("create", "pods/eviction", "kube-system"),
+    ("create", "pods/eviction", UNBOUND_NS), ("create", "pods/eviction", "*"),
+    ("update", "deployments.apps", OTHER_NS), ("delete", "pods", OTHER_NS),
     ("create", "deployments.apps", "kube-system"), ("delete", "deployments.apps", "kube-system"),
     ("patch", "daemonsets.apps", "kube-system"), ("patch", "statefulsets.apps", RELEASE_NS),
     ("update", "deployments.apps", RELEASE_NS), ("deletecollection", "deployments.apps", RELEASE_NS),
@@ -89,22 +99,33 @@ def _can_i_args(verb: str, resource: str, namespace: str | None) -> list[str]:
 
 @pytest.fixture(scope="module")
 def rbac_applied(kubectl):
-    """include/rbac/ applied as it is, plus the namespaces and a kube-system Deployment the checks act on."""
-    kubectl("create", "namespace", "airflow")
-    kubectl("create", "namespace", OTHER_NS)
-    applied = kubectl("apply", "-f", str(RBAC_DIR))
-    kubectl("-n", "kube-system", "create", "deployment", "system-addon", "--image=busybox:1.36", "--replicas=0")
-    return applied.stdout
+    """include/rbac/ applied as the README says (include/rbac/namespace/ in OTHER_NS only), plus the namespaces and a
+    Deployment the checks act on in kube-system, OTHER_NS and UNBOUND_NS."""
+    for namespace in ("airflow", OTHER_NS, UNBOUND_NS):
+        kubectl("create", "namespace", namespace)
+    applied = kubectl("apply", "-f", str(RBAC_DIR)).stdout
+    applied += kubectl("apply", "-n", OTHER_NS, "-f", str(RBAC_DIR / "namespace")).stdout
+    for namespace in ("kube-system", OTHER_NS):
+        kubectl("-n", namespace, "create", "deployment", "system-addon", "--image=busybox:1.36", "--replicas=0")
+    return applied
 
 
 def test_include_rbac_applies_to_a_real_api_server(rbac_applied, kubectl):
     for line in ("serviceaccount/k8smove created", "clusterrole.rbac.authorization.k8s.io/k8smove-cluster created",
                  "clusterrolebinding.rbac.authorization.k8s.io/k8smove-node-maintenance created",
+                 "clusterrole.rbac.authorization.k8s.io/k8smove-node-maintenance-write created",
                  "role.rbac.authorization.k8s.io/k8smove-release created",
                  "rolebinding.rbac.authorization.k8s.io/k8smove-release created",
+                 "rolebinding.rbac.authorization.k8s.io/k8smove-node-maintenance-write created",
                  "validatingadmissionpolicy.admissionregistration.k8s.io/k8smove-maintenance-placement-only created",
                  "validatingadmissionpolicybinding.admissionregistration.k8s.io/k8smove-probe-pods-only created"):
         assert line in rbac_applied
+    # `kubectl apply -f include/rbac/` leaves the opt-in cluster-wide binding of the writes out
+    assert "all-namespaces" not in rbac_applied
+    assert kubectl("get", "clusterrolebinding", "k8smove-node-maintenance-write-all-namespaces",
+                   check=False).returncode == 1
+    assert kubectl.json("-n", OTHER_NS, "get", "rolebinding", "k8smove-node-maintenance-write")["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "k8smove-node-maintenance-write"}
     assert kubectl("auth", "whoami", AS, "-o", "jsonpath={.status.userInfo.username}").stdout == \
         "system:serviceaccount:airflow:k8smove"
 
@@ -152,22 +173,68 @@ def as_service_account(kubectl, *args, manifest: str | None = None):
     return kubectl(*args, AS, input=manifest, check=False)
 
 
+FORBIDDEN_TO_THE_ACCOUNT = 'is forbidden: User "system:serviceaccount:airflow:k8smove" cannot'
+
+
+def test_maintenance_writes_only_where_its_namespaced_binding_is(rbac_applied, kubectl):
+    """The real requests node_maintenance makes, as the service account: a Deployment's exclusion (server-side apply)
+    and a pod's eviction are refused by RBAC (403) in kube-system and in a namespace without include/rbac/namespace/,
+    and allowed in the namespace where it is applied."""
+    from k8smove.maintenance import MAINTENANCE_FIELD_MANAGER, exclusion_manifest
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "evictable"}, "spec": {
+        "containers": [{"name": "c", "image": "busybox:1.36"}]}}   # Pending (no node here): evictable all the same
+
+    def exclude_and_evict(namespace: str) -> tuple:
+        kubectl("-n", namespace, "create", "deployment", "placed", "--image=busybox:1.36", "--replicas=0")
+        original = kubectl.json("-n", namespace, "get", "deployment", "placed")
+        applied = as_service_account(kubectl, "apply", "--server-side", f"--field-manager={MAINTENANCE_FIELD_MANAGER}",
+                                     "--force-conflicts", "-f", "-",
+                                     manifest=json.dumps(exclusion_manifest(original, ["node1"], {})))
+        kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(pod))
+        eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evictable",
+                                                                                "namespace": namespace}}
+        evicted = as_service_account(kubectl, "create", "--raw",
+                                     f"/api/v1/namespaces/{namespace}/pods/evictable/eviction", "-f", "-",
+                                     manifest=json.dumps(eviction))
+        return applied, evicted
+
+    for namespace in ("kube-system", UNBOUND_NS):
+        applied, evicted = exclude_and_evict(namespace)
+        assert applied.returncode == 1 and FORBIDDEN_TO_THE_ACCOUNT in applied.stderr \
+            and 'cannot patch resource "deployments"' in applied.stderr, (namespace, applied.stderr)
+        assert evicted.returncode == 1 and "Forbidden" in evicted.stderr, (namespace, evicted.stderr)
+        assert "affinity" not in kubectl.json("-n", namespace, "get", "deployment", "placed")["spec"]["template"][
+            "spec"]
+        assert kubectl("-n", namespace, "get", "pod", "evictable", "-o", "name").stdout.strip() == "pod/evictable"
+    applied, evicted = exclude_and_evict(OTHER_NS)
+    assert applied.returncode == 0, applied.stderr
+    assert evicted.returncode == 0, evicted.stderr
+    assert kubectl.json("-n", OTHER_NS, "get", "deployment", "placed")["spec"]["template"]["spec"]["affinity"]
+    gone = kubectl("-n", OTHER_NS, "get", "pod", "evictable", "-o", "jsonpath={.metadata.deletionTimestamp}",
+                   check=False)
+    assert gone.returncode == 1 or gone.stdout, gone   # deleted, or being deleted
+
+
 def test_maintenance_may_change_only_the_placement_of_a_deployment_it_did_not_deploy(rbac_applied, kubectl):
-    """k8smove-node-maintenance must patch Deployments in every namespace (RBAC grants that whole), and guard.yaml
-    narrows it: the escalation RBAC alone allowed (a kube-system Deployment repointed at a privileged
-    ServiceAccount with another image) is refused, while node_maintenance's own exclusion and its lifting pass."""
-    assert kubectl(*_can_i_args("patch", "deployments.apps", "kube-system"), check=False).stdout.strip() == "yes"
+    """Where include/rbac/namespace/ grants deployments patch, guard.yaml narrows it: the escalation RBAC alone
+    would allow there (a Deployment repointed at a privileged ServiceAccount with another image) is refused, while
+    node_maintenance's own exclusion and its lifting pass. In kube-system RBAC refuses every patch (403)."""
+    assert kubectl(*_can_i_args("patch", "deployments.apps", OTHER_NS), check=False).stdout.strip() == "yes"
     escalation = ('{"spec": {"template": {"spec": {"serviceAccountName": "clusterrole-aggregation-controller", '
                   '"containers": [{"name": "busybox", "image": "attacker/image:1"}]}}}}')
     for patch, refusal in ((escalation, "may change only the pod template's affinity"),
                            ('{"spec": {"replicas": 3}}', "may not change a Deployment's spec"),
                            ('{"metadata": {"labels": {"app.kubernetes.io/managed-by": "k8smove"}}}',
                             "may change only its own annotation")):
-        result = as_service_account(kubectl, "-n", "kube-system", "patch", "deployment", "system-addon",
+        result = as_service_account(kubectl, "-n", OTHER_NS, "patch", "deployment", "system-addon",
                                     "--type=strategic", "-p", patch)
         assert result.returncode == 1 and "k8smove-maintenance-placement-only" in result.stderr \
             and refusal in result.stderr, (patch, result.stdout, result.stderr)
-    original = kubectl.json("-n", "kube-system", "get", "deployment", "system-addon")
+        refused = as_service_account(kubectl, "-n", "kube-system", "patch", "deployment", "system-addon",
+                                     "--type=strategic", "-p", patch)
+        assert refused.returncode == 1 and FORBIDDEN_TO_THE_ACCOUNT in refused.stderr, (patch, refused.stderr)
+    original = kubectl.json("-n", OTHER_NS, "get", "deployment", "system-addon")
 
     # node_maintenance's own calls, as the DAG makes them: the exclusion applied, then lifted
     from k8smove.maintenance import MAINTENANCE_FIELD_MANAGER, exclusion_manifest, release_patch
@@ -176,13 +243,13 @@ def test_maintenance_may_change_only_the_placement_of_a_deployment_it_did_not_de
     applied = as_service_account(kubectl, "apply", "--server-side", f"--field-manager={MAINTENANCE_FIELD_MANAGER}",
                                  "--force-conflicts", "-f", "-", manifest=json.dumps(exclusion))
     assert applied.returncode == 0, applied.stderr
-    excluded = kubectl.json("-n", "kube-system", "get", "deployment", "system-addon")
+    excluded = kubectl.json("-n", OTHER_NS, "get", "deployment", "system-addon")
     assert excluded["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
-    lifted = as_service_account(kubectl, "-n", "kube-system", "patch", "deployment", "system-addon", "--type=merge",
+    lifted = as_service_account(kubectl, "-n", OTHER_NS, "patch", "deployment", "system-addon", "--type=merge",
                                 f"--field-manager={MAINTENANCE_FIELD_MANAGER}", "-p",
                                 json.dumps(release_patch(excluded, ["node1"])))
     assert lifted.returncode == 0, lifted.stderr
-    after = kubectl.json("-n", "kube-system", "get", "deployment", "system-addon")
+    after = kubectl.json("-n", OTHER_NS, "get", "deployment", "system-addon")
     assert after["spec"]["template"] == original["spec"]["template"]
     assert after["metadata"].get("labels") == original["metadata"].get("labels")
 

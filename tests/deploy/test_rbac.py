@@ -4,8 +4,9 @@ What they call is read from kubesim's API request log of ``airflow dags test`` r
 migrate_app, a migrate_app that fails and rolls back; then node_maintenance (dry run and real) and
 end_maintenance — and mapped to the RBAC attributes a real kube-apiserver authorizes: (verb, API group,
 resource[/subresource], namespace or cluster-wide). The rules must allow every one of them and nothing else:
-k8smove-cluster and the release Role exactly deploy_app/migrate_app's calls, k8smove-node-maintenance
-exactly what the maintenance DAGs call beyond those.
+k8smove-cluster and the release Role exactly deploy_app/migrate_app's calls; of what the maintenance DAGs call
+beyond those, k8smove-node-maintenance (bound cluster-wide) exactly the reads, and k8smove-node-maintenance-write
+exactly the writes, allowed only in the namespace where include/rbac/namespace/'s RoleBinding is applied.
 """
 from __future__ import annotations
 
@@ -25,9 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operators"))   # k
 from kubesim_release import workload_manifest  # noqa: E402
 
 RBAC_DIR = Path(__file__).resolve().parents[2] / "include" / "rbac"
+PER_NAMESPACE_DIR = RBAC_DIR / "namespace"      # applied with `kubectl apply -n <namespace> -f`
+OPTIONAL_DIR = RBAC_DIR / "optional"            # opt-in, not applied by `kubectl apply -f include/rbac/`
 SERVICE_ACCOUNT = ("airflow", "k8smove")           # (namespace, name) the bindings grant to
-MAINTENANCE_ROLE = "k8smove-node-maintenance"
+MAINTENANCE_ROLE = "k8smove-node-maintenance"              # the maintenance DAGs' reads, cluster-wide
+MAINTENANCE_WRITE_ROLE = "k8smove-node-maintenance-write"  # their writes, bound per namespace
+MAINTENANCE_ROLES = (MAINTENANCE_ROLE, MAINTENANCE_WRITE_ROLE)
 RBAC_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+READ_VERBS = {"get", "list", "watch"}
 # Non-resource paths every authenticated identity may read (system:discovery, system:public-info-viewer).
 PUBLIC_PATHS = ("/api", "/apis", "/version", "/openapi", "/healthz", "/livez", "/readyz")
 ANY = "*any namespace*"
@@ -49,6 +55,11 @@ class Grant:
     resource: str
     namespace: str      # ANY (ClusterRoleBinding) or the RoleBinding's namespace
     role: str
+
+
+# What every authenticated identity may do on any cluster (bootstrap ClusterRole system:basic-user): the maintenance
+# DAGs ask with SelfSubjectAccessReviews whether they may write where their plan would, before any write.
+DEFAULT_GRANTS = {Grant("create", "authorization.k8s.io", "selfsubjectaccessreviews", ANY, "system:basic-user")}
 
 
 def calls_of(entry: dict) -> set[Call]:
@@ -82,11 +93,25 @@ def needed_calls(request_log: list[dict]) -> set[Call]:
     return calls
 
 
-def rbac_documents() -> list[dict]:
+def documents_in(directory: Path) -> list[dict]:
     documents = []
-    for path in sorted(RBAC_DIR.glob("*.yaml")):
+    for path in sorted(directory.glob("*.yaml")):
         documents += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return documents
+
+
+def per_namespace_documents(namespace: str) -> list[dict]:
+    """include/rbac/namespace/ as `kubectl apply -n <namespace>` creates it: each object in that namespace."""
+    documents = documents_in(PER_NAMESPACE_DIR)
+    for document in documents:
+        assert "namespace" not in document["metadata"], document   # kubectl -n gives it (and would refuse another)
+    return [{**d, "metadata": {**d["metadata"], "namespace": namespace}} for d in documents]
+
+
+def rbac_documents() -> list[dict]:
+    """What the run's cluster holds: include/rbac/ applied, and include/rbac/namespace/ in MAINTENANCE_NAMESPACE
+    (the one namespace whose workloads the maintenance runs move or evict); not include/rbac/optional/."""
+    return documents_in(RBAC_DIR) + per_namespace_documents(MAINTENANCE_NAMESPACE)
 
 
 def by_kind(kind: str) -> list[dict]:
@@ -97,7 +122,7 @@ def grants() -> set[Grant]:
     """What the bindings grant the ServiceAccount; RoleBindings only within their own namespace."""
     roles = {("ClusterRole", None, d["metadata"]["name"]): d for d in by_kind("ClusterRole")}
     roles |= {("Role", d["metadata"]["namespace"], d["metadata"]["name"]): d for d in by_kind("Role")}
-    result = set()
+    result = set(DEFAULT_GRANTS)
     for binding in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
         if not any(s["kind"] == "ServiceAccount" and (s["namespace"], s["name"]) == SERVICE_ACCOUNT
                    for s in binding["subjects"]):
@@ -126,12 +151,35 @@ def justified(grant: Grant, calls: set[Call]) -> bool:
 
 # ---- the manifests themselves ------------------------------------------------------------------------
 def test_rbac_manifests_are_valid_kubernetes_objects():
-    documents = rbac_documents()
+    documents = rbac_documents() + documents_in(OPTIONAL_DIR)
     assert {d["kind"] for d in documents} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
                                               "RoleBinding", "ValidatingAdmissionPolicy",
                                               "ValidatingAdmissionPolicyBinding"}   # guard.yaml
     for document in documents:
         kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_maintenance_writes_are_bound_per_namespace_and_cluster_wide_only_by_the_opt_in_file():
+    """`kubectl apply -f include/rbac/` binds no write to workloads cluster-wide: k8smove-node-maintenance-write is
+    bound by include/rbac/namespace/'s RoleBinding (in the namespace it is applied to) and, cluster-wide, only by
+    include/rbac/optional/, which says why that is dangerous."""
+    applied = documents_in(RBAC_DIR)
+    cluster_roles = {d["metadata"]["name"]: d for d in applied if d["kind"] == "ClusterRole"}
+    for binding in (d for d in applied if d["kind"] == "ClusterRoleBinding"):
+        rules = cluster_roles[binding["roleRef"]["name"]]["rules"]
+        # k8smove-cluster's nodes patch (cordon, labels) is the one cluster-wide write, and on nodes only
+        writing = [r for r in rules if set(r["verbs"]) - READ_VERBS]
+        assert all(r["resources"] == ["nodes"] and set(r["verbs"]) - READ_VERBS == {"patch"} for r in writing), \
+            (binding["metadata"]["name"], rules)
+    assert {v for r in cluster_roles[MAINTENANCE_ROLE]["rules"] for v in r["verbs"]} <= READ_VERBS
+    [per_namespace] = documents_in(PER_NAMESPACE_DIR)
+    assert (per_namespace["kind"], per_namespace["roleRef"]["kind"], per_namespace["roleRef"]["name"]) == (
+        "RoleBinding", "ClusterRole", MAINTENANCE_WRITE_ROLE)
+    [optional] = documents_in(OPTIONAL_DIR)
+    assert (optional["kind"], optional["roleRef"]["name"]) == ("ClusterRoleBinding", MAINTENANCE_WRITE_ROLE)
+    assert [(s["kind"], s["namespace"], s["name"]) for s in optional["subjects"]] == [("ServiceAccount",
+                                                                                       *SERVICE_ACCOUNT)]
+    assert "WARNING" in next(OPTIONAL_DIR.glob("*.yaml")).read_text().splitlines()[0]
 
 
 def test_bindings_grant_the_service_account_roles_defined_here():
@@ -170,6 +218,10 @@ def test_request_log_mapping_follows_the_apiserver():
     exec_ = {"verb": "get", "resource": "pods", "subresource": "exec", "namespace": "default",
              "query": {"command": ["psql"]}, "status": 101, "path": "/api/v1/namespaces/default/pods/p/exec"}
     assert calls_of(exec_) == {Call("get", "", "pods/exec", "default"), Call("create", "", "pods/exec", "default")}
+    review = {"verb": "create", "resource": "authorization.k8s.io/selfsubjectaccessreviews", "subresource": None,
+              "namespace": None, "query": {}, "status": 201,
+              "path": "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"}
+    assert calls_of(review) == {Call("create", "authorization.k8s.io", "selfsubjectaccessreviews", None)}
 
 
 # ---- against what a full run calls -------------------------------------------------------------------
@@ -261,7 +313,9 @@ def run_logs(airflow_home, tmp_path_factory) -> dict[str, list[dict]]:
         cluster.clear_request_log()
         dry = dags_test("node_maintenance", {"dry_run": True})
         assert dry.returncode == 0, dry.stdout[-5000:]
-        assert cluster.writes() == [], cluster.writes()
+        assert cluster.writes() == [], cluster.writes()   # the access reviews store nothing
+        assert [r["resource"] for r in cluster.request_log if r["method"] == "POST"] == [
+            "authorization.k8s.io/selfsubjectaccessreviews"] * 2   # shop: deployments patch, pods/eviction create
         for line in (f"move surge    Deployment {MAINTENANCE_NAMESPACE}/web ",
                      f"move recreate StatefulSet {MAINTENANCE_NAMESPACE}/db ",
                      f"evict    pod {MAINTENANCE_NAMESPACE}/other-"):
@@ -286,11 +340,17 @@ def full_run_log(run_logs):
     return run_logs["release"] + run_logs["maintenance"]
 
 
-def maintenance_increment(run_logs) -> set[tuple[str, str, str]]:
-    """What node_maintenance/end_maintenance call that deploy_app/migrate_app's roles do not allow."""
-    others = {g for g in grants() if g.role != MAINTENANCE_ROLE}
-    return {(c.verb, c.group, c.resource) for c in needed_calls(run_logs["maintenance"])
-            if not any(allows(g, c) for g in others)}
+def maintenance_increment(run_logs) -> set[Call]:
+    """What node_maintenance/end_maintenance call that deploy_app/migrate_app's roles (and every identity's
+    defaults) do not allow."""
+    others = {g for g in grants() if g.role not in MAINTENANCE_ROLES}
+    return {c for c in needed_calls(run_logs["maintenance"]) if not any(allows(g, c) for g in others)}
+
+
+def rules_of(cluster_role: str) -> set[tuple[str, str, str]]:
+    [role] = [r for r in by_kind("ClusterRole") if r["metadata"]["name"] == cluster_role]
+    return {(verb, group, resource) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
 
 
 @pytest.mark.slow
@@ -308,23 +368,32 @@ def test_rbac_grants_nothing_a_full_run_does_not_use(run_logs):
     """deploy_app/migrate_app's roles against their own calls: each grant used as granted (namespaced in the
     release namespace, cluster-wide only by a cluster-wide call)."""
     calls = needed_calls(run_logs["release"])
-    unused = sorted((g for g in grants() if g.role != MAINTENANCE_ROLE and not justified(g, calls)), key=str)
+    unused = sorted((g for g in grants() - DEFAULT_GRANTS if g.role not in MAINTENANCE_ROLES
+                     and not justified(g, calls)), key=str)
     assert unused == [], (f"granted but not used (or cluster-wide where a Role would do): {unused}; "
                           f"the run's calls: {sorted(calls, key=str)}")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_node_maintenance_role_is_exactly_what_the_maintenance_dags_add(run_logs):
-    """k8smove-node-maintenance holds exactly the calls of node_maintenance (dry run and real) and
-    end_maintenance that the other roles do not allow — nothing more, nothing they already grant — bound
-    cluster-wide: those DAGs act in whatever namespace has pods on the node, so no Role could do."""
-    [role] = [r for r in by_kind("ClusterRole") if r["metadata"]["name"] == MAINTENANCE_ROLE]
-    granted = {(verb, group, resource) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
+def test_node_maintenance_roles_are_exactly_what_the_maintenance_dags_add(run_logs):
+    """Of the calls of node_maintenance (dry run and real) and end_maintenance that the other roles do not allow:
+    k8smove-node-maintenance, bound cluster-wide, holds exactly the reads (the plan looks in every namespace);
+    k8smove-node-maintenance-write exactly the writes, and they are allowed only by the RoleBinding in the namespace
+    whose workloads were moved and evicted — nothing more, nothing the other roles already grant."""
     calls = needed_calls(run_logs["maintenance"])
-    assert granted == maintenance_increment(run_logs), f"the maintenance run's calls: {sorted(calls, key=str)}"
+    added = maintenance_increment(run_logs)
+    reads = {c for c in added if c.verb in READ_VERBS}
+    writes = added - reads
+    assert rules_of(MAINTENANCE_ROLE) == {(c.verb, c.group, c.resource) for c in reads}, \
+        f"the maintenance run's calls: {sorted(calls, key=str)}"
+    assert rules_of(MAINTENANCE_WRITE_ROLE) == {(c.verb, c.group, c.resource) for c in writes}, \
+        f"the maintenance run's calls: {sorted(calls, key=str)}"
     assert {g.namespace for g in grants() if g.role == MAINTENANCE_ROLE} == {ANY}   # bound cluster-wide
-    others = {g for g in grants() if g.role != MAINTENANCE_ROLE}
-    added = {c for c in calls if not any(allows(g, c) for g in others)}
-    assert {c.namespace for c in added} - {None} == {MAINTENANCE_NAMESPACE}         # no Role could do
+    assert {g.namespace for g in grants() if g.role == MAINTENANCE_WRITE_ROLE} == {MAINTENANCE_NAMESPACE}
+    assert {c.namespace for c in writes} == {MAINTENANCE_NAMESPACE}, sorted(writes, key=str)
+    write_grants = {g for g in grants() if g.role == MAINTENANCE_WRITE_ROLE}
+    for write in writes:   # allowed there, and only by the RoleBinding of that namespace
+        assert any(allows(g, write) for g in write_grants), write
+        assert not any(allows(g, Call(write.verb, write.group, write.resource, "kube-system")) for g in grants()), \
+            write

@@ -170,3 +170,23 @@ def test_damaged_bodies_never_get_a_server_error(api):
             status, response = request(api, method, url, json.dumps(body), content_type)
             assert status < 500, (method, url, content_type, body, response)
             assert response.get("kind") != "Status" or response.get("code") == status
+
+
+def test_a_self_subject_access_review_is_answered_allowed_and_not_stored(api, client):
+    """kubesim authorizes every request, and says so to a client that asks (k8smove's maintenance plan does);
+    a review that names neither kind of attributes is refused as kube-apiserver refuses it."""
+    from kubernetes.client import AuthorizationV1Api
+
+    review = AuthorizationV1Api(client).create_self_subject_access_review({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": {
+            "namespace": "kube-system", "verb": "create", "resource": "pods", "subresource": "eviction"}}})
+    assert review.status.allowed is True and review.status.reason == "kubesim authorizes every request: it has no RBAC"
+    assert review.spec.resource_attributes.namespace == "kube-system"
+    path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+    code, status = request(api, "POST", path, '{"kind": "SelfSubjectAccessReview", "spec": {}}')
+    assert (code, status["reason"]) == (422, "Invalid") and "exactly one of nonResourceAttributes or " \
+        "resourceAttributes must be specified" in status["message"], status
+    assert request(api, "GET", path)[0] == 405
+    entry = api.server.request_log[-3]
+    assert (entry["verb"], entry["resource"], entry["namespace"], entry["status"]) == (
+        "create", "authorization.k8s.io/selfsubjectaccessreviews", None, 201)

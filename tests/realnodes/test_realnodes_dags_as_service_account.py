@@ -3,8 +3,9 @@ include/rbac/ applied: the proof that the rules suffice, made by the DAGs themse
 request log (tests/deploy/test_rbac.py) or asked of the authorizer (tests/controlplane/test_controlplane_rbac.py).
 
 The API server's audit log records every request of the service account (the runs' identity and what was answered).
-As admin: include/rbac/ applied, a token of airflow/k8smove requested (TokenRequest) and written into a kubeconfig
-of the same server and CA; workloads the DAGs did not deploy started on node2 in another namespace (OTHER_NS);
+As admin: include/rbac/ applied, and include/rbac/namespace/ in OTHER_NS (maintenance's writes there), a token of
+airflow/k8smove requested (TokenRequest) and written into a kubeconfig of the same server and CA; workloads the DAGs
+did not deploy started on node2 in that other namespace (OTHER_NS);
 node2 labelled for maintenance. With that kubeconfig, through ``airflow dags test``: deploy_app on node1,
 migrate_app to node2 (the DB by switchover), a migrate_app back that times out and rolls back, node_maintenance
 of node2 moving the release back to node1 with OTHER_NS's workloads (moved, or evicted), end_maintenance; then a
@@ -20,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operators"))   # kubesim_release, as tests/dags do
 
 from airflow_env import airflow_home  # noqa: E402,F401  (fixture)
-from kubectl_support import kubectl_runner  # noqa: E402
+from kubectl_support import kubectl_runner, service_account_kubeconfig  # noqa: E402
 from kubesim_release import workload_manifest  # noqa: E402
 from realnodes_support import REAL  # noqa: E402
 
@@ -69,7 +70,6 @@ def pods_by_node(kubectl, namespace: str) -> dict[str, str]:
 def start_other_workloads_on_node2(kubectl) -> None:
     """As admin, OTHER_WORKLOADS Ready on node2 (node1 cordoned meanwhile)."""
     kubectl("cordon", "node1")
-    kubectl("create", "namespace", OTHER_NS)
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": OTHER_WORKLOADS}))
     for item in OTHER_WORKLOADS:
         kubectl("-n", OTHER_NS, "rollout", "status", f"{item['kind'].lower()}/{item['metadata']['name']}",
@@ -93,22 +93,6 @@ def audit_events(path: Path, start: int) -> tuple[list[dict], int]:
     return list(events.values()), start + len(whole)
 
 
-def service_account_kubeconfig(admin_kubeconfig: str, token: str, path: Path) -> str:
-    """The admin kubeconfig's server and CA, authenticating with ``token`` instead of a client certificate."""
-    admin = json.loads(Path(admin_kubeconfig).read_text())   # kubesim.controlplane writes it as JSON
-    [cluster] = admin["clusters"]
-    config = {"apiVersion": "v1", "kind": "Config", "preferences": {},
-              "clusters": [{"name": cluster["name"], "cluster": {
-                  "server": cluster["cluster"]["server"],
-                  "certificate-authority-data": cluster["cluster"]["certificate-authority-data"]}}],
-              "users": [{"name": "k8smove", "user": {"token": token}}],
-              "contexts": [{"name": "k8smove", "context": {"cluster": cluster["name"], "user": "k8smove"}}],
-              "current-context": "k8smove"}
-    path.write_text(json.dumps(config))
-    path.chmod(0o600)
-    return str(path)
-
-
 def newest_report(report_dir: Path, dag_id: str) -> dict:
     reports = sorted(report_dir.glob(f"{dag_id}__*.json"), key=lambda p: p.stat().st_mtime)
     assert reports, f"no {dag_id} report in {report_dir}"
@@ -118,7 +102,9 @@ def newest_report(report_dir: Path, dag_id: str) -> dict:
 @pytest.fixture(scope="module")
 def sa_kubeconfig(real_cluster, kubectl, tmp_path_factory) -> str:
     kubectl("create", "namespace", "airflow")
+    kubectl("create", "namespace", OTHER_NS)
     kubectl("apply", "-f", str(RBAC_DIR))
+    kubectl("apply", "-n", OTHER_NS, "-f", str(RBAC_DIR / "namespace"))   # where maintenance moves and evicts
     token = kubectl("create", "token", "k8smove", "-n", "airflow", "--duration=2h").stdout.strip()
     path = service_account_kubeconfig(real_cluster.kubeconfig_path, token,
                                       tmp_path_factory.mktemp("sa") / "k8smove.kubeconfig")
@@ -249,19 +235,28 @@ def test_no_call_of_the_runs_was_forbidden(runs):
 
 
 def test_the_service_account_is_refused_outside_its_rules(runs, kubectl, sa_kubeconfig):
-    """With the same kubeconfig: what RBAC does not grant answers 403, and a kube-system Deployment (whose
-    placement node_maintenance may change anywhere) cannot be changed beyond that (guard.yaml)."""
+    """With the same kubeconfig: what RBAC does not grant answers 403 — in kube-system even the Deployment patch and
+    the eviction maintenance makes where include/rbac/namespace/ is applied (no cluster-wide write to workloads) —
+    and in OTHER_NS, where it is, a foreign Deployment cannot be changed beyond its placement (guard.yaml)."""
     from kubernetes import config
     from kubernetes.client import AppsV1Api, CoreV1Api
     from kubernetes.client.exceptions import ApiException
 
     kubectl("-n", "kube-system", "create", "deployment", "system-addon", "--image=busybox:1.36", "--replicas=0")
+    system_pod = "any"   # RBAC answers before the pod is looked up: the 403 is the authorizer's
     client = config.new_client_from_config(config_file=sa_kubeconfig)
     apps, core = AppsV1Api(client), CoreV1Api(client)
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": system_pod,
+                                                                            "namespace": "kube-system"}}
     refused = {
         "patch a kube-system DaemonSet": lambda: apps.patch_namespaced_daemon_set(
             "kube-proxy", "kube-system", {"spec": {"template": {"spec": {"hostNetwork": True}}}}),
         "delete a kube-system Deployment": lambda: apps.delete_namespaced_deployment("system-addon", "kube-system"),
+        "patch a kube-system Deployment's replicas": lambda: apps.patch_namespaced_deployment(
+            "system-addon", "kube-system", {"spec": {"replicas": 3}}),
+        "patch a kube-system Deployment's placement": lambda: apps.patch_namespaced_deployment(
+            "system-addon", "kube-system", {"spec": {"template": {"spec": {"affinity": {}}}}}),
+        "evict a kube-system pod": lambda: core.create_namespaced_pod_eviction(system_pod, "kube-system", eviction),
         "patch a kube-system ConfigMap": lambda: core.patch_namespaced_config_map(
             "kube-root-ca.crt", "kube-system", {"data": {"x": "y"}}),
         "patch a StatefulSet in the release namespace": lambda: apps.patch_namespaced_stateful_set(
@@ -275,9 +270,10 @@ def test_the_service_account_is_refused_outside_its_rules(runs, kubectl, sa_kube
             assert raised.value.status == 403 and f'User \\"{SERVICE_ACCOUNT}\\" cannot' in raised.value.body, \
                 (what, raised.value.status, raised.value.body)
         with pytest.raises(ApiException) as raised:
-            apps.patch_namespaced_deployment("system-addon", "kube-system", {"spec": {"replicas": 3}})
+            apps.patch_namespaced_deployment("extra", OTHER_NS, {"spec": {"replicas": 3}})
         body = json.loads(raised.value.body)
         assert raised.value.status == 422 and "k8smove-maintenance-placement-only" in body["message"], body
     finally:
         client.close()
     assert kubectl.json("-n", "kube-system", "get", "deployment", "system-addon")["spec"]["replicas"] == 0
+    assert kubectl.json("-n", OTHER_NS, "get", "deployment", "extra")["spec"]["replicas"] == 1

@@ -7,13 +7,18 @@ import pytest
 
 from k8smove import K8sMoveError
 from k8smove.maintenance import (
+    EVICT_PODS,
     EXCLUSION_ANNOTATION,
+    PATCH_DEPLOYMENTS,
+    blocking,
+    describe_missing_rights,
     describe_plan,
     exclusion_manifest,
     make_plan,
     release_patch,
     select_nodes,
     what_is_left,
+    writes_of,
 )
 from k8smove.rollout import RolloutTracker
 
@@ -148,6 +153,25 @@ def test_other_pods_are_evicted_or_left_alone_with_the_reason():
     allowed = plan_of(pods, [], allow_local_storage=True)
     assert [p["name"] for p in allowed["evict"]] == ["plain", "scratch"]
 
+
+
+def test_the_writes_a_plan_needs_are_named_per_namespace_and_a_missing_one_blocks_it():
+    """A surge move patches its Deployment, a recreate move and an eviction use the Eviction API: each in the
+    workload's namespace, which is where include/rbac/namespace/ must be applied."""
+    workloads = [workload("web"), workload("db", kind="StatefulSet")]
+    pods = [pod("web-1", "web"), pod("db-0", "db", owner="StatefulSet"), pod("plain")]
+    plan = plan_of(pods, workloads)
+    assert writes_of(plan) == {("default", PATCH_DEPLOYMENTS): ["Deployment default/web"],
+                               ("default", EVICT_PODS): ["StatefulSet default/db", "pod default/plain"]}
+    assert blocking(plan) == []
+    missing = [{"namespace": "default", "verb": "create", "resource": "pods/eviction",
+                "for": ["StatefulSet default/db", "pod default/plain"]}]
+    expected = ("namespace default: not allowed to create pods/eviction (needed for StatefulSet default/db, pod "
+                "default/plain); grant k8smove's maintenance rights there: "
+                "kubectl apply -n default -f include/rbac/namespace/")
+    assert describe_missing_rights(missing) == [expected]
+    assert blocking({**plan, "missing_rights": missing}) == [expected]
+    assert f"refuse   {expected}" in describe_plan({**plan, "missing_rights": missing})
 
 def test_exclusion_keeps_the_apps_own_terms_and_replaces_an_earlier_one():
     own = {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}
