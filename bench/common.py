@@ -274,3 +274,87 @@ def create_app(c: Cluster, name: str, replicas: int, node: str | None, image: st
 def ready_pods(c: Cluster, app: str, namespace: str = "default") -> list[dict]:
     return [p for p in pods(c, namespace) if (p["metadata"].get("labels") or {}).get("app") == app
             and pod_ready(p) and not p["metadata"].get("deletionTimestamp")]
+
+
+# What a process of this benchmark's tree is, by its command line: the first pattern found names its share.
+CPU_SHARES = (("postgres", ("postgres", "pg_basebackup", "psql", "initdb", "pg_ctl", "pg_isready")),
+              ("airflow", ("airflow",)),
+              ("control plane", ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")),
+              ("probes", ("availability.py", "k8smove.availability")),
+              ("kubectl", ("kubectl",)),
+              ("apps", ("demo_app", "responder.py")),
+              ("kubesim's Service proxy", ("kubesim.proxy_process",)))
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a live process, from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _share_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
+    return next((share for share, patterns in CPU_SHARES if any(p in cmdline for p in patterns)), "other")
+
+
+class TreeCpu:
+    """CPU seconds spent by this process and its descendants while in the ``with`` block, by share (postgres,
+    airflow, control plane, …; this process itself: kubesim's nodes, their pods' supervisors, its API server), from
+    /proc sampled every ``interval`` s. The work each mode costs, whatever else the machine runs. A lower bound: a
+    process that lives less than one interval (a short psql) is missed unless its parent reaps it before sampling
+    ends (then it counts in none)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.root = interval, os.getpid()
+        self.seen: dict[int, list] = {}       # pid -> [share, CPU seconds at first sight, latest]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self, first: bool = False) -> None:
+        parents: dict[int, int] = {}
+        times: dict[int, float] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (stat := _cpu_seconds(int(entry))) is not None:
+                parents[int(entry)], times[int(entry)] = stat
+        for pid, cpu in times.items():
+            ancestor = pid
+            while ancestor not in (self.root, 0, 1) and ancestor in parents:
+                ancestor = parents[ancestor]
+            if ancestor != self.root:
+                continue
+            if pid not in self.seen:
+                share = "this process (kubesim's nodes)" if pid == self.root else _share_of(pid)
+                self.seen[pid] = [share, cpu if first else 0.0, cpu]
+            self.seen[pid][2] = cpu
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> "TreeCpu":
+        self._sample(first=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+
+    def shares(self) -> dict[str, float]:
+        """CPU seconds by share, the total under "total"."""
+        out: dict[str, float] = {}
+        for share, start, latest in self.seen.values():
+            out[share] = out.get(share, 0.0) + latest - start
+        out = {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+        out["total"] = round(sum(v for k, v in out.items()), 1)
+        return out

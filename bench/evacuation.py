@@ -32,7 +32,7 @@ from kubernetes.client import CoreV1Api
 
 from kubesim.addresses import external_address
 
-from .common import Kubectl, Result, api_client, cluster, pod_ready, pods, wait_for
+from .common import Kubectl, Result, TreeCpu, api_client, cluster, pod_ready, pods, wait_for
 
 # BENCH_EVACUATION_CASES="10,40" (the default): the release counts to measure, in order.
 # BENCH_EVACUATION_MODES="k8smove,drain" (the default): which of the two to run (drain does not use this package's
@@ -43,6 +43,9 @@ MODES = tuple(m.strip() for m in os.environ.get("BENCH_EVACUATION_MODES", "k8smo
 # of this process, as before 2026-12-03 07:40 UTC.
 PROXY_PROCESS = os.environ.get("BENCH_EVACUATION_PROXY_PROCESS", "1") == "1"
 CASES = tuple(int(n) for n in os.environ.get("BENCH_EVACUATION_CASES", "10,40").split(",") if n.strip())
+# BENCH_CONTROL_PLANE=kubesim (the default) or real: kube-apiserver, kube-controller-manager, kube-scheduler and
+# etcd built from source (issue 14), kubesim's kubelets as the nodes; a fresh control plane per case and mode.
+CONTROL_PLANE = os.environ.get("BENCH_CONTROL_PLANE", "kubesim")
 PROBE_BUDGET = (100.0, 20.0)          # GET/s and writes/s for all releases together, as node_maintenance's
 SAMPLE_SECONDS = 0.2
 RUN_TIMEOUT = 900
@@ -124,7 +127,7 @@ def evacuate_with_k8smove(c, count: int) -> dict:
         # meets a scheduler that has been up for days.
         stack.wait_for_run("node_maintenance", warm_up(stack), RUN_TIMEOUT)
         run_id = f"bench__{count}__{int(time.time())}"
-        with InFlight(c) as in_flight:
+        with InFlight(c) as in_flight, TreeCpu() as cpu:
             started, triggered_at = time.monotonic(), time.time()
             response = stack.post("/dags/node_maintenance/dagRuns", {
                 "dag_run_id": run_id, "logical_date": None, "conf": {"target_selector": {"demo": "node2"}}})
@@ -139,7 +142,7 @@ def evacuate_with_k8smove(c, count: int) -> dict:
         releases = report["releases"]
         return {
             "state": run["state"], "wall_s": round(wall, 2), "wall_polled_s": round(polled, 2),
-            "peak_in_flight": in_flight.peak,
+            "peak_in_flight": in_flight.peak, "cpu_s": cpu.shares(),
             # apache/airflow#71580's signature in the scheduler's log: a try failed on a stale executor event
             "stale_event_failures": stack.log("scheduler").count("but the task instance's state attribute is"),
             "moved": sum(1 for r in releases.values() if r.get("outcome") == "moved"),
@@ -199,6 +202,7 @@ def timeline(stack, run_id: str, tis: dict, run: dict) -> dict:
         for try_number in range(1, (tis["move_releases"].get("try_number") or 1) + 1):
             entries = stack.task_log("node_maintenance", run_id, "move_releases", try_number)
             # the whole log beside the raw results (git-ignored), for what the timeline only counts
+            (Path(__file__).parent / "results").mkdir(exist_ok=True)
             (Path(__file__).parent / "results" / f"evacuation-move_releases-try{try_number}.log") \
                 .write_text("\n".join(json.dumps(e, default=str) for e in entries))
             for entry in entries:
@@ -253,7 +257,7 @@ def evacuate_with_drain(c, count: int) -> dict:
             raise RuntimeError("a drain probe did not start")
     time.sleep(2)                         # a steady baseline before the drain
     kubectl = Kubectl(c)
-    with InFlight(c) as in_flight:
+    with InFlight(c) as in_flight, TreeCpu() as cpu:
         started = time.monotonic()
         drained = kubectl("drain", "node1", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=600s",
                           check=False, timeout=700)
@@ -269,10 +273,15 @@ def evacuate_with_drain(c, count: int) -> dict:
     return {
         "state": "success" if drained.returncode == 0 else f"kubectl exit {drained.returncode}: {drained.stderr[-300:]}",
         "wall_s": round(wall, 2), "drain_returned_s": round(evicted, 2), "peak_in_flight": in_flight.peak,
+        "cpu_s": cpu.shares(),
         "sent": sum(s["sent"] for s in summaries), "failed": sum(s["failed"] for s in summaries),
         "max_gap_ms": max(s["max_gap_ms"] or 0 for s in summaries),
         "releases_with_failures": sum(1 for s in summaries if s["failed"]),
     }
+
+
+def _shares(cpu: dict) -> str:
+    return ", ".join(f"{share} {seconds}" for share, seconds in cpu.items() if share != "total" and seconds >= 0.1)
 
 
 def run() -> Result:
@@ -286,7 +295,8 @@ def run() -> Result:
             if mode not in MODES:
                 continue
             with cluster(nodes=["node1", "node2"], node_cpu="64", node_memory="256Gi", max_pods=500,
-                         pod_startup_seconds=0.5, max_grace_seconds=2.0, proxy_process=PROXY_PROCESS) as c:
+                         pod_startup_seconds=0.5, max_grace_seconds=2.0, proxy_process=PROXY_PROCESS,
+                         control_plane=CONTROL_PLANE) as c:
                 setup = time.monotonic()
                 deploy_releases(c, count)
                 figures[mode] = {**evacuate(c, count), "setup_s": round(time.monotonic() - setup, 1)}
@@ -304,6 +314,13 @@ def run() -> Result:
                    f"{k['wall_s'] / count:.2f} s / {d['wall_s'] / count:.2f} s")
         result.add(f"{count} releases: k8smove / drain wall time", f"{ratio:.2f}x",
                    "<= 1.5x at 40 releases" if count == 40 else "", ratio <= 1.5 if count == 40 else None)
+        result.add(f"{count} releases: CPU seconds of the benchmark's process tree, k8smove / drain",
+                   f"{k['cpu_s']['total']} / {d['cpu_s']['total']} (k8smove: {_shares(k['cpu_s'])}; "
+                   f"drain: {_shares(d['cpu_s'])})")
+        cores = os.cpu_count() or 1
+        result.add(f"{count} releases: k8smove's CPU seconds / {cores} cores, against 1.5x drain's wall time",
+                   f"{k['cpu_s']['total'] / cores:.1f} s / {1.5 * d['wall_s']:.1f} s", "",
+                   None)
         result.add(f"{count} releases: releases in flight at once (peak), k8smove / drain",
                    f"{k['peak_in_flight']} / {d['peak_in_flight']}")
         result.add(f"{count} releases: failed GETs, k8smove / drain",
