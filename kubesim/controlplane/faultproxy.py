@@ -281,6 +281,10 @@ class FaultProxy:
     def stop(self) -> None:
         self._stopped.set()
         if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)   # wakes the accept() (close alone does not, on Linux)
+            except OSError:
+                pass
             self._listener.close()
         with self._lock:
             conns, self._conns = list(self._conns), set()
