@@ -41,6 +41,9 @@ def _up_parser(sub) -> None:
     up.add_argument("--control-plane", choices=("kubesim", "real"), default=defaults.control_plane,
                     help="real: kubesim's kubelets as nodes of the real kube-apiserver/-scheduler/-controller-manager "
                          "(built by `make controlplane`)")
+    up.add_argument("--api-faults", action="store_true",
+                    help="--control-plane real: clients go through the faults proxy, so `fault api-error|api-latency` "
+                         "work (kubesim's own API server always injects them)")
     up.add_argument("--volume-attach", type=float, default=defaults.volume_attach_seconds, metavar="SECONDS",
                     help="how long a network-attached volume takes to attach to another node (0: at once)")
     up.add_argument("--detach", action="store_true", help="run in the background; stop with `down`")
@@ -52,7 +55,7 @@ def _config_from(args) -> ClusterConfig:
         pod_startup_seconds=args.pod_startup, node_cpu=args.node_cpu, node_memory=args.node_memory,
         max_pods=args.max_pods, max_grace_seconds=args.max_grace, state_dir=args.state_dir,
         work_dir=args.work_dir, images_file=args.images_file, run_processes=not args.no_processes,
-        control_plane=args.control_plane, volume_attach_seconds=args.volume_attach)
+        control_plane=args.control_plane, volume_attach_seconds=args.volume_attach, api_faults=args.api_faults)
 
 
 def _serve(args) -> int:

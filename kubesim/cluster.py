@@ -70,6 +70,7 @@ class Cluster:
         self.admin = None
         self.nodes = None
         self.proxy_process = None   # config.proxy_process: the proxy's process (kubesim.proxy_process)
+        self.fault_proxy = None     # control_plane="real" with api_faults: what the clients' kubeconfig points at
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> "Cluster":
@@ -119,29 +120,40 @@ class Cluster:
         """The real control plane with kubesim's kubelets as its nodes; no kubesim API server or controllers."""
         from .addresses import ensure_local_routes, service_cidr
         from .controlplane import ControlPlane
+        from .controlplane.faultproxy import FaultProxy
         from .faults import FaultRegistry
         from .realnodes import RealNodes
         from .remote import RemoteStore
 
         ensure_local_routes()
+        api_faults = self.config.api_faults
         try:
             if self.shared_control_plane is None:
+                # With the faults proxy the clients' kubeconfig is the proxy's; the control plane keeps its own.
                 self.control_plane = ControlPlane(
-                    work_dir=os.path.join(self.config.work_dir, "controlplane"), kubeconfig_path=self.kubeconfig_path,
+                    work_dir=os.path.join(self.config.work_dir, "controlplane"),
+                    kubeconfig_path=None if api_faults else self.kubeconfig_path,
                     node_monitor_grace_seconds=self.config.node_monitor_grace_seconds,
                     service_cidr=service_cidr(self.config.network_id)).start()
             else:
                 self.control_plane = self.shared_control_plane
-                os.makedirs(os.path.dirname(os.path.abspath(self.kubeconfig_path)), exist_ok=True)
-                shutil.copyfile(self.control_plane.kubeconfig_path, self.kubeconfig_path)
-            self.url = self.control_plane.url
-            self.admin = RemoteStore.from_kubeconfig(self.kubeconfig_path, user_agent="kubesim-admin")
+            self.faults = FaultRegistry(api_faults=api_faults)
+            if api_faults:
+                self.fault_proxy = FaultProxy(self.control_plane, self.faults).start()
+                self.fault_proxy.write_kubeconfig(self.kubeconfig_path)
+                self.url = self.fault_proxy.url
+            else:
+                if self.shared_control_plane is not None:
+                    os.makedirs(os.path.dirname(os.path.abspath(self.kubeconfig_path)), exist_ok=True)
+                    shutil.copyfile(self.control_plane.kubeconfig_path, self.kubeconfig_path)
+                self.url = self.control_plane.url
+            # kubesim's own client, as its in-process store on kubesim's API server: never struck by faults
+            self.admin = RemoteStore.from_kubeconfig(self.control_plane.kubeconfig_path, user_agent="kubesim-admin")
             self._seed_real()
             if self.shared_control_plane is not None and not self.control_plane.etcd.keys:
                 self.control_plane.wait_settled()
                 self.control_plane.etcd.record()
             self.control_plane.audit.clear()
-            self.faults = FaultRegistry(api_faults=False)
             self.nodes = RealNodes(self.control_plane, self.config, self.faults)
             self.nodes.start()
             self._wait_nodes_ready()
@@ -201,7 +213,9 @@ class Cluster:
             self.control_plane.etcd.reset()
         elif self.control_plane is not None:
             self.control_plane.stop()
-        self.nodes = self.admin = self.control_plane = None
+        if self.fault_proxy is not None:
+            self.fault_proxy.stop()
+        self.nodes = self.admin = self.control_plane = self.fault_proxy = None
         if self.proxy_process is not None:
             self.proxy_process.terminate()
             self.proxy_process.wait(timeout=30)

@@ -1,9 +1,10 @@
 """Fault injection: the registry the API server, the kubelets and the data plane consult.
 
 A fault is one row: a kind from ``FAULT_KINDS`` and its parameters. Faults are added and cleared
-through the Python API (``add``/``clear``), the admin endpoint (``handle_admin``, served by the API
-server under ``/kubesim/faults``) or ``python -m kubesim fault`` (faults_cli.py). Every change is logged,
-and each fault counts how often it struck (``hits``).
+through the Python API (``add``/``clear``), the admin endpoint (``handle_admin``, served under
+``/kubesim/faults`` by kubesim's API server, or by the faults proxy in front of the real one:
+controlplane/faultproxy.py) or ``python -m kubesim fault`` (faults_cli.py). Every change is logged, and each
+fault counts how often it struck (``hits``).
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def parse_params(kind: str, given: dict) -> dict:
 
 class FaultRegistry:
     def __init__(self, seed: int | None = None, api_faults: bool = True):
-        # False on the real control plane: no kubesim API server there to act on api-* faults.
+        # False on the real control plane without the faults proxy: nothing there acts on api-* faults.
         self.api_faults = api_faults
         self._lock = threading.Lock()
         self._faults: dict[str, Fault] = {}
@@ -119,8 +120,9 @@ class FaultRegistry:
     # ---- managing faults ------------------------------------------------------------------------
     def add(self, kind: str, **params) -> Fault:
         if kind.startswith("api-") and not self.api_faults:
-            raise ValueError(f"{kind}: API faults are injected by kubesim's own API server; this cluster runs the "
-                             "real control plane (control_plane='real'), which has none")
+            raise ValueError(f"{kind}: API faults are injected by kubesim's own API server or by the faults proxy "
+                             "in front of the real control plane; this cluster has neither (start it with "
+                             "api_faults=True, or `python -m kubesim up --control-plane real --api-faults`)")
         fault = Fault("", kind, parse_params(kind, params))
         with self._lock:
             fault.id = f"f{next(self._ids)}"

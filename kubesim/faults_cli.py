@@ -1,6 +1,7 @@
 """``python -m kubesim fault …``: add, list and clear faults of a running kubesim over its admin endpoint.
 
-The server comes from the kubeconfig (--kubeconfig, else $KUBECONFIG, else ~/.kube/config). One
+The server and credentials come from the kubeconfig (--kubeconfig, else $KUBECONFIG, else ~/.kube/config): kubesim's
+API server, or the faults proxy in front of the real one (a cluster started with api_faults / --api-faults). One
 subcommand per fault kind, made from faults.FAULT_KINDS: required parameters are positional, the
 others options, e.g. ``fault node-not-ready node2``, ``fault api-error --resource pods --code 429
 --fraction 0.5``, ``fault clear f3``, ``fault clear --kind node-not-ready``.
@@ -11,36 +12,30 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
-
-import yaml
 
 from .faults import ADMIN_PATH, FAULT_KINDS
 
 
-def server_of(kubeconfig: str) -> tuple[str, dict]:
-    """The current context's server URL and the headers its user authenticates with."""
-    with open(kubeconfig) as f:
-        config = yaml.safe_load(f)
-    context_name = config.get("current-context")
-    context = next(c["context"] for c in config["contexts"] if c["name"] == context_name)
-    cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
-    user = next((u["user"] for u in config.get("users") or [] if u["name"] == context.get("user")), {})
-    headers = {"Authorization": f"Bearer {user['token']}"} if user.get("token") else {}
-    return cluster["server"].rstrip("/"), headers
-
-
 def request(kubeconfig: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    server, headers = server_of(kubeconfig)
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(server + path, data=data, method=method,
-                                 headers={**headers, "Content-Type": "application/json"})
+    """One admin request with the kubeconfig's server and credentials (token, client certificate, CA), as the
+    kubernetes client reads them: kubesim's API server and the faults proxy of the real one alike."""
+    from kubernetes import config
+    from kubernetes.client.exceptions import ApiException
+
+    api_client = config.new_client_from_config(config_file=kubeconfig)
     try:
-        with urllib.request.urlopen(req, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+        response = api_client.call_api(path, method, header_params={"Content-Type": "application/json",
+                                                                    "Accept": "application/json"},
+                                       body=body, auth_settings=["BearerToken"], _preload_content=False,
+                                       _return_http_data_only=True, _request_timeout=30)
+        return response.status, json.loads(response.data or b"{}")
+    except ApiException as error:
+        try:
+            return error.status, json.loads(error.body or b"{}")
+        except ValueError:
+            return error.status, {"error": f"{error.status} {error.reason}: {error.body!r}"}
+    finally:
+        api_client.close()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -32,13 +32,20 @@ def control_plane_kind():
 
 
 @pytest.fixture
-def cluster(tmp_path, control_plane_kind, request):
+def api_faults():
+    """Whether the `cluster` on the real control plane puts the faults proxy in front of it (api-* faults): a test
+    that injects them parametrizes this True; the others go to the API server directly."""
+    return False
+
+
+@pytest.fixture
+def cluster(tmp_path, control_plane_kind, api_faults, request):
     """A fresh two-node cluster with fast pod startup, real processes and real service proxies."""
     from kubesim.cluster import Cluster
 
     shared = request.getfixturevalue("shared_control_plane") if control_plane_kind == "real" else None
     with Cluster(nodes=["node1", "node2"], pod_startup_seconds=0.2, max_grace_seconds=1.0,
-                 control_plane=control_plane_kind, shared_control_plane=shared,
+                 control_plane=control_plane_kind, shared_control_plane=shared, api_faults=api_faults,
                  work_dir=str(tmp_path / "kubesim"), kubeconfig_path=str(tmp_path / "kubeconfig")) as c:
         yield c
 

@@ -137,6 +137,7 @@ class ControlPlane:
         self.pki: Pki | None = None
         self.audit: audit.AuditLog | None = None      # what clients asked (the audit log), as a request log
         self.etcd: EtcdBaseline | None = None         # record() the state, reset() back to it
+        self.front_proxy_client: CertFiles | None = None   # what a proxy in front asserts callers with (faultproxy.py)
 
     @property
     def service_ip(self) -> str:
@@ -190,7 +191,7 @@ class ControlPlane:
         # client CA must not be able to assert X-Remote-User headers.
         front_proxy = Pki(os.path.join(wd, "pki", "front-proxy"), ca_name="kubesim-front-proxy-ca")
         proxy_client = front_proxy.issue("front-proxy-client", "front-proxy-client", client=True)
-        self.ca_file, self.admin_cert = ca, admin
+        self.ca_file, self.admin_cert, self.front_proxy_client = ca, admin, proxy_client
         self.url = f"https://{HOST}:{api_port}"
         self.kubeconfig_path = self.kubeconfig_path or os.path.join(wd, "admin.kubeconfig")
         kcm_kubeconfig = write_kubeconfig(os.path.join(wd, "controller-manager.kubeconfig"), self.url, ca,

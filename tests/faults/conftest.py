@@ -39,15 +39,29 @@ from kubesim_release import deployed as deploy_by_engine, pods_by_component  # n
 from scripts.local_airflow import airflow_environ  # noqa: E402
 
 
+@pytest.fixture(scope="package")
+def faults_control_plane(tmp_path_factory):
+    """A real control plane of this suite's own whose node-monitor-grace-period is 5 s (50 s by default; the nodes
+    renew their Leases each second): a dead target shows NotReady within a move's timeout."""
+    import random
+
+    from kubesim.addresses import service_cidr
+    from kubesim.controlplane import ControlPlane
+
+    with ControlPlane(work_dir=str(tmp_path_factory.mktemp("faults-controlplane")), node_monitor_grace_seconds=5.0,
+                      service_cidr=service_cidr(random.randint(2, 254))) as control_plane:
+        yield control_plane
+
+
 @pytest.fixture
-def cluster(tmp_path):
-    """tests/conftest.py's cluster, but a node that stops heartbeating is NotReady after 5 s (40 s by default; nodes
-    heartbeat each second), as on a control plane with a short node-monitor-grace-period: a dead target shows
-    within a move's timeout."""
+def cluster(tmp_path, faults_control_plane):
+    """tests/conftest.py's cluster on this suite's control plane (reset to fresh after each test), its clients
+    behind the faults proxy (api-error, api-latency)."""
     from kubesim.cluster import Cluster
 
-    with Cluster(nodes=["node1", "node2"], pod_startup_seconds=0.2, max_grace_seconds=1.0,
-                 heartbeat_seconds=1.0, node_monitor_grace_seconds=5.0, work_dir=str(tmp_path / "kubesim"),
+    with Cluster(nodes=["node1", "node2"], pod_startup_seconds=0.2, max_grace_seconds=1.0, heartbeat_seconds=1.0,
+                 node_monitor_grace_seconds=5.0, control_plane="real", shared_control_plane=faults_control_plane,
+                 api_faults=True, work_dir=str(tmp_path / "kubesim"),
                  kubeconfig_path=str(tmp_path / "kubeconfig")) as c:
         yield c
 

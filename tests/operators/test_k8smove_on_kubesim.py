@@ -393,7 +393,7 @@ def test_rollback_restores_the_prior_state(cluster, kube_client):
     assert pods_by_component(kube_client)["app"] == ["node1"]
 
 
-@pytest.mark.parametrize("control_plane_kind", ["kubesim"])   # API faults are kubesim's API server's
+@pytest.mark.parametrize("api_faults", [True])   # through the faults proxy
 @pytest.mark.parametrize("fault", [
     {"kind": "api-error", "verb": "watch", "resource": "pods", "code": "500", "count": 3},
     {"kind": "api-error", "verb": "watch", "resource": "apps/deployments", "code": "429", "count": 2},

@@ -77,7 +77,7 @@ def test_the_request_log_is_the_clients_requests_from_the_audit_log(shared, tmp_
         assert not [r for r in cluster.request_log if r["resource"] in ("leases", "nodes")]
 
 
-def test_api_faults_are_refused_on_the_real_control_plane(shared, tmp_path):
+def test_api_faults_are_refused_on_the_real_control_plane_without_the_faults_proxy(shared, tmp_path):
     with cluster_on(shared, tmp_path) as cluster:
-        with pytest.raises(ValueError, match="kubesim's own API server"):
+        with pytest.raises(ValueError, match="this cluster has neither .start it with api_faults=True"):
             cluster.faults.add("api-error", verb="list", resource="pods", code="500")
