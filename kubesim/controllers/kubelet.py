@@ -467,7 +467,11 @@ class Kubelet(Controller):
         self._release(record)
         current = self.cache.get(PODS, *record.key)
         if current is not None and current["metadata"]["uid"] == uid:
-            self.store.remove(PODS, *record.key)
+            try:
+                self.store.remove(PODS, *record.key)
+            except Exception as error:   # the API server unreachable (restarting): the pod's sync removes it, retried
+                log.warning("%s: removing pod %s failed: %r; retrying", self.name, record.key, error)
+                self.enqueue(("pod", *record.key))
 
     def _forget(self, uid: str) -> None:
         record = self._records.get(uid)
