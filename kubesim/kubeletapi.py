@@ -48,16 +48,16 @@ STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 
 
 class KubeletApi:
-    """One node's kubelet API on ``host`` (a free port); ``runtime``: its ProcessRuntime; ``pods(namespace, name)``:
+    """One node's kubelet API on ``host`` (``port``, 0: a free one); ``runtime``: its ProcessRuntime; ``pods(namespace, name)``:
     the pod as the kubelet last saw it (its cache), or None."""
 
-    def __init__(self, node: str, host: str, runtime, pods, serving_cert, ca_file: str) -> None:
+    def __init__(self, node: str, host: str, runtime, pods, serving_cert, ca_file: str, port: int = 0) -> None:
         self.node, self.runtime, self.pods = node, runtime, pods
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(serving_cert.cert, serving_cert.key)
         context.load_verify_locations(ca_file)
         context.verify_mode = ssl.CERT_REQUIRED
-        self._server = ThreadingHTTPServer((host, 0), _handler(self))
+        self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]

@@ -8,6 +8,7 @@ lifecycle and garbage collection are the real kube-scheduler's and kube-controll
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from .cluster import STORAGE_CLASSES
@@ -41,6 +42,7 @@ class Node:
     store: RemoteStore
     runtime: object
     kubelet: Kubelet
+    kubeconfig: str   # its identity (CN system:node:<name>)
 
 
 class RealNodes:
@@ -98,27 +100,58 @@ class RealNodes:
     def add_node(self, name: str) -> Kubelet:
         cp = self.control_plane
         kubeconfig = cp.kubeconfig_for(f"node-{name}", cp.node_credentials(name), f"system:node:{name}")
+        if name not in self.config.nodes:
+            self.config.nodes = [*self.config.nodes, name]
+        return self._start_kubelet(name, kubeconfig)
+
+    def restart_kubelet(self, name: str, down_seconds: float = 0.0) -> Kubelet:
+        """The node's kubelet process restarted (a crash, an upgrade, `systemctl restart kubelet`): its threads,
+        API connections, kubelet API and everything it remembers end; after ``down_seconds`` a new one starts
+        with the same identity, addresses and kubelet API port. As on a real node, the pods' containers are not
+        the kubelet's but the runtime's (containerd's there): they run on, and the new kubelet re-registers,
+        finds them (Kubelet._adopt) and reports their status again; pods deleted meanwhile are stopped. The Node
+        stays Ready unless the kubelet is down longer than the node-monitor grace period."""
+        old = self.nodes.pop(name)
+        old.kubelet.stop()
+        api = next((a for a in self.apis if a.node == name), None)
+        if api is not None:
+            api.stop()
+            self.apis.remove(api)
+        old.store.close()
+        time.sleep(down_seconds)
+        return self._start_kubelet(name, old.kubeconfig, old)
+
+    def _start_kubelet(self, name: str, kubeconfig: str, restarted: Node | None = None) -> Kubelet:
+        """A kubelet for node ``name``; ``restarted``: the node's previous one, whose runtime, number and kubelet API
+        port the new one takes over."""
+        cp = self.control_plane
         store = RemoteStore.from_kubeconfig(kubeconfig, [
             Informed(PODS, field_selector=f"spec.nodeName={name}"),
             Informed(NODES, field_selector=f"metadata.name={name}"),
             Informed(SERVICES)], user_agent=f"kubesim-kubelet/{name}").start()
         cache = Cache(store, KUBELET_VIEW)
-        runtime = ProcessRuntime(store, self.config, self.faults, self.network) if self.config.run_processes \
-            else SimulatedRuntime()
+        if restarted is not None:
+            runtime = restarted.runtime
+            if hasattr(runtime, "serve"):
+                runtime.serve(store)
+            bound = {p["metadata"]["uid"] for p in cache.pods_on_node(name)}
+            for uid in set(runtime.pod_uids()) - bound:   # deleted while no kubelet was there: housekeeping
+                runtime.stop_pod(uid, 0)
+        else:
+            runtime = ProcessRuntime(store, self.config, self.faults, self.network) if self.config.run_processes \
+                else SimulatedRuntime()
         ctx = Context(store, self.config, runtime, self.faults, self.timers, self.workers, cache,
                       EventRecorder(store))
-        kubelet = self.kubelets.add(name, ctx)
+        kubelet = self.kubelets.add(name, ctx, restarted.kubelet.index if restarted else None)
         if self.config.run_processes:
             api = KubeletApi(name, kubelet.internal_ip, runtime, lambda ns, pod: cache.get(PODS, ns, pod), cp.pki.issue(
                 f"kubelet-{name}", f"system:node:{name}", ("system:nodes",), server=True, dns_names=(name,),
-                ips=(kubelet.internal_ip,)), cp.ca_file).start()
+                ips=(kubelet.internal_ip,)), cp.ca_file, port=restarted.kubelet.api_port if restarted else 0).start()
             self.apis.append(api)
             # the API server then proxies kubectl's WebSocket exec straight here (see kubeletapi.py)
             kubelet.api_port, kubelet.declared_features = api.port, ("ExtendWebSocketsToKubelet",)
         store.add_listener(self.kubelets.on_event)   # after the cache's listener: the kubelet reads the cache
-        self.nodes[name] = Node(name, store, runtime, kubelet)
-        if name not in self.config.nodes:
-            self.config.nodes = [*self.config.nodes, name]
+        self.nodes[name] = Node(name, store, runtime, kubelet, kubeconfig)
         kubelet.start()
         return kubelet
 

@@ -80,6 +80,9 @@ class ContainerRuntime(Protocol):
     def running(self, pod_uid: str, container: str, instance: int) -> bool:
         """Whether that instance of the container runs now (a log follow ends when it stops)."""
 
+    def pod_uids(self) -> list[str]:
+        """The pods the runtime has (a restarted kubelet stops those no longer bound to its node)."""
+
     def close(self) -> None:
         """Stop every pod; nothing may be left running."""
 
@@ -110,6 +113,9 @@ class SimulatedRuntime:
 
     def stop_pod(self, pod_uid: str, grace_seconds: float) -> None:
         self._pods.pop(pod_uid, None)
+
+    def pod_uids(self) -> list[str]:
+        return list(self._pods)
 
     def logs(self, pod_uid: str, container: str, tail_lines: int | None = None) -> str:
         return ""

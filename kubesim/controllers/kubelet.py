@@ -224,6 +224,8 @@ class Kubelet(Controller):
         if pod is None or pod["spec"].get("nodeName") != self.node:
             return
         record = self._records.get(pod["metadata"]["uid"])
+        if record is None and (sandbox := self.runtime.status(pod["metadata"]["uid"])) is not None:
+            record = self._adopt(pod, sandbox)
         if record is None:
             if pod["metadata"].get("deletionTimestamp") or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                 if pod["metadata"].get("deletionTimestamp"):
@@ -247,6 +249,26 @@ class Kubelet(Controller):
         self._uid_by_key[record.key] = record.uid
         self._write_status(pod, record)
         self.requeue_after(("pod", *record.key), delay)
+        return record
+
+    def _adopt(self, pod: dict, sandbox: PodSandbox) -> PodRecord:
+        """A pod whose containers the runtime runs already: this kubelet was restarted. A real kubelet finds them
+        through the CRI and keeps them running (same containerIDs, same restart counts, pod IP and startedAt);
+        their readiness is the runtime's probe verdict, which survives here (upstream may report a container with
+        a readinessProbe not ready until its first probe after the restart: kubernetes/kubernetes#100277)."""
+        meta = pod["metadata"]
+        record = PodRecord(meta["uid"], (meta["namespace"], meta["name"]), stage=RUNNING, ip=sandbox.ip,
+                           sandbox=sandbox, signature=_signature(sandbox))
+        status = pod.get("status") or {}
+        for cs in [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]:
+            if started := (cs.get("state") or {}).get("running", {}).get("startedAt"):
+                record.started[cs["name"]] = (started, 0.0)   # long since: no readiness delay pending
+        for name, cs in [*sandbox.init_containers.items(), *sandbox.containers.items()]:
+            record.reported[name] = (cs.running, cs.ready, cs.restart_count, cs.reason)
+        with self._cond:
+            self._records[record.uid] = record
+            self._uid_by_key[record.key] = record.uid
+            self._ips_in_use.add(record.ip)
         return record
 
     def _advance_creating(self, pod: dict, record: PodRecord) -> None:
@@ -445,7 +467,11 @@ class Kubelet(Controller):
         self._release(record)
         current = self.cache.get(PODS, *record.key)
         if current is not None and current["metadata"]["uid"] == uid:
-            self.store.remove(PODS, *record.key)
+            try:
+                self.store.remove(PODS, *record.key)
+            except Exception as error:   # the API server unreachable (restarting): the pod's sync removes it, retried
+                log.warning("%s: removing pod %s failed: %r; retrying", self.name, record.key, error)
+                self.enqueue(("pod", *record.key))
 
     def _forget(self, uid: str) -> None:
         record = self._records.get(uid)
@@ -706,9 +732,10 @@ class Kubelets:
         self._stopped = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kubesim-kubelet-poller", daemon=True)
 
-    def add(self, node: str, ctx: Context | None = None) -> Kubelet:
-        """ctx: the node's own (store, cache, runtime) when each kubelet has its identity (real control plane)."""
-        kubelet = Kubelet(ctx or self.ctx, node, len(self.by_node) + 1)
+    def add(self, node: str, ctx: Context | None = None, index: int | None = None) -> Kubelet:
+        """ctx: the node's own (store, cache, runtime) when each kubelet has its identity (real control plane);
+        index: the node's number (its addresses), given when a restarted kubelet replaces the node's."""
+        kubelet = Kubelet(ctx or self.ctx, node, index or len(self.by_node) + 1)
         self.by_node[node] = kubelet
         return kubelet
 

@@ -102,6 +102,7 @@ class _Proc:
     name: str
     popen: subprocess.Popen
     log_path: str
+    argv: list[str] = field(default_factory=list)   # restart() starts the same command again
 
 
 @dataclass
@@ -138,6 +139,7 @@ class ControlPlane:
         self.audit: audit.AuditLog | None = None      # what clients asked (the audit log), as a request log
         self.etcd: EtcdBaseline | None = None         # record() the state, reset() back to it
         self.front_proxy_client: CertFiles | None = None   # what a proxy in front asserts callers with (faultproxy.py)
+        self._health: dict[str, tuple] = {}           # component -> _wait_http's (url, context, expect)
 
     @property
     def service_ip(self) -> str:
@@ -218,7 +220,8 @@ class ControlPlane:
         self.etcd_url, self.etcd_client = etcd_url, etcd_client   # for tests that act on etcd (compaction)
         etcd_ssl = ssl.create_default_context(cafile=ca)
         etcd_ssl.load_cert_chain(etcd_client.cert, etcd_client.key)
-        self._wait_http(etcd, f"{etcd_url}/health", deadline, context=etcd_ssl, expect=b'"health":"true"')
+        self._health["etcd"] = (f"{etcd_url}/health", etcd_ssl, b'"health":"true"')
+        self._wait_health(etcd, deadline)
         self.etcd = EtcdBaseline(etcd_url, etcd_ssl)
         self.times.etcd_healthy = time.monotonic() - t0
 
@@ -246,7 +249,8 @@ class ControlPlane:
             "--endpoint-reconciler-type=none",
             "--profiling=false", *audit.apiserver_args(wd), *self.apiserver_args])
         self.audit = audit.AuditLog(os.path.join(wd, "audit.log"), self.url, self._ssl)
-        self._wait_http(api, f"{self.url}/readyz", deadline)
+        self._health["kube-apiserver"] = (f"{self.url}/readyz", None, None)
+        self._wait_health(api, deadline)
         self.times.apiserver_ready = time.monotonic() - t0
         write_kubeconfig(self.kubeconfig_path, self.url, ca, admin, "kubesim-admin")
 
@@ -267,8 +271,10 @@ class ControlPlane:
             f"--bind-address={HOST}", f"--secure-port={sched_port}", f"--client-ca-file={ca}",
             f"--tls-cert-file={sched_serving.cert}", f"--tls-private-key-file={sched_serving.key}",
             "--leader-elect=false", "--profiling=false"])
-        self._wait_http(kcm, f"https://{HOST}:{kcm_port}/healthz", deadline)
-        self._wait_http(sched, f"https://{HOST}:{sched_port}/readyz", deadline)
+        self._health["kube-controller-manager"] = (f"https://{HOST}:{kcm_port}/healthz", None, None)
+        self._health["kube-scheduler"] = (f"https://{HOST}:{sched_port}/readyz", None, None)
+        self._wait_health(kcm, deadline)
+        self._wait_health(sched, deadline)
         self.times.components_healthy = time.monotonic() - t0
         # The ServiceAccount admission plugin refuses pods until the controller-manager has made this one.
         self._wait_http(kcm, f"{self.url}/api/v1/namespaces/default/serviceaccounts/default", deadline)
@@ -287,6 +293,28 @@ class ControlPlane:
         if self._own_work_dir and self.work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
             self._own_work_dir = False
+
+    def restart(self, component: str, down_seconds: float = 0.0, stop_signal: int = signal.SIGKILL) -> float:
+        """Kill ``component`` (SIGKILL: a crash, by default) and start it again with the same flags, ports,
+        certificates and data after ``down_seconds``, as a supervisor (systemd, the kubelet of a static pod) does;
+        returns once it is healthy again, and after etcd once the API server is ready again. Clients meanwhile get
+        connection refused (or, with etcd down, the API server's errors), and their watches end. Returns the
+        seconds from the kill to healthy."""
+        if component not in COMPONENTS:
+            raise ValueError(f"component must be one of {', '.join(COMPONENTS)}, not {component!r}")
+        old = next((p for p in self._procs if p.name == component), None)
+        if old is None:
+            raise ControlPlaneError(f"{component} is not running")
+        t0 = time.monotonic()
+        processes.stop([(old.popen, stop_signal)], grace_seconds=10)
+        self._procs.remove(old)
+        time.sleep(down_seconds)
+        new = self._spawn(component, old.argv)
+        deadline = time.monotonic() + self.start_timeout
+        self._wait_health(new, deadline)
+        if component == "etcd":   # the API server reconnects by itself; ready again once it has
+            self._wait_health(next(p for p in self._procs if p.name == "kube-apiserver"), deadline)
+        return time.monotonic() - t0
 
     def wait_settled(self, timeout: float = 30.0) -> None:
         """Until the controller-manager has given every system namespace its `default` ServiceAccount and
@@ -319,9 +347,13 @@ class ControlPlane:
         log_path = os.path.join(self.work_dir, f"{name}.log")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.work_dir}
         popen = self._spawner.submit(processes.spawn, argv, env, log_path, self.work_dir).result()
-        proc = _Proc(name, popen, log_path)
+        proc = _Proc(name, popen, log_path, argv)
         self._procs.append(proc)
         return proc
+
+    def _wait_health(self, proc: _Proc, deadline: float) -> None:
+        url, context, expect = self._health[proc.name]
+        self._wait_http(proc, url, deadline, context=context, expect=expect)
 
     def _wait_http(self, proc: _Proc, url: str, deadline: float, context: ssl.SSLContext | None = None,
                    expect: bytes | None = None) -> None:

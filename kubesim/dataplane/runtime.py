@@ -147,6 +147,14 @@ class ProcessRuntime:
             with self._lock:
                 self._pods.pop(pod_uid, None)
 
+    def pod_uids(self) -> list[str]:
+        with self._lock:
+            return list(self._pods)
+
+    def serve(self, store: Store) -> None:
+        """Read API objects (env sources, volumes' claims) through ``store`` from now on: a restarted kubelet's."""
+        self.store = self.volumes._store = store
+
     def logs(self, pod_uid: str, container: str, tail_lines: int | None = None) -> str:
         lines = read_log(self.log_path(pod_uid, container), LogOptions(tail=tail_lines or None))
         return b"".join(lines).decode(errors="replace")

@@ -10,6 +10,8 @@ import time
 
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
+from kubernetes.client.rest import RESTClientObject
+from urllib3.util.retry import Retry
 
 from k8smove import FIELD_MANAGER, K8sMoveError
 
@@ -28,6 +30,33 @@ KINDS = {
     "Lease": ("leases", True),
 }
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink")
+
+
+# An API server that restarts (a crash, an upgrade, its etcd restarting) refuses connections for seconds, or drops
+# one before its answer. urllib3 retries both, but 3 times at once by default: over in a millisecond.
+CONNECT_RETRIES = 8     # refused or reset before the request was sent: safe for every method
+READ_RETRIES = 3        # dropped before the answer: only methods safe to send again (IDEMPOTENT_METHODS)
+BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 0.5, 4.0   # pauses 0, 1, 2, 4, 4 … s: about 25 s of refused connections
+# urllib3's idempotent methods and PATCH: every PATCH k8smove sends sets values (server-side apply, merge patches),
+# so sending it again changes nothing; a POST (create) is not repeated (its step's retry is)
+IDEMPOTENT_METHODS = Retry.DEFAULT_ALLOWED_METHODS | {"PATCH"}
+
+
+def connection_retry() -> Retry:
+    """The retry policy of every k8smove API call: connection errors and lost answers with backoff, within
+    CONNECT_RETRIES/READ_RETRIES; a 429/503 with Retry-After up to 3 times, as urllib3 does by default. Error
+    statuses (5xx) are not retried here: the step's task retry does that, with the move record on the lock."""
+    return Retry(total=CONNECT_RETRIES + READ_RETRIES, connect=CONNECT_RETRIES, read=READ_RETRIES, status=3,
+                 redirect=3, backoff_factor=BACKOFF_SECONDS, backoff_max=MAX_BACKOFF_SECONDS,
+                 allowed_methods=IDEMPOTENT_METHODS)
+
+
+def retry_connection_errors(api: ApiClient) -> ApiClient:
+    """``api`` (the hook's client) with connection_retry() on each request; returns it."""
+    api.configuration.retries = connection_retry()
+    api.rest_client.pool_manager.clear()
+    api.rest_client = RESTClientObject(api.configuration)   # the pool takes its retries when it is made
+    return api
 
 
 def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:

@@ -28,6 +28,7 @@ ANNOTATION_DAG_ID = "k8smove.io/dag-id"
 ANNOTATION_RUN_ID = "k8smove.io/run-id"
 START_WAIT_SECONDS = 120     # an image pull on a real node
 STOP_WAIT_SECONDS = 30
+STOP_RESEND_SECONDS = 5      # a stop the probe did not end after is sent again (SIGTERM twice is still one stop)
 POLL_SECONDS = 0.1
 FINISHED = ("Succeeded", "Failed")
 SOURCE = Path(__file__).with_name("availability.py")
@@ -188,14 +189,25 @@ def stop(api: ApiClient, handle: dict) -> dict:
     pod = kube.get(api, path)
     if pod is None:
         raise K8sMoveError(f"the probe Pod {namespace}/{name} is gone: its figures are lost")
-    if _phase(pod) not in FINISHED:
+    def ended():
+        current = kube.get(api, path)
+        return current if _phase(current) in FINISHED else None
+
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while _phase(pod) not in FINISHED:
         exec_error = ""
         try:
-            kube.exec_in_container(api, namespace, name, CONTAINER, STOP_COMMAND, timeout_seconds=STOP_WAIT_SECONDS)
+            kube.exec_in_container(api, namespace, name, CONTAINER, STOP_COMMAND,
+                                   timeout_seconds=max(1.0, deadline - time.monotonic()))
         except Exception as error:   # the session dies with the container it stopped, or it had ended already
             exec_error = f" (the stop exec: {type(error).__name__}: {error})"
-        kube.wait_for(lambda: True if _phase(kube.get(api, path)) in FINISHED else None, STOP_WAIT_SECONDS,
-                      f"the probe Pod {namespace}/{name} did not end after its stop{exec_error}")
+        try:
+            pod = kube.wait_for(ended, min(STOP_RESEND_SECONDS, max(0.0, deadline - time.monotonic())), "ended")
+        except K8sMoveError:
+            # not ended: the exec may not have reached the container (its node's kubelet restarting), send it again
+            if time.monotonic() >= deadline:
+                raise K8sMoveError(f"the probe Pod {namespace}/{name} did not end after its stop{exec_error} "
+                                   f"within {STOP_WAIT_SECONDS:g} s") from None
     summaries = [line for line in _log_lines(api, namespace, name) if line["k8smove_probe"] == "summary"]
     if not summaries:
         raise K8sMoveError(f"the probe Pod {namespace}/{name} ended without its figures "

@@ -20,6 +20,8 @@ class KubernetesOperator(BaseOperator):
 
         return KubernetesHook(conn_id=self.kubernetes_conn_id)
 
-    @property
+    @cached_property
     def api(self):
-        return self.hook.api_client
+        from k8smove.kube import retry_connection_errors
+
+        return retry_connection_errors(self.hook.api_client)

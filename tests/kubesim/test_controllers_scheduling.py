@@ -271,3 +271,24 @@ def test_crashed_container_shows_crash_loop_back_off(tmp_path):
                              for e in store.list(EVENTS, "default")), what="BackOff event")
     finally:
         manager.stop()
+
+
+def test_a_pod_whose_removal_failed_is_removed_once_the_api_answers_again(cluster):
+    """The kubelet stops a deleted pod's containers on a thread of its own (a runtime whose stop blocks), then removes
+    the pod; if that removal fails (the API server restarting), the pod must not stay Terminating for ever."""
+    store, manager = cluster
+    for kubelet in manager.kubelets.by_node.values():
+        kubelet.runtime.stop_blocks = True     # as the process runtime: stop and removal on a thread
+    store.create(PODS, pod("web"))
+    wait_for(lambda: phase(store, "web") == "Running", what="running")
+    remove, failed = store.remove, []
+
+    def refused_once(*args, **kwargs):
+        if not failed:
+            failed.append(args)
+            raise ConnectionRefusedError(111, "Connection refused")
+        return remove(*args, **kwargs)
+    store.remove = refused_once
+    store.delete(PODS, "default", "web")
+    wait_for(lambda: store.find(PODS, "default", "web") is None, what="removal after a refused one")
+    assert failed and failed[0][1:] == ("default", "web")
