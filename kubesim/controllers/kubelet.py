@@ -441,7 +441,11 @@ class Kubelet(Controller):
             return
         had_sandbox = record.sandbox is not None
         record.stage = TERMINATING
-        self._write_status(pod, record)   # not ready at once, so endpoints drop the pod first
+        try:
+            self._write_status(pod, record)   # not ready at once, so endpoints drop the pod first
+        except Exception as error:   # the API server unreachable (restarting): stop all the same, as a kubelet does
+            log.warning("%s: status of terminating pod %s not written: %r; stopping it anyway", self.name,
+                        record.key, error)
         if had_sandbox:
             for c in pod["spec"].get("containers") or ():
                 self._event(pod, "Normal", "Killing", f"Stopping container {c['name']}", c)

@@ -83,18 +83,22 @@ def set_node(kube_client, node: str, labels: dict | None = None, unschedulable: 
 
 
 def wait_all_ready(kube_client, timeout: float = 60) -> None:
-    """Every pod of the default namespace Running and Ready (bounded), through the client's own watch."""
-    from kubernetes import watch
+    """Every pod the default namespace's Deployments and StatefulSets ask for exists and is Ready (bounded): on the
+    real control plane their controllers create the pods after the workloads, so "every pod there is Ready" can
+    hold before the last pod exists."""
+    from waiting import wait_for
 
     def not_ready():
-        return [p.metadata.name for p in CoreV1Api(kube_client).list_namespaced_pod("default").items
-                if not any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
-    if not not_ready():
-        return
-    for _ in watch.Watch().stream(CoreV1Api(kube_client).list_namespaced_pod, "default", timeout_seconds=timeout):
-        if not not_ready():
-            return
-    raise AssertionError(f"pods not Ready after {timeout}s: {not_ready()}")
+        apps = AppsV1Api(kube_client)
+        wanted = sum(w.spec.replicas or 0 for w in apps.list_namespaced_deployment("default").items +
+                     apps.list_namespaced_stateful_set("default").items)
+        pods = [p for p in CoreV1Api(kube_client).list_namespaced_pod("default").items
+                if not p.metadata.deletion_timestamp]
+        waiting = [p.metadata.name for p in pods
+                   if not any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+        owned = [p for p in pods if p.metadata.owner_references]   # a bare pod does not stand in for a missing one
+        return waiting + [f"{wanted - len(owned)} pod(s) not created yet"] * (len(owned) < wanted)
+    wait_for(lambda: not not_ready(), timeout, 0.2, "every pod of the default namespace created and Ready")
 
 
 def pods_on(kube_client, node: str) -> list[str]:

@@ -292,3 +292,27 @@ def test_a_pod_whose_removal_failed_is_removed_once_the_api_answers_again(cluste
     store.delete(PODS, "default", "web")
     wait_for(lambda: store.find(PODS, "default", "web") is None, what="removal after a refused one")
     assert failed and failed[0][1:] == ("default", "web")
+
+
+def test_a_deleted_pod_stops_even_when_its_terminating_status_cannot_be_written(cluster):
+    """The kubelet writes a deleted pod's not-ready status before stopping it; when that write fails (the API server
+    restarting) the pod must still stop and go: marked terminating, a retried sync would otherwise do nothing (a DB
+    switchover's fence then waited for the old primary for ever)."""
+    store, manager = cluster
+    for kubelet in manager.kubelets.by_node.values():
+        kubelet.runtime.stop_blocks = True     # as the process runtime: stop and removal on a thread
+    store.create(PODS, pod("web"))
+    wait_for(lambda: phase(store, "web") == "Running", what="running")
+    update, failed = store.update, []
+
+    def refused_once_when_deleting(resource, obj, *args, **kwargs):
+        current = store.find(PODS, "default", "web")
+        if resource is PODS and not failed and current and current["metadata"].get("deletionTimestamp"):
+            failed.append(obj["metadata"]["name"])
+            raise ConnectionRefusedError(111, "Connection refused")
+        return update(resource, obj, *args, **kwargs)
+    store.update = refused_once_when_deleting
+    store.delete(PODS, "default", "web")
+    wait_for(lambda: store.find(PODS, "default", "web") is None, what="the pod stopped and removed after a refused "
+                                                                        "status write")
+    assert failed == ["web"]
