@@ -439,13 +439,13 @@ class Kubelet(Controller):
     def _terminate(self, pod: dict, record: PodRecord) -> None:
         if record.stage == TERMINATING:
             return
-        had_sandbox = record.sandbox is not None
+        had_sandbox, stage = record.sandbox is not None, record.stage
         record.stage = TERMINATING
         try:
             self._write_status(pod, record)   # not ready at once, so endpoints drop the pod first
-        except Exception as error:   # the API server unreachable (restarting): stop all the same, as a kubelet does
-            log.warning("%s: status of terminating pod %s not written: %r; stopping it anyway", self.name,
-                        record.key, error)
+        except Exception:   # the API server unreachable (restarting): the retried sync terminates it again
+            record.stage = stage
+            raise
         if had_sandbox:
             for c in pod["spec"].get("containers") or ():
                 self._event(pod, "Normal", "Killing", f"Stopping container {c['name']}", c)

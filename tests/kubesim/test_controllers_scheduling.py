@@ -296,8 +296,8 @@ def test_a_pod_whose_removal_failed_is_removed_once_the_api_answers_again(cluste
 
 def test_a_deleted_pod_stops_even_when_its_terminating_status_cannot_be_written(cluster):
     """The kubelet writes a deleted pod's not-ready status before stopping it; when that write fails (the API server
-    restarting) the pod must still stop and go: marked terminating, a retried sync would otherwise do nothing (a DB
-    switchover's fence then waited for the old primary for ever)."""
+    restarting) the retried sync must terminate it again: marked terminating before the write, the retry did nothing
+    and the pod never stopped (a DB switchover's fence then waited for the old primary for ever)."""
     store, manager = cluster
     for kubelet in manager.kubelets.by_node.values():
         kubelet.runtime.stop_blocks = True     # as the process runtime: stop and removal on a thread
