@@ -234,7 +234,8 @@ spec:
 
 def check_port_forward(kubectl) -> None:
     """`kubectl port-forward` (SPDY/3.1 tunnelled in a WebSocket): several connections through one forward reach the
-    pod's port; a port nothing listens on gives kubectl the kubelet's error and the client a closed connection."""
+    pod's port; a port nothing listens on gives kubectl the kubelet's error and the client a closed connection, and
+    kubectl 1.36 then ends the whole forward ("error: lost connection to pod"), as against a real kubelet."""
     import urllib.request
 
     kubectl("apply", "-f", "-", input=PORT_FORWARD_POD)
@@ -256,14 +257,15 @@ def check_port_forward(kubectl) -> None:
                 failed = f"GET {path}: {error!r}"
                 break
             assert body == {"pod": "forwarded", "node": node, "image": "nginx", "path": path, "simulated": True}
+        assert failed is None, (failed, forward.communicate(timeout=10) if forward.poll() is not None else "")
         with pytest.raises(OSError):   # the pod side refused: the connection ends without an answer
             urllib.request.urlopen(f"http://127.0.0.1:{local[9999]}/", timeout=10).read()
-        # one failed connection does not end the forward (kubectl's stderr says why if it did)
-        assert forward.poll() is None, forward.communicate(timeout=10)
+        _, errors = forward.communicate(timeout=30)   # client-go closes the forward on the error stream's error
     finally:
-        forward.terminate()
-        _, errors = forward.communicate(timeout=10)
-    assert failed is None, (failed, errors)
+        if forward.poll() is None:
+            forward.terminate()
+            forward.communicate(timeout=10)
+    assert forward.returncode == 1 and errors.rstrip().endswith("error: lost connection to pod"), errors
     assert re.search(r"an error occurred forwarding \d+ -> 9999: error forwarding port 9999 to pod forwarded_default, "
                      r"uid : failed to connect to [\d.]+:9999 inside the pod's network: Connection refused", errors), errors
     kubectl("delete", "pod", "forwarded", "--wait=true")
