@@ -273,14 +273,20 @@ def test_crashed_container_shows_crash_loop_back_off(tmp_path):
         manager.stop()
 
 
+def running_web_pod_stopped_on_a_thread(cluster):
+    """Pod "web" Running, on kubelets whose runtime stops pods on a thread, as the process runtime does; the store."""
+    store, manager = cluster
+    for kubelet in manager.kubelets.by_node.values():
+        kubelet.runtime.stop_blocks = True
+    store.create(PODS, pod("web"))
+    wait_for(lambda: phase(store, "web") == "Running", what="running")
+    return store
+
+
 def test_a_pod_whose_removal_failed_is_removed_once_the_api_answers_again(cluster):
     """The kubelet stops a deleted pod's containers on a thread of its own (a runtime whose stop blocks), then removes
     the pod; if that removal fails (the API server restarting), the pod must not stay Terminating for ever."""
-    store, manager = cluster
-    for kubelet in manager.kubelets.by_node.values():
-        kubelet.runtime.stop_blocks = True     # as the process runtime: stop and removal on a thread
-    store.create(PODS, pod("web"))
-    wait_for(lambda: phase(store, "web") == "Running", what="running")
+    store = running_web_pod_stopped_on_a_thread(cluster)
     remove, failed = store.remove, []
 
     def refused_once(*args, **kwargs):
@@ -298,11 +304,7 @@ def test_a_deleted_pod_stops_even_when_its_terminating_status_cannot_be_written(
     """The kubelet writes a deleted pod's not-ready status before stopping it; when that write fails (the API server
     restarting) the retried sync must terminate it again: marked terminating before the write, the retry did nothing
     and the pod never stopped (a DB switchover's fence then waited for the old primary for ever)."""
-    store, manager = cluster
-    for kubelet in manager.kubelets.by_node.values():
-        kubelet.runtime.stop_blocks = True     # as the process runtime: stop and removal on a thread
-    store.create(PODS, pod("web"))
-    wait_for(lambda: phase(store, "web") == "Running", what="running")
+    store = running_web_pod_stopped_on_a_thread(cluster)
     update, failed = store.update, []
 
     def refused_once_when_deleting(resource, obj, *args, **kwargs):
